@@ -1,0 +1,138 @@
+r"""Dense ReLU SAE train step vs. the same-run numpy f32 matmul rate.
+
+    python -m benchmarks.step_benchmark [--d_in=512 --d_sae=8192 --batch=4096 --repeats=10]
+
+A minimal dense step needs 10·B·d·F FLOPs: encoder forward, decoder forward, dW_dec, dz and
+dW_enc (the b_dec gradient through the encoder is a sum over the batch first, no B×F×d matmul).
+Reports the step's achieved rate on that count as a fraction of numpy's f32 matmul rate on the
+step's own matmul shapes, measured in the same process, and the same for a plain-autodiff step
+written as (x - b_dec) @ W_enc, which spends an extra B×F×d matmul on the b_dec gradient.
+Writes benchmarks/results/step_benchmark.{json,md}.
+"""
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+
+import saejax
+from saejax import losses
+
+_D_IN = flags.DEFINE_integer("d_in", 512, "Input width d.")
+_D_SAE = flags.DEFINE_integer("d_sae", 8192, "Dictionary size F.")
+_BATCH = flags.DEFINE_integer("batch", 4096, "Batch size B.")
+_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repetitions (the median is reported).")
+_OUT = flags.DEFINE_string("out", str(Path(__file__).parent / "results"), "Output directory.")
+
+
+def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def numpy_matmul_rate(b: int, d: int, f: int, repeats: int) -> dict:
+    """numpy f32 FLOP/s on the step's three matmul shapes, into preallocated outputs."""
+    rng = np.random.default_rng(0)
+    x, w_enc, z = (rng.standard_normal(s, dtype=np.float32) for s in [(b, d), (d, f), (b, f)])
+    w_dec, x_t = np.ascontiguousarray(w_enc.T), np.ascontiguousarray(x.T)
+    shapes = {
+        "[B,d]x[d,F]": (x, w_enc, np.empty((b, f), np.float32)),
+        "[B,F]x[F,d]": (z, w_dec, np.empty((b, d), np.float32)),
+        "[d,B]x[B,F]": (x_t, z, np.empty((d, f), np.float32)),
+    }
+    seconds = {name: median_seconds(lambda a=a, w=w, o=o: np.matmul(a, w, out=o), repeats)
+               for name, (a, w, o) in shapes.items()}
+    flops = 2.0 * b * d * f
+    rates = {name: flops / s for name, s in seconds.items()}
+    return {"per_shape_flops_per_s": rates, "flops_per_s": 3 * flops / sum(seconds.values())}
+
+
+def plain_encoder_relu_step(d_in: int, d_sae: int):
+    """Reference: the same ReLU+L1 Adam step written naively, (x - b_dec) @ W_enc under autodiff."""
+    optimizer = optax.adam(1e-4)
+
+    def loss_fn(p, x):
+        z = jax.nn.relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+        x_hat = z @ p["W_dec"] + p["b_dec"]
+        return jnp.mean(jnp.sum((x - x_hat) ** 2, -1)) + 5.0 * jnp.mean(jnp.sum(z, -1))
+
+    def step(state, x):
+        params, opt_state = state
+        grads = jax.grad(loss_fn)(params, x)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    def init(key):
+        params = saejax.make_sae("relu", d_in, d_sae).init(key)
+        return params, optimizer.init(params)
+
+    return jax.jit(step, donate_argnums=0), init
+
+
+def time_steps(step, state, batch, repeats: int) -> float:
+    holder = [state]
+
+    def one():
+        new_state, out = step(holder[0], batch)
+        jax.block_until_ready(out)
+        holder[0] = new_state
+
+    return median_seconds(one, repeats)
+
+
+def main(argv):
+    del argv
+    b, d, f, repeats = _BATCH.value, _D_IN.value, _D_SAE.value, _REPEATS.value
+    batch = jnp.asarray(np.random.default_rng(1).standard_normal((b, d), dtype=np.float32))
+    minimal_flops = 10.0 * b * d * f
+
+    numpy_rate = numpy_matmul_rate(b, d, f, repeats)
+
+    sae = saejax.make_sae("relu", d, f)
+    loss = losses.chain(losses.mse(), losses.l1(5.0))
+    optimizer = saejax.make_optimizer(optax.adam(1e-4), sae)
+    state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), np.asarray(batch[:1024]))
+    saejax_step = saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer))
+    saejax_s = time_steps(saejax_step, state, batch, repeats)
+
+    plain_step, plain_init = plain_encoder_relu_step(d, f)
+    plain_s = time_steps(lambda s, x: (plain_step(s, x),) * 2, plain_init(jax.random.key(0)), batch, repeats)
+
+    rows = []
+    for name, seconds in [("saejax step", saejax_s), ("plain autodiff step", plain_s)]:
+        rate = minimal_flops / seconds
+        rows.append({"variant": name, "step_s": seconds, "flops_per_s_on_10BdF": rate,
+                     "fraction_of_numpy_matmul": rate / numpy_rate["flops_per_s"]})
+    result = {
+        "shape": {"batch": b, "d_in": d, "d_sae": f, "dtype": "float32"},
+        "numpy_matmul": numpy_rate, "steps": rows, "repeats": repeats,
+        "jax": jax.__version__, "numpy": np.__version__, "backend": jax.default_backend(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    table = [f"ReLU+L1 Adam step, B={b}, d_in={d}, d_sae={f}, f32, median of {repeats}; "
+             f"numpy f32 matmul {numpy_rate['flops_per_s'] / 1e9:.1f} GFLOP/s (same run)", "",
+             "| variant | step (s) | GFLOP/s on 10·B·d·F | fraction of numpy matmul |", "|---|---|---|---|"]
+    table += [f"| {r['variant']} | {r['step_s']:.3f} | {r['flops_per_s_on_10BdF'] / 1e9:.1f} | "
+              f"{r['fraction_of_numpy_matmul']:.1%} |" for r in rows]
+    out = Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step_benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "step_benchmark.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,38 @@
+r"""Train an SAE from a config file; the command-line entry point.
+
+    python experiments/train.py --workdir=DIR [--config=experiments/configs/NAME.py] [--config.FIELD=VALUE ...]
+
+Without --config it runs experiments/configs/default.py. Running again with the same --workdir
+resumes from the latest checkpoint there. Bad input ends with one `error: ...` line and exit status 1.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import saejax
+from saejax.errors import SaejaxError
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and the export.")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.", lock_config=True)
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 brings it back
+    try:
+        summary = saejax.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except SaejaxError as e:
+        sys.exit(f"error: {e}")
+    print("final:", ", ".join(f"{k}={v:.4g}" for k, v in summary["eval"].items()), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

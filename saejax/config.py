@@ -1,0 +1,129 @@
+"""The base config every experiment config extends, and its validation.
+
+Experiment configs (``experiments/configs/NAME.py``) call `base_config()` and override
+fields; `experiments/train.py` validates the result with `validate` before anything runs.
+Field names are part of the command-line contract (see README): keep them stable.
+"""
+
+import ml_collections
+
+from saejax.errors import ConfigError
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field a run reads, with defaults that work out of the box."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"  # synthetic | npy | patches
+    c.data.path = ""  # npy: a glob of .npy files, each [n, d_in]
+    # synthetic: superposition of n_features unit features in d dimensions
+    c.data.d = 256
+    c.data.n_features = 512
+    c.data.avg_active = 5.0
+    # feature i fires with prob. proportional to freq_ratio**(-i / (n_features - 1)), i.e. the
+    # most frequent feature fires freq_ratio times as often as the least (data/synthetic.py)
+    c.data.freq_ratio = 100.0
+    c.data.correlation = "none"  # none | hierarchical (children fire only with their parent)
+    c.data.children_per_parent = 3  # hierarchical: children of each parent feature
+    # patches: natural-image patches from scikit-image's bundled images
+    c.data.patch_size = 12
+    c.data.n_patches = 100_000
+    c.data.whiten = "zca"  # zca | none
+    c.data.whiten_eps = 0.1  # ZCA regulariser, relative to the mean eigenvalue (data/patches.py)
+
+    c.sae = ml_collections.ConfigDict()
+    c.sae.arch = "relu"  # relu | topk | batchtopk | jumprelu | gated | matryoshka | mlp
+    c.sae.d_sae = 1024
+    c.sae.k = 32  # topk, batchtopk, matryoshka
+    c.sae.leak = 0.0  # relu: negative slope of a leaky ReLU (0 = plain ReLU)
+    c.sae.tied = False  # W_enc = W_dec.T (relu, topk, batchtopk, jumprelu)
+    c.sae.jumprelu_init_threshold = 0.001
+    c.sae.jumprelu_bandwidth = 0.001
+    c.sae.matryoshka_prefixes = ""  # e.g. "64,256,1024"; empty = d_sae/16, d_sae/4, d_sae
+    c.sae.mlp_hidden = "256"  # mlp: hidden widths of the encoder (decoder mirrors them)
+    c.sae.dec_init_norm = 0.1  # norm of the initial decoder rows (W_enc = W_dec.T at init)
+    c.sae.init_b_dec = "geometric_median"  # geometric_median | mean | zeros
+    c.sae.normalize_activations = True  # scale inputs so E||x||^2 = d_in; folded back at export
+    c.sae.dtype = "float32"  # compute dtype of the matmuls: float32 | bfloat16 (params stay f32)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.mse = 1.0
+    c.loss.normalized_mse = False
+    c.loss.l1 = 0.0  # relu/gated/mlp: L1 of the latents (gated: of the gate)
+    c.loss.l1_decoder_weighted = False  # weight each latent's |z| by its decoder row norm
+    c.loss.l1_warmup_steps = 0  # linear warm-up of the L1 coefficient
+    c.loss.tanh = 0.0
+    c.loss.tanh_scale = 1.0
+    c.loss.kl = 0.0  # KL(rho || mean activation) per latent
+    c.loss.rho = 0.05
+    c.loss.kl_ema = 0.0  # 0: mean over the batch; in (0, 1): EMA decay of a running mean
+    c.loss.l0 = 0.0  # jumprelu: L0 via the step-function straight-through estimator
+    c.loss.target_l0 = 0.0  # jumprelu: > 0 adds coeff_target_l0 * (L0/target - 1)^2
+    c.loss.target_l0_coeff = 1.0
+    c.loss.auxk = 0.0  # topk/batchtopk/matryoshka: AuxK coefficient (OpenAI use 1/32)
+    c.loss.auxk_k = 256
+    c.loss.dead_steps = 1000  # a latent silent this many steps counts as dead
+    c.loss.balance = 0.0  # activation-balancing (load-balancing) term
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adam"  # any optax optimizer taking learning_rate
+    c.optim.lr = 1e-3
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.warmup_steps = 100
+    c.optim.decay = "constant"  # constant | cosine | linear (to 0 over train.steps)
+    c.optim.grad_clip = 0.0  # > 0: clip the global gradient norm
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 1024
+    c.train.steps = 2000
+    c.train.log_every = 50
+    c.train.eval_batches = 4
+    c.train.checkpoint_every = 1000  # also always at the end; 0 = only at the end
+    c.train.keep_checkpoints = 2
+    c.train.unit_norm_decoder = True
+    c.train.project_decoder_grads = True
+    c.train.resample_every = 0  # > 0: resample dead latents every this many steps
+    c.train.resample_until = 0  # 0: until the end
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.strategy = "none"  # none | pmap | mesh
+    c.parallel.mesh_shape = ""  # e.g. "4,2" = data x model
+
+    c.log = ml_collections.ConfigDict()
+    c.log.tensorboard = True
+    c.log.progress = True
+    return c
+
+
+STRATEGIES = ("none", "pmap", "mesh")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks that need no data or model: positive sizes and counts, known choices.
+
+    Architecture, loss and data checks live with their modules (make_sae, loss_from_config,
+    make_source) and run when those are built, before the first step.
+    """
+    t = config.train
+    _require(t.batch_size > 0, f"train.batch_size={t.batch_size} must be > 0")
+    _require(t.steps > 0, f"train.steps={t.steps} must be > 0")
+    _require(t.log_every > 0, f"train.log_every={t.log_every} must be > 0")
+    _require(t.eval_batches >= 0, f"train.eval_batches={t.eval_batches} must be >= 0")
+    _require(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0 (0 = only at the end)")
+    _require(t.keep_checkpoints > 0, f"train.keep_checkpoints={t.keep_checkpoints} must be > 0")
+    _require(t.resample_every >= 0, f"train.resample_every={t.resample_every} must be >= 0 (0 = never)")
+    _require(config.loss.dead_steps > 0, f"loss.dead_steps={config.loss.dead_steps} must be > 0")
+    strategy = config.parallel.strategy
+    _require(strategy in STRATEGIES, f"unknown parallel.strategy={strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    _require(
+        strategy == "none",
+        f"parallel.strategy={strategy!r} is not available in this version yet; use 'none' (one device)",
+    )

@@ -1,0 +1,267 @@
+"""Export trained SAEs in SAELens' on-disk layout, and read them back.
+
+An export directory holds ``cfg.json`` and ``sae_weights.safetensors`` (float32), in the
+format SAELens >= 6 reads with ``SAE.load_from_disk(dir)``: the cfg dict's keys are the
+fields of the architecture's inference config dataclass plus ``architecture`` and
+``metadata`` (see sae_lens/saes/sae.py ``SAEConfig`` and
+sae_lens/loading/pretrained_sae_loaders.py ``handle_config_defaulting``), and the
+weight names are the SAE module's parameter names (loaded with a strict
+``load_state_dict``, so no extra tensors may be written).
+
+Architecture mapping (ours -> SAELens): relu -> standard, topk -> topk,
+jumprelu -> jumprelu, gated -> gated, batchtopk / matryoshka -> jumprelu with the scalar
+inference threshold broadcast to [d_sae] (SAELens saves its own BatchTopK SAEs this way).
+Tied SAEs are written untied (W_enc = W_dec.T). The activation-normalisation scale is
+folded into the weights, so the cfg says ``normalize_activations: "none"``.
+
+`encode_saelens` / `decode_saelens` are tiny numpy re-implementations of SAELens'
+inference forward passes, used to check that an export reproduces our outputs.
+"""
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from saejax.errors import DataError, SaejaxError
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+
+# handle_config_defaulting treats a cfg without metadata.sae_lens_version >= 6.0.0 as a
+# legacy (pre-6) config and drops our nested metadata, so we declare the v6 format.
+SAELENS_FORMAT_VERSION = "6.0.0"
+
+SAELENS_ARCH = {
+    "relu": "standard",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "gated": "gated",
+    "batchtopk": "jumprelu",
+    "matryoshka": "jumprelu",
+}
+
+# Tensors of each SAELens inference architecture (its nn.Parameters), in file order.
+SAELENS_WEIGHTS = {
+    "standard": ("W_enc", "b_enc", "W_dec", "b_dec"),
+    "topk": ("W_enc", "b_enc", "W_dec", "b_dec"),
+    "jumprelu": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
+    "gated": ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"),
+}
+
+_FOLD_KEEP = ("b_enc", "threshold", "b_gate", "r_mag", "b_mag")
+_FOLD_KEYS = frozenset(("W_enc", "W_dec", "b_dec") + _FOLD_KEEP)
+
+
+def fold_norm_scale(params: Mapping[str, Any], scale: float) -> dict[str, Any]:
+    """Fold the input scale s (x_train = s * x_raw) into the weights.
+
+    Returns params that act on raw x: W_enc' = s W_enc, b_dec' = b_dec / s,
+    W_dec' = W_dec / s; b_enc, threshold, b_gate, b_mag, r_mag are unchanged. Every
+    pre-activation is then identical to the original's on s * x_raw, so latents are
+    identical and the reconstruction is the original's divided by s. Tied params (no
+    W_enc key) come back untied, with W_enc = s * W_dec.T. Works on numpy or jax arrays
+    of any supported architecture (not mlp).
+    """
+    if not np.isfinite(scale) or scale <= 0:
+        raise SaejaxError(f"norm scale must be a positive finite number, got {scale}")
+    unknown = sorted(set(params) - _FOLD_KEYS)
+    if unknown:
+        raise SaejaxError(f"cannot fold a norm scale into params with keys {unknown}")
+    for key in ("W_dec", "b_dec"):
+        if key not in params:
+            raise SaejaxError(f"cannot fold a norm scale: params have no {key!r}")
+    w_enc = params["W_enc"] if "W_enc" in params else params["W_dec"].T
+    out = {key: params[key] for key in _FOLD_KEEP if key in params}
+    out["W_enc"] = w_enc * scale
+    out["W_dec"] = params["W_dec"] / scale
+    out["b_dec"] = params["b_dec"] / scale
+    return out
+
+
+def _expected_shapes(arch: str, d_in: int, d_sae: int) -> dict[str, tuple]:
+    """Shape of each tensor our `arch` must hold after folding (threshold: see below)."""
+    shapes = {
+        "W_enc": (d_in, d_sae),
+        "W_dec": (d_sae, d_in),
+        "b_dec": (d_in,),
+        "b_enc": (d_sae,),
+        "threshold": (d_sae,),
+        "b_gate": (d_sae,),
+        "r_mag": (d_sae,),
+        "b_mag": (d_sae,),
+    }
+    names = SAELENS_WEIGHTS[SAELENS_ARCH[arch]]
+    return {name: shapes[name] for name in names}
+
+
+def _saelens_tensors(
+    params: Mapping[str, Any], arch: str, d_in: int, d_sae: int
+) -> dict[str, np.ndarray]:
+    """Contiguous float32 tensors named and shaped as SAELens expects for `arch`."""
+    tensors = {}
+    for name, shape in _expected_shapes(arch, d_in, d_sae).items():
+        if name not in params:
+            raise SaejaxError(f"{arch} params have no {name!r} to export")
+        value = np.asarray(params[name], dtype=np.float32)
+        if name == "threshold" and arch in ("batchtopk", "matryoshka"):
+            if value.size != 1:
+                raise SaejaxError(
+                    f"{arch} threshold must be a scalar, got shape {value.shape}"
+                )
+            value = np.full(shape, value.reshape(()), dtype=np.float32)
+        if value.shape != shape:
+            raise SaejaxError(
+                f"{arch} param {name!r} has shape {value.shape}, expected {shape} "
+                f"for d_in={d_in}, d_sae={d_sae}"
+            )
+        tensors[name] = np.ascontiguousarray(value)
+    return tensors
+
+
+def _saelens_cfg(
+    arch: str,
+    d_in: int,
+    d_sae: int,
+    k: int | None,
+    norm_scale: float,
+    tied: bool,
+    metadata: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The cfg.json dict SAELens' SAEConfig.from_dict reads for our `arch`."""
+    cfg: dict[str, Any] = {
+        "architecture": SAELENS_ARCH[arch],
+        "d_in": int(d_in),
+        "d_sae": int(d_sae),
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+    }
+    if arch == "topk":
+        cfg["k"] = int(k)
+        cfg["rescale_acts_by_decoder_norm"] = False
+    cfg["metadata"] = {
+        "sae_lens_version": SAELENS_FORMAT_VERSION,
+        "sae_lens_training_version": SAELENS_FORMAT_VERSION,
+        "model_name": None,
+        "hook_name": None,
+        "saejax": {
+            "arch": arch,
+            "k": None if k is None else int(k),
+            "tied": tied,
+            "norm_scale_folded": float(norm_scale),
+        },
+        **dict(metadata or {}),
+    }
+    return cfg
+
+
+def export_saelens(
+    out_dir: str | Path,
+    params: Mapping[str, Any],
+    *,
+    arch: str,
+    d_in: int,
+    d_sae: int,
+    k: int | None = None,
+    norm_scale: float = 1.0,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write params as a SAELens SAE: out_dir/cfg.json + out_dir/sae_weights.safetensors.
+
+    params: our dict (W_enc [d_in, d_sae] (absent if tied), W_dec [d_sae, d_in],
+    b_dec [d_in], plus b_enc / threshold / gate keys by arch), trained on
+    s * x_raw with s = norm_scale; s is folded in so the export acts on raw x.
+    k is required for topk. metadata (JSON-serialisable, e.g. hook_name, model_name)
+    is merged into cfg["metadata"]. Returns out_dir as a Path.
+    """
+    if arch == "mlp":
+        raise SaejaxError("arch 'mlp' (deep SAE) is not exportable to SAELens")
+    if arch not in SAELENS_ARCH:
+        raise SaejaxError(f"cannot export unknown arch {arch!r}")
+    if arch == "topk" and (k is None or int(k) < 1):
+        raise SaejaxError(f"exporting a topk SAE needs k >= 1, got k={k}")
+    tied = "W_enc" not in params
+    tensors = _saelens_tensors(fold_norm_scale(params, norm_scale), arch, d_in, d_sae)
+    cfg = _saelens_cfg(arch, d_in, d_sae, k, norm_scale, tied, metadata)
+    try:
+        cfg_text = json.dumps(cfg, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise SaejaxError(f"export metadata is not JSON-serialisable: {err}") from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / WEIGHTS_FILENAME))
+    (out / CFG_FILENAME).write_text(cfg_text + "\n")
+    return out
+
+
+def load_saelens(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a SAELens-layout directory back: (params of float32 arrays, cfg dict)."""
+    root = Path(path)
+    for name in (CFG_FILENAME, WEIGHTS_FILENAME):
+        if not (root / name).is_file():
+            raise DataError(f"{root}: missing {name} (not a SAELens SAE directory)")
+    try:
+        cfg = json.loads((root / CFG_FILENAME).read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{root / CFG_FILENAME}: invalid JSON ({err})") from None
+    params = {
+        key: np.asarray(value, dtype=np.float32)
+        for key, value in load_file(str(root / WEIGHTS_FILENAME)).items()
+    }
+    return params, cfg
+
+
+def _relu(a: np.ndarray) -> np.ndarray:
+    """Elementwise max(a, 0)."""
+    return np.maximum(a, 0.0)
+
+
+def _topk_relu(pre: np.ndarray, k: int) -> np.ndarray:
+    """Keep the k largest entries of each row, ReLU'd; zero the rest. pre: [B, d_sae]."""
+    idx = np.argpartition(-pre, k - 1, axis=-1)[..., :k]
+    z = np.zeros_like(pre)
+    np.put_along_axis(z, idx, _relu(np.take_along_axis(pre, idx, axis=-1)), axis=-1)
+    return z
+
+
+def encode_saelens(
+    params: Mapping[str, np.ndarray], cfg: Mapping[str, Any], x: np.ndarray
+) -> np.ndarray:
+    """SAELens' inference encode for standard / topk / jumprelu / gated (numpy).
+
+    x: [B, d_in] -> latents [B, d_sae]. As in SAELens, jumprelu is
+    relu(pre) * (pre > threshold) and topk is relu of the k largest pre-activations.
+    """
+    if cfg.get("normalize_activations", "none") != "none":
+        raise SaejaxError("encode_saelens supports only normalize_activations 'none'")
+    if cfg.get("rescale_acts_by_decoder_norm", False):
+        raise SaejaxError("encode_saelens does not support rescale_acts_by_decoder_norm")
+    p = params
+    sae_in = x - p["b_dec"] if cfg.get("apply_b_dec_to_input", True) else x
+    arch = cfg["architecture"]
+    if arch == "gated":
+        gate = (sae_in @ p["W_enc"] + p["b_gate"]) > 0
+        mag = _relu(sae_in @ (p["W_enc"] * np.exp(p["r_mag"])) + p["b_mag"])
+        return gate * mag
+    pre = sae_in @ p["W_enc"] + p["b_enc"]
+    if arch == "standard":
+        return _relu(pre)
+    if arch == "topk":
+        return _topk_relu(pre, int(cfg["k"]))
+    if arch == "jumprelu":
+        return _relu(pre) * (pre > p["threshold"])
+    raise SaejaxError(f"encode_saelens: unsupported SAELens architecture {arch!r}")
+
+
+def decode_saelens(
+    params: Mapping[str, np.ndarray], cfg: Mapping[str, Any], z: np.ndarray
+) -> np.ndarray:
+    """SAELens' inference decode (every architecture): z [B, d_sae] -> [B, d_in]."""
+    del cfg  # the decoder is the same linear map for all supported architectures
+    return z @ params["W_dec"] + params["b_dec"]
+

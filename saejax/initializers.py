@@ -1,0 +1,45 @@
+"""Data-dependent initialisation: the activation normalisation scale and b_dec.
+
+Both are computed once, at the start of a run, from a fixed sample of the data [n, d_in].
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from saejax.errors import ConfigError, DataError
+
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+
+
+def activation_norm_scale(sample: np.ndarray) -> float:
+    """The scalar s with E||s·x||² = d_in on `sample` [n, d_in] (SAELens' "expected_average_only_in").
+
+    Training sees s·x; export folds s back into the weights so the SAE works on raw x.
+    """
+    mean_sq_norm = float(np.mean(np.sum(np.square(sample, dtype=np.float64), axis=-1)))
+    if not np.isfinite(mean_sq_norm) or mean_sq_norm <= 0:
+        raise DataError(f"cannot normalise activations: mean squared norm of the data sample is {mean_sq_norm}")
+    return float(np.sqrt(sample.shape[-1] / mean_sq_norm))
+
+
+@jax.jit
+def geometric_median(points: jax.Array, iterations: int = 100, eps: float = 1e-8) -> jax.Array:
+    """argmin_y Σ_i ||points_i - y|| by Weiszfeld's iterations, started at the mean. [n, d] -> [d]."""
+
+    def weiszfeld(_, y):
+        weights = 1.0 / jnp.maximum(jnp.linalg.norm(points - y, axis=-1), eps)
+        return weights @ points / jnp.sum(weights)
+
+    return jax.lax.fori_loop(0, iterations, weiszfeld, jnp.mean(points, axis=0))
+
+
+def initial_b_dec(sample: np.ndarray, method: str) -> jax.Array:
+    """b_dec from a (normalised) data sample [n, d_in]: geometric median, mean or zeros. -> [d_in]"""
+    if method == "geometric_median":
+        return geometric_median(jnp.asarray(sample, jnp.float32))
+    if method == "mean":
+        return jnp.mean(jnp.asarray(sample, jnp.float32), axis=0)
+    if method == "zeros":
+        return jnp.zeros((sample.shape[-1],), jnp.float32)
+    raise ConfigError(f"unknown sae.init_b_dec={method!r}; choose one of {', '.join(B_DEC_INITS)}")

@@ -1,0 +1,185 @@
+"""The one generic run loop: config + workdir in, trained and exported SAE out.
+
+`train_and_evaluate(config, workdir)` builds the data source, SAE, loss and optimizer that the
+config names, resumes from the latest checkpoint in `workdir` if there is one, runs the jitted
+train step, and leaves in `workdir`:
+
+    config.json, metrics.jsonl, tensorboard/, checkpoints/, summary.json,
+    plots/{training,density}.png (+ atoms.png for image data),
+    export/{cfg.json, sae_weights.safetensors} (SAELens layout, linear architectures)
+"""
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from saejax import checkpoint, config as config_lib, data, export, losses, metrics, plots, train, writers
+from saejax.errors import DataError
+from saejax.resampling import resample_dead_latents
+from saejax.sae import SAE, sae_from_config
+
+INIT_SAMPLE_ROWS = 8192
+# Evaluation batches are drawn at these step indices, far from any training step.
+EVAL_STEP_OFFSET = 10**12
+
+
+def check_batch(batch: np.ndarray, step: int, source_name: str, d_in: int) -> None:
+    """Raise DataError naming the step and source if a batch has the wrong shape or non-finite values."""
+    if batch.ndim != 2 or batch.shape[1] != d_in:
+        raise DataError(
+            f"batch at step {step} from data.source={source_name!r} has shape {batch.shape}; "
+            f"the SAE expects [batch, {d_in}]"
+        )
+    finite = np.isfinite(batch)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise DataError(
+            f"non-finite value {batch[row, col]} in the batch at step {step} from data.source={source_name!r} "
+            f"(row {row}, column {col}); fix or filter the data"
+        )
+
+
+def read_batch(source, step: int, batch_size: int, d_in: int) -> np.ndarray:
+    """Batch `step` of `source`, checked; any DataError names the step and the source."""
+    try:
+        batch = source.batch(step, batch_size)
+    except DataError as e:
+        raise DataError(f"batch at step {step} from data.source={source.name!r}: {e}") from None
+    check_batch(batch, step, source.name, d_in)
+    return batch
+
+
+def _build(config):
+    source = data.make_source(config.data, config.seed)
+    sae = sae_from_config(config.sae, source.d_in, unit_norm_decoder=config.train.unit_norm_decoder)
+    loss = losses.loss_from_config(config.loss, sae)
+    optimizer = train.optimizer_from_config(config.optim, config.train, sae)
+    return source, sae, loss, optimizer
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, writer) -> train.TrainState:
+    """Initialise or resume, then train to `config.train.steps`; returns the final state."""
+    t = config.train
+    init_key, resample_key = jax.random.split(jax.random.key(config.seed))
+    try:
+        sample = source.sample(INIT_SAMPLE_ROWS)
+    except DataError as e:
+        raise DataError(f"initialisation sample from data.source={source.name!r}: {e}") from None
+    state = train.init_train_state(
+        sae, loss, optimizer, init_key, sample,
+        normalize=config.sae.normalize_activations, init_b_dec=config.sae.init_b_dec,
+    )
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=t.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore_latest(state)
+        print(f"resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
+    step_fn = train.jit_train_step(
+        train.make_train_step(sae, loss, optimizer, unit_norm_decoder=t.unit_norm_decoder,
+                              dead_steps=config.loss.dead_steps)
+    )
+    resample = jax.jit(lambda s, x, k: resample_dead_latents(sae, optimizer, s, x, k, config.loss.dead_steps))
+    resample_until = t.resample_until or t.steps
+
+    for step in range(int(state.step), t.steps):
+        batch = read_batch(source, step, t.batch_size, sae.d_in)
+        state, step_metrics = step_fn(state, batch)
+        done = step + 1
+        if t.resample_every and done % t.resample_every == 0 and done < resample_until:
+            x = jnp.asarray(batch, jnp.float32) * state.norm_scale
+            state, n = resample(state, x, jax.random.fold_in(resample_key, done))
+            step_metrics = {**step_metrics, "resampled": n}
+        if _due(done, t.log_every, t.steps):
+            writer.write(done, jax.device_get(step_metrics))
+        if _due(done, t.checkpoint_every, t.steps):
+            ckpt.save(done, state)
+    ckpt.close()
+    return state
+
+
+def evaluate(config, source, sae: SAE, state: train.TrainState) -> tuple[dict, np.ndarray]:
+    """Inference-mode metrics averaged over `train.eval_batches` held-out batches, and the
+    latents' firing density [d_sae] over them."""
+    results = []
+    for i in range(config.train.eval_batches):
+        batch = read_batch(source, EVAL_STEP_OFFSET + i, config.train.batch_size, sae.d_in)
+        results.append(jax.device_get(train.evaluate(sae, state.params, state.norm_scale, batch)))
+    if not results:
+        return {}, np.zeros(sae.d_sae)
+    density = np.mean([r.pop("density") for r in results], axis=0)
+    scalars = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+    scalars["dead_fraction"] = float(np.mean(density == 0))
+    return scalars, density
+
+
+def dictionary_recovery(source, params) -> dict:
+    """For sources with a known ground-truth dictionary: MMCS and Hungarian-matched mean |cos|."""
+    truth = getattr(source, "dictionary", None)
+    if truth is None or "W_dec" not in params:
+        return {}
+    learned = np.asarray(params["W_dec"])
+    return {
+        "mmcs": float(metrics.mmcs(learned, truth)),
+        "matched_mean_abs_cos": metrics.matched_mean_abs_cos(learned, truth),
+    }
+
+
+def save_plots(workdir: Path, source, sae: SAE, params, density: np.ndarray) -> None:
+    plots.plot_training_curves(writers.read_metrics(workdir), workdir / "plots" / "training.png")
+    plots.plot_density_histogram(density, workdir / "plots" / "density.png")
+    patch_size = getattr(source, "patch_size", None)
+    if patch_size and "W_dec" in params:
+        order = np.argsort(-density)
+        plots.plot_atoms(np.asarray(params["W_dec"]), (patch_size, patch_size), workdir / "plots" / "atoms.png",
+                         n=min(sae.d_sae, 256), order=order)
+
+
+def save_export(workdir: Path, config, sae: SAE, state: train.TrainState) -> str:
+    """SAELens-format export with the normalisation folded back in; returns what happened."""
+    if sae.arch == "mlp":
+        return "skipped: sae.arch='mlp' has no SAELens equivalent"
+    if sae.hparams["leak"]:
+        return "skipped: SAELens has no leaky-ReLU SAE (sae.leak > 0)"
+    params = jax.tree.map(np.asarray, state.params)
+    path = export.export_saelens(
+        workdir / "export", params, arch=sae.arch, d_in=sae.d_in, d_sae=sae.d_sae, k=sae.hparams["k"],
+        norm_scale=float(state.norm_scale), metadata={"data_source": config.data.source, "seed": config.seed},
+    )
+    return str(path)
+
+
+def train_and_evaluate(config, workdir: str | Path) -> dict:
+    """Run the whole job a config describes (see module docstring); returns the summary dict."""
+    start = time.perf_counter()
+    config_lib.validate(config)
+    source, sae, loss, optimizer = _build(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    print(f"{sae.arch} SAE d_in={sae.d_in} d_sae={sae.d_sae} on data.source={source.name!r}; "
+          f"{jax.device_count()} {jax.default_backend()} device(s); workdir {workdir}", flush=True)
+
+    writer = writers.MetricWriter(workdir, config.train.steps, tensorboard=config.log.tensorboard,
+                                  progress=config.log.progress)
+    try:
+        state = run_training(config, workdir, source, sae, loss, optimizer, writer)
+        scalars, density = evaluate(config, source, sae, state)
+        scalars.update(dictionary_recovery(source, state.params))
+        writer.write(int(state.step), scalars, split="eval")
+    finally:
+        writer.close()
+    save_plots(workdir, source, sae, state.params, density)
+    summary = {
+        "arch": sae.arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "steps": int(state.step),
+        "eval": scalars, "export": save_export(workdir, config, sae, state),
+        "wall_time_s": round(time.perf_counter() - start, 2),
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

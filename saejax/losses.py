@@ -1,0 +1,321 @@
+"""Penalties written as loss transforms, in the style of optax's gradient transformations.
+
+A term is a `LossTerm(init, apply)` of pure functions:
+
+    init(sae) -> state
+    apply(params, x, out, state, step) -> (terms: dict[str, scalar], new_state)
+
+where x [B, d_in] is the (normalised) input batch and out the SAE's `SAEOutput`. `chain(*terms)`
+combines terms into one; the loss is the sum of the returned dict's values, and the dict doubles
+as metrics. Each coefficient is a constant >= 0 or an optax schedule of the step (warm-ups).
+Stateful terms (AuxK's dead-latent counters, KL's running mean) carry their state exactly like
+optimizer state. A new penalty is one new function returning a LossTerm, no edit elsewhere:
+
+    loss = chain(mse(), l1(optax.linear_schedule(0.0, 5.0, 1000)))
+    state = loss.init(sae)
+    terms, state = loss.apply(params, x, sae.forward(params, x), state, step)
+    total = sum(terms.values())
+
+Reductions: per-row sums over d_in or d_sae, then the mean over the batch (as SAELens and the
+literature write ||x - x̂||² + λ Σ_i |z_i|).
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from saejax import activations, metrics
+from saejax.errors import ConfigError
+
+Coefficient = float | Callable[[jax.Array], jax.Array]
+
+
+class LossTerm(NamedTuple):
+    """A penalty as a pair of pure functions (see module docstring)."""
+
+    init: Callable[[Any], Any]
+    apply: Callable[..., tuple[dict[str, jax.Array], Any]]
+
+
+def as_schedule(coeff: Coefficient, name: str) -> optax.Schedule:
+    """A constant >= 0 becomes a constant schedule; a callable is taken as a schedule of the step."""
+    if callable(coeff):
+        return coeff
+    if not math.isfinite(coeff) or coeff < 0:
+        raise ConfigError(f"loss coefficient {name}={coeff} must be a finite number >= 0")
+    return optax.constant_schedule(float(coeff))
+
+
+def stateless(term_fn: Callable[..., dict[str, jax.Array]]) -> LossTerm:
+    """A LossTerm from a function (params, x, out, step) -> terms, with no state."""
+
+    def apply(params, x, out, state, step):
+        return term_fn(params, x, out, step), state
+
+    return LossTerm(lambda sae: (), apply)
+
+
+def chain(*terms: LossTerm) -> LossTerm:
+    """One LossTerm applying each of `terms`; their dicts are merged (names must not collide)."""
+
+    def init(sae):
+        return tuple(term.init(sae) for term in terms)
+
+    def apply(params, x, out, state, step):
+        merged, new_state = {}, []
+        for term, term_state in zip(terms, state):
+            values, term_state = term.apply(params, x, out, term_state, step)
+            clash = merged.keys() & values.keys()
+            if clash:
+                raise ConfigError(f"two loss terms both produce {sorted(clash)}; each name may appear once")
+            merged.update(values)
+            new_state.append(term_state)
+        return merged, tuple(new_state)
+
+    return LossTerm(init, apply)
+
+
+def total(terms: dict[str, jax.Array]) -> jax.Array:
+    """The loss: the sum of all terms."""
+    return sum(terms.values(), jnp.zeros((), jnp.float32))
+
+
+def squared_error(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+    """Mean over the batch of the per-row squared error ||x - x̂||². [B, d], [B, d] -> []."""
+    return jnp.mean(jnp.sum(jnp.square(x - x_hat), axis=-1))
+
+
+def decoder_norms(params) -> jax.Array:
+    """||W_dec[i]|| for every latent. -> [d_sae]"""
+    return jnp.linalg.norm(params["W_dec"], axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstruction.
+
+
+def mse(coeff: Coefficient = 1.0, normalized: bool = False) -> LossTerm:
+    """Reconstruction: mean_b ||x - x̂||², or normalised by the batch's variance around its mean
+    (Σ||x - x̂||² / Σ||x - mean(x)||², i.e. the fraction of variance unexplained)."""
+    schedule = as_schedule(coeff, "loss.mse")
+
+    def term(params, x, out, step):
+        err = metrics.fvu(x, out.x_hat) if normalized else squared_error(x, out.x_hat)
+        return {"mse": schedule(step) * err}
+
+    return stateless(term)
+
+
+def matryoshka_mse(coeff: Coefficient = 1.0) -> LossTerm:
+    """Matryoshka SAEs (Bussmann et al. 2025): Σ over nested prefixes m of ||x - x̂_{1:m}||²,
+    each x̂_{1:m} decoded from latents [0, m) only (the SAE's aux["prefix_x_hats"])."""
+    schedule = as_schedule(coeff, "loss.mse")
+
+    def term(params, x, out, step):
+        errors = [squared_error(x, x_hat) for x_hat in out.aux["prefix_x_hats"]]
+        return {"mse": schedule(step) * sum(errors)}
+
+    return stateless(term)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparsity penalties.
+
+
+def l1(coeff: Coefficient, decoder_weighted: bool = False) -> LossTerm:
+    """λ · mean_b Σ_i |z_i| (decoder_weighted: |z_i| · ||W_dec[i]||, Anthropic's April 2024 update)."""
+    schedule = as_schedule(coeff, "loss.l1")
+
+    def term(params, x, out, step):
+        weighted = jnp.abs(out.z) * decoder_norms(params) if decoder_weighted else jnp.abs(out.z)
+        return {"l1": schedule(step) * jnp.mean(jnp.sum(weighted, axis=-1))}
+
+    return stateless(term)
+
+
+def tanh_penalty(coeff: Coefficient, scale: float = 1.0) -> LossTerm:
+    """λ · mean_b Σ_i tanh(scale · |z_i| · ||W_dec[i]||): a saturating L0 proxy (Anthropic, Feb 2024)."""
+    schedule = as_schedule(coeff, "loss.tanh")
+
+    def term(params, x, out, step):
+        scaled = scale * jnp.abs(out.z) * decoder_norms(params)
+        return {"tanh": schedule(step) * jnp.mean(jnp.sum(jnp.tanh(scaled), axis=-1))}
+
+    return stateless(term)
+
+
+def bernoulli_kl(rho: float, rho_hat: jax.Array) -> jax.Array:
+    """KL(Bernoulli(ρ) || Bernoulli(ρ̂)) elementwise; zero where ρ̂ = ρ."""
+    return rho * jnp.log(rho / rho_hat) + (1 - rho) * jnp.log((1 - rho) / (1 - rho_hat))
+
+
+def kl_sparsity(coeff: Coefficient, rho: float = 0.05, ema_decay: float = 0.0, eps: float = 1e-6) -> LossTerm:
+    """The classic average-activation penalty (Ng's sparse autoencoder): λ Σ_i KL(ρ || ρ̂_i).
+
+    ρ̂_i is latent i's mean activation, by default over the current batch (ema_decay = 0, the exact
+    gradient of the batch objective). With ema_decay in (0, 1) it is a running mean
+    ρ̂ = decay · ρ̂_prev + (1 - decay) · mean_batch(z_i) over a window of about 1/(1 - decay) steps,
+    whose gradient flows through the batch part only. KL needs ρ̂ in (0, 1), as for the sigmoid
+    units of the original formulation: for unbounded (ReLU) latents ρ̂ is clipped to [eps, 1 - eps].
+    """
+    schedule = as_schedule(coeff, "loss.kl")
+    if not 0 < rho < 1:
+        raise ConfigError(f"loss.rho={rho} must be in (0, 1)")
+    if not 0 <= ema_decay < 1:
+        raise ConfigError(f"loss.kl_ema={ema_decay} must be in [0, 1)")
+
+    def init(sae):
+        return jnp.full((sae.d_sae,), rho, jnp.float32)
+
+    def apply(params, x, out, running_mean, step):
+        rho_hat = jnp.mean(out.z, axis=0)
+        if ema_decay:
+            rho_hat = ema_decay * running_mean + (1 - ema_decay) * rho_hat
+        kl = jnp.sum(bernoulli_kl(rho, jnp.clip(rho_hat, eps, 1 - eps)))
+        return {"kl": schedule(step) * kl}, jax.lax.stop_gradient(rho_hat)
+
+    return LossTerm(init, apply)
+
+
+def l0_estimate(params, out, bandwidth: float) -> jax.Array:
+    """mean_b Σ_i H(pre_i - θ_i) with the step STE: the L0 norm, differentiable in θ."""
+    return jnp.mean(jnp.sum(activations.step(out.pre_acts, params["threshold"], bandwidth), axis=-1))
+
+
+def jumprelu_l0(coeff: Coefficient, bandwidth: float) -> LossTerm:
+    """λ · L0 for JumpReLU SAEs (Rajamanoharan et al. 2024): gradient reaches θ through the STE."""
+    schedule = as_schedule(coeff, "loss.l0")
+
+    def term(params, x, out, step):
+        return {"l0": schedule(step) * l0_estimate(params, out, bandwidth)}
+
+    return stateless(term)
+
+
+def target_l0(coeff: Coefficient, target: float, bandwidth: float) -> LossTerm:
+    """λ · (L0 / target - 1)²: steers a JumpReLU SAE towards a chosen L0 instead of trading off."""
+    schedule = as_schedule(coeff, "loss.target_l0_coeff")
+    if target <= 0:
+        raise ConfigError(f"loss.target_l0={target} must be > 0")
+
+    def term(params, x, out, step):
+        return {"target_l0": schedule(step) * jnp.square(l0_estimate(params, out, bandwidth) / target - 1)}
+
+    return stateless(term)
+
+
+def gated_sparsity(coeff: Coefficient) -> LossTerm:
+    """Gated SAE penalties (Rajamanoharan et al. 2024): λ · Σ_i ReLU(π_gate,i) · ||W_dec[i]|| plus the
+    auxiliary loss ||x - (ReLU(π_gate) @ sg(W_dec) + sg(b_dec))||² that trains the gate to reconstruct
+    through a frozen decoder."""
+    schedule = as_schedule(coeff, "loss.l1")
+
+    def term(params, x, out, step):
+        gate = jax.nn.relu(out.aux["gate_pre"])
+        l1_gate = jnp.mean(jnp.sum(gate * decoder_norms(params), axis=-1))
+        frozen = jax.lax.stop_gradient(params)
+        x_hat_gate = gate @ frozen["W_dec"] + frozen["b_dec"]
+        return {"l1": schedule(step) * l1_gate, "gated_aux": squared_error(x, x_hat_gate)}
+
+    return stateless(term)
+
+
+def activation_balance(coeff: Coefficient) -> LossTerm:
+    """Load balancing across latents (Switch Transformer style): λ · (d_sae · Σ_i f_i p_i - 1), where
+    f_i = latent i's share of all firings in the batch (no gradient) and p_i = its mean share of each
+    row's activation mass. It is 0 when every latent carries the same load, positive when usage
+    concentrates, and its gradient shifts mass away from over-used latents."""
+    schedule = as_schedule(coeff, "loss.balance")
+
+    def term(params, x, out, step):
+        d_sae = out.z.shape[-1]
+        fires = jax.lax.stop_gradient(metrics.feature_density(out.z))
+        fires = fires / (jnp.sum(fires) + 1e-12)
+        mass = jnp.abs(out.z)
+        share = jnp.mean(mass / (jnp.sum(mass, axis=-1, keepdims=True) + 1e-12), axis=0)
+        return {"balance": schedule(step) * (d_sae * jnp.sum(fires * share) - 1.0)}
+
+    return stateless(term)
+
+
+def auxk(coeff: Coefficient, k_aux: int, dead_steps: int) -> LossTerm:
+    """AuxK (Gao et al. 2024): the k_aux largest pre-activations among dead latents (silent for
+    `dead_steps` steps) reconstruct the main reconstruction's residual e = x - x̂:
+    λ · mean_b ||e - ê||² · min(1, n_dead / k_aux), zero (and skipped) when no latent is dead.
+    State: steps since each latent last fired [d_sae] int32."""
+    schedule = as_schedule(coeff, "loss.auxk")
+    if k_aux <= 0 or dead_steps <= 0:
+        raise ConfigError(f"loss.auxk_k={k_aux} and loss.dead_steps={dead_steps} must be > 0")
+
+    def init(sae):
+        return jnp.zeros((sae.d_sae,), jnp.int32)
+
+    def aux_loss(params, residual, pre_acts, dead):
+        k = min(k_aux, pre_acts.shape[-1])
+        dead_pre = jnp.where(dead, pre_acts, -jnp.inf)
+        z_aux = activations.topk(dead_pre, k)
+        z_aux = jnp.where(jnp.isfinite(z_aux), z_aux, 0.0)
+        scale = jnp.minimum(1.0, jnp.sum(dead) / k)
+        return scale * squared_error(residual, z_aux @ params["W_dec"])
+
+    def apply(params, x, out, steps_since_fired, step):
+        dead = steps_since_fired >= dead_steps
+        residual = jax.lax.stop_gradient(x - out.x_hat)
+        loss = jax.lax.cond(
+            dead.any(), aux_loss, lambda *_: jnp.zeros((), jnp.float32), params, residual, out.pre_acts, dead
+        )
+        return {"auxk": schedule(step) * loss}, metrics.update_steps_since_fired(steps_since_fired, out.z)
+
+    return LossTerm(init, apply)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss a run's config asks for.
+
+
+def _linear_warmup(coeff: float, warmup_steps: int, name: str) -> Coefficient:
+    as_schedule(coeff, name)  # validates
+    if warmup_steps > 0:
+        return optax.linear_schedule(0.0, coeff, warmup_steps)
+    return coeff
+
+
+def loss_from_config(loss_config, sae) -> LossTerm:
+    """The chain of terms the `loss` section of a run's config describes, checked against the SAE."""
+    c = loss_config
+    arch = sae.arch
+    terms: list[LossTerm] = [matryoshka_mse(c.mse) if arch == "matryoshka" else mse(c.mse, c.normalized_mse)]
+    l1_coeff = _linear_warmup(c.l1, c.l1_warmup_steps, "loss.l1")
+    if arch == "gated":
+        terms.append(gated_sparsity(l1_coeff))
+    elif c.l1:
+        if c.l1_decoder_weighted and arch == "mlp":
+            raise ConfigError("loss.l1_decoder_weighted=True needs a linear decoder; sae.arch='mlp' has none")
+        terms.append(l1(l1_coeff, c.l1_decoder_weighted))
+    if c.tanh:
+        if arch == "mlp":
+            raise ConfigError("loss.tanh weights latents by decoder norms; sae.arch='mlp' has no linear decoder")
+        terms.append(tanh_penalty(c.tanh, c.tanh_scale))
+    if c.kl:
+        terms.append(kl_sparsity(c.kl, c.rho, c.kl_ema))
+    if c.l0 or c.target_l0:
+        if arch != "jumprelu":
+            raise ConfigError(f"loss.l0 / loss.target_l0 need sae.arch='jumprelu', got {arch!r}")
+        bandwidth = sae.hparams["bandwidth"]
+        if c.l0:
+            terms.append(jumprelu_l0(c.l0, bandwidth))
+        if c.target_l0:
+            terms.append(target_l0(c.target_l0_coeff, c.target_l0, bandwidth))
+    if c.auxk:
+        if arch == "mlp":
+            raise ConfigError("loss.auxk decodes through W_dec; sae.arch='mlp' has none")
+        terms.append(auxk(c.auxk, c.auxk_k, c.dead_steps))
+    if c.balance:
+        terms.append(activation_balance(c.balance))
+    for field in ("mse", "l1", "tanh", "kl", "l0", "auxk", "balance", "target_l0_coeff"):
+        as_schedule(c[field], f"loss.{field}")
+    return chain(*terms)

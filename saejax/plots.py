@@ -1,0 +1,135 @@
+"""Figures for SAE runs: decoder atoms, training curves, feature-density histograms.
+
+Figures are built with `matplotlib.figure.Figure` (Agg canvas), never pyplot, so nothing
+opens a window or touches global backend state. Each function writes a PNG (or any
+format matplotlib infers from the suffix), creates missing parent directories and
+returns the path.
+"""
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from saejax.errors import SaejaxError
+from saejax.metrics import log10_density_histogram
+
+# (metrics-dict key, panel title) of the training-curve panels, in order.
+CURVE_PANELS = (
+    ("loss", "loss"),
+    ("l0", "L0"),
+    ("fvu", "FVU"),
+    ("dead_fraction", "dead fraction"),
+)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Write fig to path (making parent dirs) and return the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def _atom_rows(
+    W_dec: np.ndarray, n: int, order: Sequence[int] | None
+) -> np.ndarray:
+    """The (up to) n decoder rows to draw, in `order` if given. W_dec: [d_sae, d_in]."""
+    idx = np.arange(W_dec.shape[0]) if order is None else np.asarray(order, int)
+    return idx[: max(0, n)]
+
+
+def plot_atoms(
+    W_dec: np.ndarray,
+    patch_shape: tuple[int, int],
+    path: str | Path,
+    n: int = 64,
+    order: Sequence[int] | None = None,
+) -> Path:
+    """Grid of decoder rows drawn as grayscale patches.
+
+    W_dec: [d_sae, d_in] with d_in == h * w for patch_shape (h, w). Each atom is scaled
+    to its own max |value| on a symmetric gray colormap (0 = mid-gray). order: latent
+    indices to draw first (e.g. np.argsort(-density) for most-used first); the first
+    n of them (default: latents 0..n-1) are drawn, row-major.
+    """
+    W = np.asarray(W_dec, dtype=np.float32)
+    h, w = patch_shape
+    if W.ndim != 2 or W.shape[1] != h * w:
+        raise SaejaxError(
+            f"plot_atoms: W_dec shape {W.shape} does not match patch_shape {(h, w)}"
+        )
+    idx = _atom_rows(W, n, order)
+    cols = max(1, math.ceil(math.sqrt(len(idx))))
+    rows = max(1, math.ceil(len(idx) / cols))
+    fig = Figure(figsize=(cols * 0.9, rows * 0.9))
+    for slot, latent in enumerate(idx):
+        atom = W[latent].reshape(h, w)
+        vmax = max(float(np.abs(atom).max()), 1e-12)
+        ax = fig.add_subplot(rows, cols, slot + 1)
+        ax.imshow(atom, cmap="gray", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        ax.set_axis_off()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99, wspace=0.08,
+                        hspace=0.08)
+    return _save(fig, path)
+
+
+def _series(metrics: Sequence[dict[str, Any]], key: str) -> tuple[list, list]:
+    """(steps, values) of the finite scalar values logged under key."""
+    steps, values = [], []
+    for i, row in enumerate(metrics):
+        if key not in row:
+            continue
+        value = float(np.asarray(row[key]))
+        if math.isfinite(value):
+            steps.append(float(np.asarray(row.get("step", i))))
+            values.append(value)
+    return steps, values
+
+
+def plot_training_curves(metrics: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Loss, L0, FVU and dead fraction against step, one panel each.
+
+    metrics: a list of dicts (one per log step) with an optional "step" (default: the
+    row's index) and any of the keys in CURVE_PANELS; panels without data are skipped.
+    """
+    panels = [(key, title, *_series(metrics, key)) for key, title in CURVE_PANELS]
+    panels = [p for p in panels if p[2]]
+    fig = Figure(figsize=(4.0 * max(1, len(panels)), 3.2))
+    if not panels:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.text(0.5, 0.5, "no metrics logged", ha="center", va="center")
+        ax.set_axis_off()
+    for i, (_, title, steps, values) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.plot(steps, values, marker="." if len(values) < 30 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_density_histogram(
+    density: np.ndarray, path: str | Path, bins: int = 32
+) -> Path:
+    """Histogram of log10 feature density, with the never-firing count in the title.
+
+    density: [d_sae] fraction of inputs on which each latent fires (see
+    metrics.feature_density); bins span log10 density from -8 to 0.
+    """
+    counts, edges, n_never = log10_density_histogram(np.asarray(density), bins=bins)
+    counts, edges = np.asarray(counts), np.asarray(edges)
+    fig = Figure(figsize=(5.0, 3.2))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="black",
+           linewidth=0.3)
+    ax.set_xlabel("log10 feature density")
+    ax.set_ylabel("latents")
+    ax.set_title(f"{int(counts.sum())} alive, {int(n_never)} never fired")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,237 @@
+"""Training: the train state, the optimizer, the decoder constraints and one jitted train step.
+
+    sae = make_sae("relu", d_in, d_sae)
+    loss = losses.chain(losses.mse(), losses.l1(5.0))
+    optimizer = make_optimizer(optax.adam(1e-3), sae)
+    state = init_train_state(sae, loss, optimizer, jax.random.key(0), sample)
+    step = jit_train_step(make_train_step(sae, loss, optimizer))
+    state, step_metrics = step(state, batch)        # batch: [B, d_in] raw activations
+
+The step is one pure function (state, batch) -> (state, metrics), jitted once with the state's
+buffers donated. The run loop that drives it from a config lives in `saejax.loop`.
+"""
+
+import inspect
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from saejax import initializers, losses, metrics
+from saejax.errors import ConfigError
+from saejax.sae import SAE, Params
+
+
+class TrainState(NamedTuple):
+    """Everything a run needs to continue; a pytree (checkpointed whole).
+
+    step: [] int32.  params: the SAE's params dict.  opt_state: the optimizer's state.
+    loss_state: the loss terms' state.  steps_since_fired: [d_sae] int32 dead-latent counters.
+    norm_scale: [] float32, inputs are multiplied by it (activation normalisation).
+    """
+
+    step: jax.Array
+    params: Params
+    opt_state: Any
+    loss_state: Any
+    steps_since_fired: jax.Array
+    norm_scale: jax.Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder constraints.
+
+
+def unit_rows(w: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """Each row of w [n, d] scaled to unit norm."""
+    return w / jnp.maximum(jnp.linalg.norm(w, axis=-1, keepdims=True), eps)
+
+
+def normalize_decoder_rows(params: Params) -> Params:
+    """W_dec rows back to unit norm (applied after every update when constrained)."""
+    return {**params, "W_dec": unit_rows(params["W_dec"])}
+
+
+def remove_parallel_component(grad: jax.Array, w: jax.Array) -> jax.Array:
+    """Each row of grad [n, d] minus its component along the matching row of w [n, d]."""
+    unit = unit_rows(w)
+    return grad - jnp.sum(grad * unit, axis=-1, keepdims=True) * unit
+
+
+def project_decoder_grads() -> optax.GradientTransformation:
+    """An optax transform removing from W_dec's gradient the part parallel to each decoder row,
+    the part that the unit-norm constraint would undo anyway."""
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("project_decoder_grads needs params: call optimizer.update(grads, state, params)")
+        projected = remove_parallel_component(updates["W_dec"], params["W_dec"])
+        return {**updates, "W_dec": projected}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def zero_updates(keys: tuple[str, ...]) -> optax.GradientTransformation:
+    """An optax transform setting the updates of the top-level params `keys` to zero: for buffers
+    that the SAE sets itself (e.g. BatchTopK's threshold), which no optimizer (nor weight decay)
+    may move."""
+
+    def update(updates, state, params=None):
+        return {k: jnp.zeros_like(v) if k in keys else v for k, v in updates.items()}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer.
+
+
+def lr_schedule(lr: float, total_steps: int, warmup_steps: int = 0, decay: str = "constant") -> optax.Schedule:
+    """Linear warm-up from 0 over warmup_steps, then constant, cosine or linear decay to 0."""
+    if not lr > 0:
+        raise ConfigError(f"optim.lr={lr} must be > 0")
+    warmup = min(warmup_steps, total_steps)
+    rest = max(total_steps - warmup, 1)
+    decays = {
+        "constant": optax.constant_schedule(lr),
+        "cosine": optax.cosine_decay_schedule(lr, rest),
+        "linear": optax.linear_schedule(lr, 0.0, rest),
+    }
+    if decay not in decays:
+        raise ConfigError(f"unknown optim.decay={decay!r}; choose one of {', '.join(decays)}")
+    if warmup <= 0:
+        return decays[decay]
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decays[decay]], [warmup])
+
+
+def optax_optimizer(name: str, learning_rate: optax.ScalarOrSchedule, **options) -> optax.GradientTransformation:
+    """Any optax optimizer by name (adam, adamw, sgd, lion, ...); options it does not take are dropped."""
+    factory = getattr(optax, name, None)
+    if not callable(factory) or "learning_rate" not in inspect.signature(factory).parameters:
+        raise ConfigError(f"optim.name={name!r} is not an optax optimizer taking a learning_rate (e.g. adam, adamw, sgd)")
+    accepted = inspect.signature(factory).parameters
+    return factory(learning_rate=learning_rate, **{k: v for k, v in options.items() if k in accepted})
+
+
+def make_optimizer(
+    base: optax.GradientTransformation,
+    sae: SAE,
+    *,
+    project_decoder: bool = True,
+    grad_clip: float = 0.0,
+) -> optax.GradientTransformation:
+    """Wrap an optax optimizer for an SAE: optional global-norm clipping, removal of the gradient
+    parallel to the decoder rows, and the SAE's buffers (e.g. BatchTopK's threshold) left to
+    `sae.update_buffers` instead of the optimizer."""
+    parts = []
+    if grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(grad_clip))
+    if project_decoder and sae.arch != "mlp":
+        parts.append(project_decoder_grads())
+    parts.append(base)
+    if sae.buffers:
+        parts.append(zero_updates(sae.buffers))
+    return optax.chain(*parts)
+
+
+def optimizer_from_config(optim_config, train_config, sae: SAE) -> optax.GradientTransformation:
+    """The optimizer the `optim` section of a run's config describes."""
+    schedule = lr_schedule(optim_config.lr, train_config.steps, optim_config.warmup_steps, optim_config.decay)
+    base = optax_optimizer(optim_config.name, schedule, b1=optim_config.b1, b2=optim_config.b2)
+    constrained = train_config.unit_norm_decoder
+    return make_optimizer(
+        base, sae, project_decoder=constrained and train_config.project_decoder_grads,
+        grad_clip=optim_config.grad_clip,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# State and step.
+
+
+def init_train_state(
+    sae: SAE,
+    loss: losses.LossTerm,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    sample: np.ndarray,
+    *,
+    normalize: bool = True,
+    init_b_dec: str = "geometric_median",
+) -> TrainState:
+    """Fresh state: params from `sae.init`, b_dec and the normalisation scale from `sample` [n, d_in]."""
+    scale = initializers.activation_norm_scale(sample) if normalize else 1.0
+    params = jax.jit(sae.init)(key)
+    params["b_dec"] = initializers.initial_b_dec(np.asarray(sample, np.float32) * scale, init_b_dec)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        loss_state=loss.init(sae),
+        steps_since_fired=jnp.zeros((sae.d_sae,), jnp.int32),
+        norm_scale=jnp.asarray(scale, jnp.float32),
+    )
+
+
+def step_metrics(x: jax.Array, out, steps_since_fired: jax.Array, dead_steps: int) -> dict[str, jax.Array]:
+    """Sparsity and fidelity of one batch: L0, FVU, cosine similarity, dead fraction."""
+    return {
+        "l0": metrics.l0(out.z),
+        "fvu": metrics.fvu(x, out.x_hat),
+        "cos_sim": metrics.cosine_similarity(x, out.x_hat),
+        "dead_fraction": metrics.dead_fraction(steps_since_fired, dead_steps),
+    }
+
+
+def make_train_step(
+    sae: SAE,
+    loss: losses.LossTerm,
+    optimizer: optax.GradientTransformation,
+    *,
+    unit_norm_decoder: bool = True,
+    dead_steps: int = 1000,
+):
+    """The pure train step (state, batch [B, d_in]) -> (state, metrics); jit it with `jit_train_step`."""
+    constrain = unit_norm_decoder and sae.arch != "mlp"
+
+    def loss_fn(params, x, loss_state, step):
+        out = sae.forward(params, x, train=True)
+        terms, loss_state = loss.apply(params, x, out, loss_state, step)
+        return losses.total(terms), (terms, out, loss_state)
+
+    def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        x = batch.astype(jnp.float32) * state.norm_scale
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (value, (terms, out, loss_state)), grads = grad_fn(state.params, x, state.loss_state, state.step)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        params = sae.update_buffers(params, out, state.step)
+        if constrain:
+            params = normalize_decoder_rows(params)
+        fired = metrics.update_steps_since_fired(state.steps_since_fired, out.z)
+        new_state = TrainState(state.step + 1, params, opt_state, loss_state, fired, state.norm_scale)
+        logged = {"loss": value, **{f"loss/{name}": v for name, v in terms.items()}}
+        return new_state, {**logged, **step_metrics(x, out, fired, dead_steps)}
+
+    return train_step
+
+
+def jit_train_step(train_step):
+    """jax.jit with the state (argument 0) donated: params and optimizer state update in place."""
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def evaluate(sae: SAE, params: Params, norm_scale: jax.Array, batch: jax.Array) -> dict[str, jax.Array]:
+    """Inference-mode metrics of one batch [B, d_in]: L0, FVU, MSE, cosine similarity, density."""
+    x = batch.astype(jnp.float32) * norm_scale
+    z = sae.encode(params, x)
+    x_hat = sae.decode(params, z)
+    return {
+        "l0": metrics.l0(z),
+        "fvu": metrics.fvu(x, x_hat),
+        "mse": metrics.mse(x, x_hat),
+        "cos_sim": metrics.cosine_similarity(x, x_hat),
+        "density": metrics.feature_density(z),
+    }

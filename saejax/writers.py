@@ -1,0 +1,69 @@
+"""Where a run's numbers go: metrics.jsonl (always), TensorBoard event files, a progress line."""
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+PROGRESS_KEYS = (("loss", "loss {:.4g}"), ("l0", "L0 {:.1f}"), ("fvu", "FVU {:.4f}"), ("dead_fraction", "dead {:.1%}"))
+
+
+def _jsonable(value):
+    """Floats that JSON can hold (NaN/Inf become strings rather than invalid JSON)."""
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+class MetricWriter:
+    """Appends one JSON object per logged step to `workdir/metrics.jsonl`, mirrors the scalars to
+    TensorBoard under `workdir/tensorboard/`, and prints a progress line with steps/s."""
+
+    def __init__(self, workdir: str | Path, total_steps: int, *, tensorboard: bool = True, progress: bool = True):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.total_steps = total_steps
+        self.progress = progress
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter  # noqa: PLC0415  (optional at import time)
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self._last = (None, time.perf_counter())
+
+    def write(self, step: int, scalars: dict, split: str = "train") -> None:
+        """Record scalars (floats) for `step`; split is "train" or "eval"."""
+        record = {"step": int(step), "split": split, **{k: _jsonable(v) for k, v in scalars.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for name, value in scalars.items():
+                self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+        if self.progress:
+            print(self._progress_line(step, scalars, split), file=sys.stdout, flush=True)
+
+    def _progress_line(self, step: int, scalars: dict, split: str) -> str:
+        last_step, last_time = self._last
+        now = time.perf_counter()
+        parts = [f"[{split}] step {step}/{self.total_steps}"]
+        if split == "train" and last_step is not None and step > last_step:
+            parts.append(f"{(step - last_step) / (now - last_time):.1f} steps/s")
+        if split == "train":
+            self._last = (step, now)
+        parts += [fmt.format(scalars[key]) for key, fmt in PROGRESS_KEYS if key in scalars]
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str | Path, split: str = "train") -> list[dict]:
+    """The records of one split from `workdir/metrics.jsonl`, in order."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if r.get("split") == split]

@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="saejax",
+    version="0.1.0",
+    description="Sparse autoencoders in JAX/Flax: architectures, penalties as loss transforms, jitted training.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["saejax", "saejax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "numpy",
+        "absl-py",
+        "ml_collections",
+        "safetensors",
+        "matplotlib",
+        "tensorboardX",
+        "scikit-image",
+        "scipy",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+)

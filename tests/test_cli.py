@@ -1,0 +1,197 @@
+"""The command-line contract: experiments/train.py end to end, its workdir, resume, and errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import saejax
+from saejax import export
+from saejax.config import base_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "experiments" / "train.py"
+SYNTHETIC = ROOT / "experiments" / "configs" / "synthetic.py"
+
+
+def run_cli(workdir, *flags, config=SYNTHETIC):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    args = [sys.executable, str(TRAIN), f"--workdir={workdir}", f"--config={config}", *flags]
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+
+
+SMALL_SYNTHETIC = [
+    "--config.data.d=32", "--config.data.n_features=64", "--config.data.avg_active=3",
+    "--config.data.freq_ratio=10", "--config.sae.d_sae=128", "--config.train.batch_size=512",
+    "--config.log.tensorboard=False",
+]
+
+
+def test_synthetic_dictionary_recovery_relu_l1_through_the_cli(tmp_path):
+    result = run_cli(tmp_path, *SMALL_SYNTHETIC, "--config.train.steps=1500", "--config.loss.l1=1.0",
+                     "--config.optim.lr=3e-3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["eval"]["mmcs"] >= 0.99, summary
+
+
+def test_synthetic_dictionary_recovery_topk(tmp_path):
+    c = saejax.base_config()
+    for flag in SMALL_SYNTHETIC:
+        field, value = flag.removeprefix("--config.").split("=")
+        section, name = field.split(".")
+        c[section][name] = type(c[section][name])(value) if value != "False" else False
+    c.sae.arch, c.sae.k, c.loss.auxk, c.loss.dead_steps = "topk", 3, 1 / 32, 50
+    c.optim.lr, c.train.steps, c.log.progress = 3e-3, 1500, False
+    summary = saejax.train_and_evaluate(c, tmp_path)
+    assert summary["eval"]["mmcs"] >= 0.99, summary
+
+
+def test_workdir_contents_and_resume(tmp_path):
+    flags = ["--config.data.source=patches", "--config.data.patch_size=6", "--config.data.n_patches=4000",
+             "--config.sae.d_sae=64", "--config.loss.l1=0.1", "--config.train.batch_size=128",
+             "--config.train.log_every=20", "--config.train.checkpoint_every=30"]
+    first = run_cli(tmp_path, *flags, "--config.train.steps=60")
+    assert first.returncode == 0, first.stderr[-2000:]
+    for name in ["config.json", "metrics.jsonl", "summary.json", "plots/atoms.png", "plots/training.png",
+                 "plots/density.png", "export/cfg.json", "export/sae_weights.safetensors", "checkpoints/60"]:
+        assert (tmp_path / name).exists(), name
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "config.json").read_text())["sae"]["d_sae"] == 64
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [20, 40, 60]
+    assert {"loss", "loss/mse", "loss/l1", "l0", "fvu", "dead_fraction"} <= records[0].keys()
+
+    second = run_cli(tmp_path, *flags, "--config.train.steps=80")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resumed" in second.stdout and "at step 60" in second.stdout
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [20, 40, 60, 80]
+
+
+def _write_npy_store(directory: Path, rows=3000, d=24, seed=0):
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(40, d))
+    codes = rng.uniform(size=(rows, 40)) * (rng.uniform(size=(rows, 40)) < 0.1)
+    data = (codes @ features * 7.0 + 3.0).astype(np.float32)  # far from E||x||^2 = d: normalisation matters
+    directory.mkdir()
+    np.save(directory / "a.npy", data[: rows // 2])
+    np.save(directory / "b.npy", data[rows // 2:])
+    return data
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu"])
+def test_npy_export_works_on_raw_activations(tmp_path, arch):
+    data = _write_npy_store(tmp_path / "store")
+    c = base_config()
+    c.data.source, c.data.path = "npy", str(tmp_path / "store" / "*.npy")
+    c.sae.arch, c.sae.d_sae, c.sae.k = arch, 64, 4
+    c.loss.l1 = 0.5 if arch == "relu" else 0.0
+    c.loss.l0 = 0.01 if arch == "jumprelu" else 0.0
+    c.train.steps, c.train.batch_size, c.train.log_every = 50, 128, 25
+    c.log.progress, c.log.tensorboard = False, False
+    saejax.train_and_evaluate(c, tmp_path / "run")
+
+    params, cfg = export.load_saelens(tmp_path / "run" / "export")
+    x_raw = data[:256]
+    z_export = export.encode_saelens(params, cfg, x_raw)
+    x_hat_export = export.decode_saelens(params, cfg, z_export)
+
+    # our own forward on the normalised inputs, from the final checkpoint
+    sae = saejax.sae_from_config(c.sae, data.shape[1])
+    ckpt_params, scale = _restore_params(tmp_path / "run", c, sae)
+    z_ours = sae.encode(ckpt_params, x_raw * scale)
+    np.testing.assert_allclose(z_export, z_ours, atol=2e-4, rtol=2e-4)
+    np.testing.assert_allclose(x_hat_export, sae.decode(ckpt_params, z_ours) / scale, atol=2e-4, rtol=2e-4)
+
+
+def _restore_params(workdir, c, sae):
+    from saejax import checkpoint, losses, train
+
+    loss = losses.loss_from_config(c.loss, sae)
+    optimizer = train.optimizer_from_config(c.optim, c.train, sae)
+    like = train.init_train_state(sae, loss, optimizer, jax.random.key(0), np.ones((4, sae.d_in), np.float32))
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+    state = ckpt.restore_latest(like)
+    ckpt.close()
+    return state.params, float(state.norm_scale)
+
+
+def _nan_store(directory: Path):
+    data = _write_npy_store(directory)
+    data[1000, 5] = np.nan
+    np.save(directory / "a.npy", data[:1500])
+    return str(directory / "*.npy")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--config.sae.arch=resnet"], "error: unknown SAE architecture sae.arch='resnet'"),
+        (["--config.sae.arch=topk", "--config.sae.k=5000"], "error: sae.k=5000 must be in [1, sae.d_sae=1024]"),
+        (["--config.loss.l1=-0.5"], "error: loss coefficient loss.l1=-0.5 must be a finite number >= 0"),
+        (["--config.data.source=npy", "--config.data.path=/nonexistent/*.npy"], "no files match"),
+        (["--config.parallel.strategy=ring"], "error: unknown parallel.strategy='ring'"),
+    ],
+)
+def test_bad_input_gives_one_clear_error_line(tmp_path, flags, message):
+    result = run_cli(tmp_path / "w", *flags)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert message in last and last.startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_nan_in_data_names_step_source_and_file(tmp_path):
+    pattern = _nan_store(tmp_path / "store")
+    result = run_cli(tmp_path / "w", "--config.data.source=npy", f"--config.data.path={pattern}",
+                     "--config.train.batch_size=256", "--config.train.steps=40")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    assert "data.source='npy'" in last and "a.npy" in last and "row 1000" in last and "non-finite" in last
+
+
+def test_unknown_config_field_is_rejected_by_ml_collections(tmp_path):
+    result = run_cli(tmp_path / "w", "--config.sae.widht=3")
+    assert result.returncode != 0
+    assert "widht" in result.stderr
+
+
+class _SourceWithNanAtStep:
+    """Clean init sample; batch 7 holds a NaN (as a corrupt shard mid-stream would)."""
+
+    name, d_in = "fake", 8
+
+    def sample(self, n):
+        return np.ones((n, self.d_in), np.float32)
+
+    def batch(self, step, batch_size):
+        batch = np.random.default_rng(step).normal(size=(batch_size, self.d_in)).astype(np.float32)
+        if step == 7:
+            batch[3, 2] = np.inf
+        return batch
+
+
+def test_non_finite_batch_stops_the_run_naming_step_and_source(tmp_path, monkeypatch):
+    from saejax import loop
+
+    monkeypatch.setattr(loop.data, "make_source", lambda data, seed: _SourceWithNanAtStep())
+    c = base_config()
+    c.sae.d_sae, c.train.batch_size, c.train.steps, c.log.progress = 16, 32, 20, False
+    with pytest.raises(saejax.DataError, match=r"non-finite value inf in the batch at step 7 from "
+                                               r"data.source='fake' \(row 3, column 2\)"):
+        saejax.train_and_evaluate(c, tmp_path)
+
+
+def test_wrong_batch_width_names_step_and_source():
+    from saejax.loop import check_batch
+
+    with pytest.raises(saejax.DataError, match=r"batch at step 3 from data.source='npy' has shape \(4, 7\); "
+                                               r"the SAE expects \[batch, 8\]"):
+        check_batch(np.zeros((4, 7), np.float32), 3, "npy", 8)

@@ -1,0 +1,46 @@
+"""Plots render to files without a display and reject mismatched shapes."""
+
+import numpy as np
+import pytest
+
+from saejax.errors import SaejaxError
+from saejax.plots import plot_atoms, plot_density_histogram, plot_training_curves
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path) -> bool:
+    """Whether path exists and starts with the PNG signature."""
+    return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_atoms_writes_png_in_new_dirs(tmp_path):
+    W_dec = np.random.default_rng(0).normal(size=(20, 12)).astype(np.float32)
+    out = plot_atoms(W_dec, (3, 4), tmp_path / "a" / "b" / "atoms.png", n=9)
+    assert out == tmp_path / "a" / "b" / "atoms.png" and is_png(out)
+
+
+def test_plot_atoms_order_and_zero_atoms(tmp_path):
+    W_dec = np.zeros((5, 4), np.float32)
+    W_dec[3] = [1.0, -1.0, 0.5, 0.0]
+    density = np.array([0.1, 0.0, 0.2, 0.9, 0.05])
+    out = plot_atoms(W_dec, (2, 2), tmp_path / "atoms.png", n=64,
+                     order=np.argsort(-density))
+    assert is_png(out)
+
+
+def test_plot_atoms_shape_mismatch_raises(tmp_path):
+    with pytest.raises(SaejaxError, match=r"\(5, 4\).*\(3, 3\)"):
+        plot_atoms(np.zeros((5, 4)), (3, 3), tmp_path / "atoms.png")
+
+
+def test_plot_training_curves_skips_missing_keys(tmp_path):
+    metrics = [{"step": s, "loss": 1.0 / (s + 1), "l0": 10.0 + s} for s in range(5)]
+    metrics.append({"step": 5, "fvu": 0.2, "loss": float("nan")})
+    assert is_png(plot_training_curves(metrics, tmp_path / "c" / "curves.png"))
+    assert is_png(plot_training_curves([], tmp_path / "empty.png"))
+
+
+def test_plot_density_histogram(tmp_path):
+    density = np.array([0.0, 1e-6, 1e-3, 0.01, 0.5, 1.0])
+    assert is_png(plot_density_histogram(density, tmp_path / "d" / "density.png"))

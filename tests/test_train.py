@@ -1,0 +1,177 @@
+"""The train step: compiles once, reduces the loss, keeps its constraints; optimizer and init."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from saejax import initializers, losses, train
+from saejax.config import base_config
+from saejax.errors import ConfigError, DataError
+from saejax.resampling import resample_dead_latents
+from saejax.sae import ARCHITECTURES, make_sae
+
+D_IN, D_SAE = 16, 48
+
+
+def _data(n=256, seed=0):
+    """Sparse combinations of 32 fixed directions (~3 active per row) around an offset."""
+    directions = np.random.default_rng(123).normal(size=(32, D_IN))
+    rng = np.random.default_rng(seed)
+    codes = rng.uniform(size=(n, 32)) * (rng.uniform(size=(n, 32)) < 3 / 32)
+    return (codes @ directions * 3 + 2).astype(np.float32)
+
+
+def _setup(arch, optimizer=None, **loss_fields):
+    sae = make_sae(arch, D_IN, D_SAE, k=4, mlp_hidden=(8,))
+    loss_config = base_config().loss
+    defaults = {"relu": {"l1": 0.1}, "gated": {"l1": 0.1}, "mlp": {"l1": 0.1}, "jumprelu": {"l0": 0.01},
+                "topk": {"auxk": 1 / 32}, "batchtopk": {"auxk": 1 / 32}, "matryoshka": {"auxk": 1 / 32}}
+    loss_config.update({**defaults[arch], **loss_fields})
+    loss = losses.loss_from_config(loss_config, sae)
+    optimizer = train.make_optimizer(optimizer or optax.adam(3e-3), sae, project_decoder=arch != "mlp")
+    state = train.init_train_state(sae, loss, optimizer, jax.random.key(0), _data(1024, seed=1))
+    return sae, loss, optimizer, state
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_step_compiles_once_and_reduces_loss(arch):
+    sae, loss, optimizer, state = _setup(arch)
+    traces = []
+
+    def counted(state, batch):
+        traces.append(1)
+        return train.make_train_step(sae, loss, optimizer)(state, batch)
+
+    step = train.jit_train_step(counted)
+    losses_seen = []
+    for i in range(40):
+        state, metrics = step(state, _data(seed=i % 4))
+        losses_seen.append(float(metrics["loss"]))
+    assert len(traces) == 1 and step._cache_size() == 1
+    assert int(state.step) == 40
+    assert np.mean(losses_seen[-5:]) < 0.8 * np.mean(losses_seen[:5])
+    assert all(np.isfinite(losses_seen))
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu", "gated"])
+def test_decoder_rows_stay_unit_norm(arch):
+    sae, loss, optimizer, state = _setup(arch)
+    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
+    for i in range(3):
+        state, _ = step(state, _data(seed=i))
+        np.testing.assert_allclose(np.linalg.norm(state.params["W_dec"], axis=1), 1.0, rtol=1e-5)
+
+
+def test_gradient_projection_leaves_no_parallel_component():
+    w = jax.random.normal(jax.random.key(0), (D_SAE, D_IN))
+    g = jax.random.normal(jax.random.key(1), (D_SAE, D_IN)) + w  # strongly parallel to start with
+    transform = train.project_decoder_grads()
+    projected, _ = transform.update({"W_dec": g, "b_dec": jnp.ones(D_IN)}, transform.init(None), {"W_dec": w})
+    parallel = np.sum(np.asarray(projected["W_dec"]) * np.asarray(w), axis=1)
+    np.testing.assert_allclose(parallel, 0.0, atol=1e-4)
+    np.testing.assert_array_equal(projected["b_dec"], np.ones(D_IN))  # other params untouched
+    # what is left is the orthogonal part: g minus its projection
+    unit = np.asarray(w) / np.linalg.norm(w, axis=1, keepdims=True)
+    expected = np.asarray(g) - np.sum(np.asarray(g) * unit, axis=1, keepdims=True) * unit
+    np.testing.assert_allclose(projected["W_dec"], expected, atol=1e-5)
+
+
+def test_buffers_are_not_moved_by_the_optimizer():
+    sae, loss, optimizer, state = _setup("batchtopk", optimizer=optax.adamw(1e-2, weight_decay=0.5))
+    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
+    out = sae.forward(state.params, jnp.asarray(_data()) * state.norm_scale)
+    new_state, _ = step(state, _data())  # donates `state`
+    # the threshold follows the batches' smallest selected activation, weight decay is not applied
+    np.testing.assert_allclose(new_state.params["threshold"], out.aux["min_selected"], rtol=1e-4)
+
+
+def test_init_normalises_activations_and_sets_b_dec():
+    sample = _data(4096)
+    sae, loss, optimizer, state = _setup("relu")
+    scale = initializers.activation_norm_scale(sample)
+    np.testing.assert_allclose(np.mean(np.sum((sample * scale) ** 2, axis=1)), D_IN, rtol=1e-5)
+    np.testing.assert_allclose(float(state.norm_scale), initializers.activation_norm_scale(_data(1024, seed=1)))
+    with pytest.raises(DataError, match="cannot normalise"):
+        initializers.activation_norm_scale(np.zeros((4, D_IN), np.float32))
+
+
+def test_geometric_median_minimises_sum_of_distances_and_resists_outliers():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(200, 3)).astype(np.float32)
+    points[:20] += 100.0  # 10 % outliers drag the mean far away
+    median = np.asarray(initializers.initial_b_dec(points, "geometric_median"))
+    cost = lambda y: np.sum(np.linalg.norm(points - y, axis=1))  # noqa: E731
+    for direction in np.eye(3):
+        assert cost(median) <= min(cost(median + 1e-2 * direction), cost(median - 1e-2 * direction))
+    assert np.linalg.norm(median) < 2.0 < np.linalg.norm(points.mean(0))
+    np.testing.assert_allclose(initializers.initial_b_dec(points, "mean"), points.mean(0), rtol=1e-5)
+    with pytest.raises(ConfigError, match="sae.init_b_dec='median'"):
+        initializers.initial_b_dec(points, "median")
+
+
+def test_lr_schedule_warms_up_and_decays():
+    schedule = train.lr_schedule(1e-3, total_steps=100, warmup_steps=10, decay="linear")
+    assert float(schedule(0)) == 0.0
+    np.testing.assert_allclose(float(schedule(5)), 5e-4, rtol=1e-5)
+    np.testing.assert_allclose(float(schedule(10)), 1e-3, rtol=1e-5)
+    np.testing.assert_allclose(float(schedule(100)), 0.0, atol=1e-9)
+    with pytest.raises(ConfigError, match="optim.decay='step'"):
+        train.lr_schedule(1e-3, 100, decay="step")
+    with pytest.raises(ConfigError, match="optim.lr=-1"):
+        train.lr_schedule(-1, 100)
+
+
+def test_any_optax_optimizer_by_name():
+    sgd = train.optax_optimizer("sgd", 0.1, b1=0.9)  # options it does not take are dropped
+    params = {"w": jnp.ones(3)}
+    updates, _ = sgd.update({"w": jnp.ones(3)}, sgd.init(params), params)
+    np.testing.assert_allclose(updates["w"], -0.1)
+    with pytest.raises(ConfigError, match="optim.name='adamm'"):
+        train.optax_optimizer("adamm", 0.1)
+
+
+def test_bfloat16_compute_trains():
+    sae = make_sae("relu", D_IN, D_SAE, dtype="bfloat16")
+    loss = losses.chain(losses.mse(), losses.l1(0.1))
+    optimizer = train.make_optimizer(optax.adam(3e-3), sae)
+    state = train.init_train_state(sae, loss, optimizer, jax.random.key(0), _data(1024))
+    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
+    first = None
+    for i in range(30):
+        state, metrics = step(state, _data(seed=i % 4))
+        first = first if first is not None else float(metrics["loss"])
+    assert state.params["W_enc"].dtype == jnp.float32  # master params stay f32
+    assert float(metrics["loss"]) < 0.8 * first
+
+
+def test_resampling_replaces_only_dead_latents_and_resets_their_moments():
+    sae, loss, optimizer, state = _setup("relu")
+    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
+    for i in range(3):
+        state, _ = step(state, _data(seed=i))
+    dead = np.zeros(D_SAE, bool)
+    dead[:5] = True
+    state = state._replace(steps_since_fired=jnp.where(dead, 10_000, 0))
+    x = jnp.asarray(_data()) * state.norm_scale
+    new, n = jax.jit(lambda s, x, k: resample_dead_latents(sae, optimizer, s, x, k, dead_steps=1000))(
+        state, x, jax.random.key(7))
+    assert int(n) == 5
+    old_p, new_p = state.params, new.params
+    np.testing.assert_array_equal(new_p["W_dec"][~dead], old_p["W_dec"][~dead])
+    np.testing.assert_array_equal(new_p["W_enc"][:, ~dead], old_p["W_enc"][:, ~dead])
+    assert not np.allclose(new_p["W_dec"][dead], old_p["W_dec"][dead])
+    np.testing.assert_array_equal(new_p["b_enc"][dead], 0.0)
+    np.testing.assert_allclose(np.linalg.norm(new_p["W_dec"][dead], axis=1), 1.0, rtol=1e-5)
+    # encoder columns point the same way as the new decoder rows
+    cos = np.sum(np.asarray(new_p["W_enc"][:, dead]).T * np.asarray(new_p["W_dec"][dead]), axis=1)
+    np.testing.assert_allclose(cos / np.linalg.norm(new_p["W_enc"][:, dead], axis=0), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(new.steps_since_fired[dead], 0)
+    adam = [s for s in jax.tree.leaves(new.opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+            if isinstance(s, optax.ScaleByAdamState)][0]
+    old_adam = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+                if isinstance(s, optax.ScaleByAdamState)][0]
+    np.testing.assert_array_equal(adam.mu["W_dec"][dead], 0.0)
+    np.testing.assert_array_equal(adam.nu["W_enc"][:, dead], 0.0)
+    np.testing.assert_array_equal(adam.mu["W_dec"][~dead], old_adam.mu["W_dec"][~dead])
