@@ -9,8 +9,11 @@ train step, and leaves in `workdir`:
     export/{cfg.json, sae_weights.safetensors} (SAELens layout, linear architectures)
 """
 
+import itertools
 import json
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -53,6 +56,19 @@ def read_batch(source, step: int, batch_size: int, d_in: int) -> np.ndarray:
     return batch
 
 
+def prefetch(fn, steps, depth: int = 2):
+    """Yield (step, fn(step)) for each of `steps`, computed `depth` steps ahead on one background
+    thread, so that host-side batch preparation overlaps the device's step. Errors re-raise here."""
+    steps = iter(steps)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = deque((s, pool.submit(fn, s)) for s in itertools.islice(steps, depth))
+        while pending:
+            step, future = pending.popleft()
+            for nxt in itertools.islice(steps, 1):
+                pending.append((nxt, pool.submit(fn, nxt)))
+            yield step, future.result()
+
+
 def _build(config):
     source = data.make_source(config.data, config.seed)
     sae = sae_from_config(config.sae, source.d_in, unit_norm_decoder=config.train.unit_norm_decoder)
@@ -88,8 +104,10 @@ def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, write
     resample = jax.jit(lambda s, x, k: resample_dead_latents(sae, optimizer, s, x, k, config.loss.dead_steps))
     resample_until = t.resample_until or t.steps
 
-    for step in range(int(state.step), t.steps):
-        batch = read_batch(source, step, t.batch_size, sae.d_in)
+    def next_batch(step):
+        return read_batch(source, step, t.batch_size, sae.d_in)
+
+    for step, batch in prefetch(next_batch, range(int(state.step), t.steps)):
         state, step_metrics = step_fn(state, batch)
         done = step + 1
         if t.resample_every and done % t.resample_every == 0 and done < resample_until:

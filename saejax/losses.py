@@ -227,8 +227,9 @@ def gated_sparsity(coeff: Coefficient) -> LossTerm:
 def activation_balance(coeff: Coefficient) -> LossTerm:
     """Load balancing across latents (Switch Transformer style): λ · (d_sae · Σ_i f_i p_i - 1), where
     f_i = latent i's share of all firings in the batch (no gradient) and p_i = its mean share of each
-    row's activation mass. It is 0 when every latent carries the same load, positive when usage
-    concentrates, and its gradient shifts mass away from over-used latents."""
+    row's activation mass. It is 0 when every latent carries the same load and grows as usage
+    concentrates on few latents (rows with no active latent shift it down, which leaves its
+    gradient unchanged); the gradient shifts mass away from over-used latents."""
     schedule = as_schedule(coeff, "loss.balance")
 
     def term(params, x, out, step):
@@ -245,7 +246,8 @@ def activation_balance(coeff: Coefficient) -> LossTerm:
 def auxk(coeff: Coefficient, k_aux: int, dead_steps: int) -> LossTerm:
     """AuxK (Gao et al. 2024): the k_aux largest pre-activations among dead latents (silent for
     `dead_steps` steps) reconstruct the main reconstruction's residual e = x - x̂:
-    λ · mean_b ||e - ê||² · min(1, n_dead / k_aux), zero (and skipped) when no latent is dead.
+    λ · mean_b ||e - ê||² · min(1, n_dead / k), k = min(k_aux, d_sae), zero (and skipped) when no
+    latent is dead.
     State: steps since each latent last fired [d_sae] int32."""
     schedule = as_schedule(coeff, "loss.auxk")
     if k_aux <= 0 or dead_steps <= 0:

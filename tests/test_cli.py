@@ -195,3 +195,21 @@ def test_wrong_batch_width_names_step_and_source():
     with pytest.raises(saejax.DataError, match=r"batch at step 3 from data.source='npy' has shape \(4, 7\); "
                                                r"the SAE expects \[batch, 8\]"):
         check_batch(np.zeros((4, 7), np.float32), 3, "npy", 8)
+
+
+def test_prefetch_keeps_order_and_reraises():
+    from saejax.loop import prefetch
+
+    assert list(prefetch(lambda s: s * s, range(5, 10))) == [(s, s * s) for s in range(5, 10)]
+    assert list(prefetch(lambda s: s, [])) == []
+
+    def fails_at_3(step):
+        if step == 3:
+            raise saejax.DataError("bad shard at 3")
+        return step
+
+    seen = []
+    with pytest.raises(saejax.DataError, match="bad shard at 3"):
+        for step, _ in prefetch(fails_at_3, range(10)):
+            seen.append(step)
+    assert seen == [0, 1, 2]
