@@ -22,6 +22,15 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment
 flags.mark_flag_as_required("workdir")
 
 
+def parse_flags(argv):
+    """absl's parser, with any flag or config-override error turned into one `error: ...` line."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        sys.exit(f"error: {message}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -35,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saejax import checkpoint, config as config_lib, data, export, losses, metrics, plots, train, writers
-from saejax.errors import DataError
+from saejax.errors import ConfigError, DataError, SaejaxError
 from saejax.resampling import resample_dead_latents
 from saejax.sae import SAE, sae_from_config
 
@@ -72,6 +72,8 @@ def prefetch(fn, steps, depth: int = 2):
 def _build(config):
     source = data.make_source(config.data, config.seed)
     sae = sae_from_config(config.sae, source.d_in, unit_norm_decoder=config.train.unit_norm_decoder)
+    if config.train.resample_every and sae.arch == "mlp":
+        raise ConfigError("train.resample_every > 0 needs linear decoder rows; sae.arch='mlp' has none")
     loss = losses.loss_from_config(config.loss, sae)
     optimizer = train.optimizer_from_config(config.optim, config.train, sae)
     return source, sae, loss, optimizer
@@ -95,7 +97,15 @@ def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, write
     )
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=t.keep_checkpoints)
     if ckpt.latest_step() is not None:
-        state = ckpt.restore_latest(state)
+        try:
+            state = ckpt.restore_latest(state)
+        except ValueError as e:
+            ckpt.close()
+            raise ConfigError(
+                f"--workdir={workdir} holds a checkpoint that does not fit this config (changed sae.*, loss.* "
+                f"or optim.*?): {str(e).splitlines()[0]}"
+            ) from None
+        writers.drop_records_after(workdir, int(state.step))
         print(f"resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
     step_fn = train.jit_train_step(
         train.make_train_step(sae, loss, optimizer, unit_norm_decoder=t.unit_norm_decoder,
@@ -107,19 +117,32 @@ def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, write
     def next_batch(step):
         return read_batch(source, step, t.batch_size, sae.d_in)
 
-    for step, batch in prefetch(next_batch, range(int(state.step), t.steps)):
-        state, step_metrics = step_fn(state, batch)
-        done = step + 1
-        if t.resample_every and done % t.resample_every == 0 and done < resample_until:
-            x = jnp.asarray(batch, jnp.float32) * state.norm_scale
-            state, n = resample(state, x, jax.random.fold_in(resample_key, done))
-            step_metrics = {**step_metrics, "resampled": n}
-        if _due(done, t.log_every, t.steps):
-            writer.write(done, jax.device_get(step_metrics))
-        if _due(done, t.checkpoint_every, t.steps):
-            ckpt.save(done, state)
-    ckpt.close()
+    try:
+        for step, batch in prefetch(next_batch, range(int(state.step), t.steps)):
+            state, step_metrics = step_fn(state, batch)
+            done = step + 1
+            if t.resample_every and done % t.resample_every == 0 and done < resample_until:
+                x = jnp.asarray(batch, jnp.float32) * state.norm_scale
+                state, n = resample(state, x, jax.random.fold_in(resample_key, done))
+                step_metrics = {**step_metrics, "resampled": n}
+            if _due(done, t.log_every, t.steps):
+                logged = jax.device_get(step_metrics)
+                writer.write(done, logged)
+                check_finite_loss(logged["loss"], done, t.log_every)
+            if _due(done, t.checkpoint_every, t.steps):
+                ckpt.save(done, state)
+    finally:
+        ckpt.close()
     return state
+
+
+def check_finite_loss(loss: float, step: int, log_every: int) -> None:
+    """Stop a diverged run (before its next checkpoint) with an error naming the step."""
+    if not np.isfinite(loss):
+        raise SaejaxError(
+            f"the loss became {loss} by step {step} (checked every train.log_every={log_every} steps); "
+            "lower optim.lr or the loss coefficients, or check the data"
+        )
 
 
 def evaluate(config, source, sae: SAE, state: train.TrainState) -> tuple[dict, np.ndarray]:
@@ -163,7 +186,7 @@ def save_export(workdir: Path, config, sae: SAE, state: train.TrainState) -> str
     """SAELens-format export with the normalisation folded back in; returns what happened."""
     if sae.arch == "mlp":
         return "skipped: sae.arch='mlp' has no SAELens equivalent"
-    if sae.hparams["leak"]:
+    if sae.arch == "relu" and sae.hparams["leak"]:
         return "skipped: SAELens has no leaky-ReLU SAE (sae.leak > 0)"
     params = jax.tree.map(np.asarray, state.params)
     path = export.export_saelens(
@@ -173,14 +196,42 @@ def save_export(workdir: Path, config, sae: SAE, state: train.TrainState) -> str
     return str(path)
 
 
+def _resume_fields(config_dict: dict) -> dict:
+    """The config fields a checkpoint's shapes and stream depend on (flattened 'section.field')."""
+    fields = {"seed": config_dict.get("seed"), "optim.name": config_dict.get("optim", {}).get("name")}
+    for section in ("data", "sae"):
+        fields.update({f"{section}.{k}": v for k, v in config_dict.get(section, {}).items()})
+    fields.update({f"loss.{k} is on": bool(v) for k, v in config_dict.get("loss", {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return fields
+
+
+def check_resumable(workdir: Path, config) -> None:
+    """ConfigError listing the differing fields if `workdir` holds a run this config cannot resume."""
+    saved_path = workdir / "config.json"
+    if not (saved_path.exists() and any((workdir / "checkpoints").glob("[0-9]*"))):
+        return
+    saved = _resume_fields(json.loads(saved_path.read_text()))
+    current = _resume_fields(json.loads(config.to_json_best_effort()))
+    differing = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(saved.keys() | current.keys())
+                 if saved.get(k) != current.get(k)]
+    if differing:
+        raise ConfigError(f"--workdir={workdir} holds a run with a different config, which cannot be resumed "
+                          f"({'; '.join(differing)}); use a new --workdir")
+
+
 def train_and_evaluate(config, workdir: str | Path) -> dict:
     """Run the whole job a config describes (see module docstring); returns the summary dict."""
     start = time.perf_counter()
     config_lib.validate(config)
     source, sae, loss, optimizer = _build(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    check_resumable(workdir, config)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    except OSError as e:
+        raise ConfigError(f"--workdir={workdir}: {e.strerror or e}") from None
     print(f"{sae.arch} SAE d_in={sae.d_in} d_sae={sae.d_sae} on data.source={source.name!r}; "
           f"{jax.device_count()} {jax.default_backend()} device(s); workdir {workdir}", flush=True)
 

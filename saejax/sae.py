@@ -258,7 +258,7 @@ def _forward_matryoshka(encode_fn, dtype, prefixes, params, x, train=True):
     return SAEOutput(x_hat, z, pre, {**aux, "prefix_x_hats": prefix_x_hats})
 
 
-def _validate(arch, d_in, d_sae, k, tied, prefixes, dtype):
+def _validate(arch, d_in, d_sae, k, tied, prefixes, dtype, bandwidth, init_threshold):
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown SAE architecture sae.arch={arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if d_in <= 0 or d_sae <= 0:
@@ -267,6 +267,10 @@ def _validate(arch, d_in, d_sae, k, tied, prefixes, dtype):
         raise ConfigError(f"sae.k={k} must be in [1, sae.d_sae={d_sae}] for sae.arch={arch!r}")
     if tied and arch not in TIEABLE:
         raise ConfigError(f"sae.tied=True is not supported for sae.arch={arch!r} (only {', '.join(TIEABLE)})")
+    if arch == "jumprelu" and not (bandwidth > 0 and init_threshold > 0):
+        raise ConfigError(
+            f"sae.jumprelu_bandwidth={bandwidth} and sae.jumprelu_init_threshold={init_threshold} must be > 0"
+        )
     if dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"sae.dtype={dtype!r} must be 'float32' or 'bfloat16'")
     if arch == "matryoshka":
@@ -299,7 +303,7 @@ def make_sae(
 ) -> SAE:
     """Build an architecture (see module docstring). Raises ConfigError on bad options."""
     prefixes = tuple(matryoshka_prefixes) if matryoshka_prefixes else default_prefixes(d_sae)
-    _validate(arch, d_in, d_sae, k, tied, prefixes, dtype)
+    _validate(arch, d_in, d_sae, k, tied, prefixes, dtype, jumprelu_bandwidth, jumprelu_init_threshold)
     hparams = dict(k=k, leak=leak, tied=tied, bandwidth=jumprelu_bandwidth, dtype=dtype)
 
     linear_init = functools.partial(

@@ -67,3 +67,13 @@ def read_metrics(workdir: str | Path, split: str = "train") -> list[dict]:
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     return [r for r in records if r.get("split") == split]
+
+
+def drop_records_after(workdir: str | Path, step: int) -> None:
+    """Remove records logged after `step` (a resumed run re-logs the steps it replays)."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

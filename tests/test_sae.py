@@ -192,6 +192,8 @@ def test_bfloat16_compute_is_close_to_float32():
         (dict(arch="batchtopk", k=0), r"sae.k=0"),
         (dict(arch="gated", tied=True), "sae.tied=True is not supported"),
         (dict(arch="relu", dtype="float16"), "sae.dtype='float16'"),
+        (dict(arch="jumprelu", jumprelu_bandwidth=0.0), "sae.jumprelu_bandwidth=0.0"),
+        (dict(arch="jumprelu", jumprelu_init_threshold=-1.0), "sae.jumprelu_init_threshold=-1.0"),
         (dict(arch="matryoshka", matryoshka_prefixes=(24, 8, 48)), "strictly increasing"),
         (dict(arch="matryoshka", matryoshka_prefixes=(8, 24)), "end at d_sae=48"),
     ],

@@ -15,7 +15,7 @@ def get_config():
     c.data.patch_size = 12
     c.sae.arch = "relu"
     c.sae.d_sae = 400
-    c.loss.l1 = 0.1
+    c.loss.l1 = 2.0
     c.optim.lr = 1e-3
     c.train.batch_size = 1024
     c.train.steps = 4000
