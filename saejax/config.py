@@ -63,8 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.target_l0 = 0.0  # jumprelu: > 0 adds coeff_target_l0 * (L0/target - 1)^2
     c.loss.target_l0_coeff = 1.0
     c.loss.auxk = 0.0  # topk/batchtopk/matryoshka: AuxK coefficient (OpenAI use 1/32)
-    c.loss.auxk_k = 256
-    c.loss.dead_steps = 1000  # a latent silent this many steps counts as dead
+    c.loss.auxk_k = 0  # dead latents AuxK may use; 0: d_in // 2 (OpenAI's choice)
+    c.loss.dead_steps = 1000  # a latent silent this many steps counts as dead (AuxK, resampling)
     c.loss.balance = 0.0  # activation-balancing (load-balancing) term
 
     c.optim = ml_collections.ConfigDict()
@@ -121,6 +121,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(t.keep_checkpoints > 0, f"train.keep_checkpoints={t.keep_checkpoints} must be > 0")
     _require(t.resample_every >= 0, f"train.resample_every={t.resample_every} must be >= 0 (0 = never)")
     _require(config.loss.dead_steps > 0, f"loss.dead_steps={config.loss.dead_steps} must be > 0")
+    _require(config.loss.auxk_k >= 0, f"loss.auxk_k={config.loss.auxk_k} must be >= 0 (0 = d_in // 2)")
     strategy = config.parallel.strategy
     _require(strategy in STRATEGIES, f"unknown parallel.strategy={strategy!r}; choose one of {', '.join(STRATEGIES)}")
     _require(

@@ -315,7 +315,7 @@ def loss_from_config(loss_config, sae) -> LossTerm:
     if c.auxk:
         if arch == "mlp":
             raise ConfigError("loss.auxk decodes through W_dec; sae.arch='mlp' has none")
-        terms.append(auxk(c.auxk, c.auxk_k, c.dead_steps))
+        terms.append(auxk(c.auxk, c.auxk_k or max(1, sae.d_in // 2), c.dead_steps))
     if c.balance:
         terms.append(activation_balance(c.balance))
     for field in ("mse", "l1", "tanh", "kl", "l0", "auxk", "balance", "target_l0_coeff"):

@@ -571,6 +571,15 @@ def test_config_builds_each_requested_term():
         L.loss_from_config(_cfg(auxk=0.1), make_sae("mlp", D_IN, D_SAE, mlp_hidden=(4,)))
 
 
+def test_config_auxk_k_zero_means_half_of_d_in(monkeypatch):
+    seen = []
+    real = L.auxk
+    monkeypatch.setattr(L, "auxk", lambda coeff, k_aux, dead_steps: seen.append(k_aux) or real(coeff, k_aux, dead_steps))
+    L.loss_from_config(_cfg(auxk=0.1, auxk_k=0), make_sae("topk", D_IN, D_SAE, k=2))
+    L.loss_from_config(_cfg(auxk=0.1, auxk_k=3), make_sae("topk", D_IN, D_SAE, k=2))
+    assert seen == [max(1, D_IN // 2), 3]
+
+
 def test_config_l1_warmup():
     cfg = _cfg(l1=2.0, l1_warmup_steps=10)
     at0, *_ = _config_terms(cfg, "relu", step=0)
