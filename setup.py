@@ -23,7 +23,9 @@ setup(
         "scipy",
     ],
     extras_require={
-        "test": ["pytest"],
+        "digits": ["scikit-learn"],  # data.source=digits
+        "tabular": ["river"],  # data.source=tabular
+        "test": ["pytest", "scikit-learn", "river"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

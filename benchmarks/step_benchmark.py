@@ -10,7 +10,6 @@ written as (x - b_dec) @ W_enc, which spends an extra B×F×d matmul on the b_de
 Writes benchmarks/results/step_benchmark.{json,md}.
 """
 
-import json
 import platform
 import statistics
 import time
@@ -23,6 +22,7 @@ import optax
 from absl import app, flags
 
 import saejax
+from benchmarks import write_results
 from saejax import losses
 
 _D_IN = flags.DEFINE_integer("d_in", 512, "Input width d.")
@@ -127,11 +127,7 @@ def main(argv):
              "| variant | step (s) | GFLOP/s on 10·B·d·F | fraction of numpy matmul |", "|---|---|---|---|"]
     table += [f"| {r['variant']} | {r['step_s']:.3f} | {r['flops_per_s_on_10BdF'] / 1e9:.1f} | "
               f"{r['fraction_of_numpy_matmul']:.1%} |" for r in rows]
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "step_benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "step_benchmark.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    write_results(_OUT.value, "step_benchmark", result, table)
 
 
 if __name__ == "__main__":

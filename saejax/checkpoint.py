@@ -27,6 +27,20 @@ class Checkpointer:
         """The newest saved step, or None."""
         return self._manager.latest_step()
 
+    def saved_shape(self, *path: str, step: int | None = None) -> tuple[int, ...] | None:
+        """Shape of one saved array (e.g. ``"params", "b_dec"``) from the checkpoint's metadata,
+        without restoring it; None when there is no checkpoint or no such array."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        try:
+            node = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "default").item_metadata
+            for key in path:
+                node = node[key]
+            return tuple(node.shape)
+        except (KeyError, TypeError, AttributeError, FileNotFoundError, ValueError):
+            return None
+
     def save(self, step: int, state) -> None:
         """Start saving `state` as `step` (returns before the write finishes)."""
         self._manager.save(int(step), args=ocp.args.StandardSave(state))

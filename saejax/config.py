@@ -16,8 +16,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"  # synthetic | npy | patches
-    c.data.path = ""  # npy: a glob of .npy files, each [n, d_in]
+    c.data.source = "synthetic"  # synthetic | npy | patches | digits | tabular
+    # npy: a shard-store folder (manifest.json), its manifest.json, or a glob of .npy files [n, d_in]
+    c.data.path = ""
+    c.data.chunk_rows = 512  # npy: rows per contiguous read; the unit of the global permutation
+    c.data.shuffle_rows = 32768  # npy: rows per in-memory shuffle window (data/order.py)
+    c.data.on_bad_rows = "error"  # npy: error | skip rows holding NaN/Inf (data/npy.py)
     # synthetic: superposition of n_features unit features in d dimensions
     c.data.d = 256
     c.data.n_features = 512
@@ -32,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.n_patches = 100_000
     c.data.whiten = "zca"  # zca | none
     c.data.whiten_eps = 0.1  # ZCA regulariser, relative to the mean eigenvalue (data/patches.py)
+    # tabular: anomaly-detection tables (river's bundled datasets)
+    c.data.tabular_dataset = "shuttle"
+    c.data.tabular_rows = "normal"  # normal (train on normal rows only) | all
 
     c.sae = ml_collections.ConfigDict()
     c.sae.arch = "relu"  # relu | topk | batchtopk | jumprelu | gated | matryoshka | mlp

@@ -12,14 +12,20 @@ from saejax.errors import ConfigError, DataError
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 
 
-def activation_norm_scale(sample: np.ndarray) -> float:
-    """The scalar s with E||s·x||² = d_in on `sample` [n, d_in] (SAELens' "expected_average_only_in").
+def activation_norm_scale(sample: np.ndarray, mean_sq_norm: float | None = None) -> float:
+    """The scalar s with E||s·x||² = d_in (SAELens' "expected_average_only_in"), from a data
+    `sample` [n, d_in], or from the data's known `mean_sq_norm` E||x||² (a store's manifest
+    statistics, computed over every row) when given.
 
     Training sees s·x; export folds s back into the weights so the SAE works on raw x.
     """
-    mean_sq_norm = float(np.mean(np.sum(np.square(sample, dtype=np.float64), axis=-1)))
+    if mean_sq_norm is None:
+        mean_sq_norm = float(np.mean(np.sum(np.square(sample, dtype=np.float64), axis=-1)))
+        what = "of the data sample"
+    else:
+        what = "in the store's manifest statistics"
     if not np.isfinite(mean_sq_norm) or mean_sq_norm <= 0:
-        raise DataError(f"cannot normalise activations: mean squared norm of the data sample is {mean_sq_norm}")
+        raise DataError(f"cannot normalise activations: the mean squared norm {what} is {mean_sq_norm}")
     return float(np.sqrt(sample.shape[-1] / mean_sq_norm))
 
 

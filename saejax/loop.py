@@ -94,9 +94,17 @@ def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, write
     state = train.init_train_state(
         sae, loss, optimizer, init_key, sample,
         normalize=config.sae.normalize_activations, init_b_dec=config.sae.init_b_dec,
+        mean_sq_norm=(getattr(source, "stats", None) or {}).get("mean_sq_norm"),
     )
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=t.keep_checkpoints)
     if ckpt.latest_step() is not None:
+        saved = ckpt.saved_shape("params", "b_dec")
+        if saved is not None and saved != (sae.d_in,):
+            ckpt.close()
+            raise ConfigError(
+                f"--workdir={workdir} holds a checkpoint of an SAE with d_in={saved[0]}, but "
+                f"data.source={source.name!r} now gives rows of width {sae.d_in}; use a new --workdir or the original data"
+            )
         try:
             state = ckpt.restore_latest(state)
         except ValueError as e:
@@ -114,8 +122,8 @@ def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, write
     resample = jax.jit(lambda s, x, k: resample_dead_latents(sae, optimizer, s, x, k, config.loss.dead_steps))
     resample_until = t.resample_until or t.steps
 
-    def next_batch(step):
-        return read_batch(source, step, t.batch_size, sae.d_in)
+    def next_batch(step):  # runs on the prefetch thread: read, check, and copy onto the device
+        return jax.device_put(read_batch(source, step, t.batch_size, sae.d_in))
 
     try:
         for step, batch in prefetch(next_batch, range(int(state.step), t.steps)):
@@ -127,6 +135,8 @@ def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, write
                 step_metrics = {**step_metrics, "resampled": n}
             if _due(done, t.log_every, t.steps):
                 logged = jax.device_get(step_metrics)
+                if getattr(source, "skipped_rows", 0):
+                    logged["data/skipped_rows"] = source.skipped_rows
                 writer.write(done, logged)
                 check_finite_loss(logged["loss"], done, t.log_every)
             if _due(done, t.checkpoint_every, t.steps):
@@ -175,10 +185,10 @@ def dictionary_recovery(source, params) -> dict:
 def save_plots(workdir: Path, source, sae: SAE, params, density: np.ndarray) -> None:
     plots.plot_training_curves(writers.read_metrics(workdir), workdir / "plots" / "training.png")
     plots.plot_density_histogram(density, workdir / "plots" / "density.png")
-    patch_size = getattr(source, "patch_size", None)
-    if patch_size and "W_dec" in params:
+    image_shape = getattr(source, "image_shape", None)
+    if image_shape and "W_dec" in params:
         order = np.argsort(-density)
-        plots.plot_atoms(np.asarray(params["W_dec"]), (patch_size, patch_size), workdir / "plots" / "atoms.png",
+        plots.plot_atoms(np.asarray(params["W_dec"]), tuple(image_shape), workdir / "plots" / "atoms.png",
                          n=min(sae.d_sae, 256), order=order)
 
 

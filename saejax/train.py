@@ -160,9 +160,11 @@ def init_train_state(
     *,
     normalize: bool = True,
     init_b_dec: str = "geometric_median",
+    mean_sq_norm: float | None = None,
 ) -> TrainState:
-    """Fresh state: params from `sae.init`, b_dec and the normalisation scale from `sample` [n, d_in]."""
-    scale = initializers.activation_norm_scale(sample) if normalize else 1.0
+    """Fresh state: params from `sae.init`, b_dec from `sample` [n, d_in], and the normalisation
+    scale from `mean_sq_norm` (the data's E||x||², e.g. a store's statistics) or else the sample."""
+    scale = initializers.activation_norm_scale(sample, mean_sq_norm) if normalize else 1.0
     params = jax.jit(sae.init)(key)
     params["b_dec"] = initializers.initial_b_dec(np.asarray(sample, np.float32) * scale, init_b_dec)
     return TrainState(

@@ -248,3 +248,33 @@ def test_prefetch_keeps_order_and_reraises():
         for step, _ in prefetch(fails_at_3, range(10)):
             seen.append(step)
     assert seen == [0, 1, 2]
+
+
+def test_trains_on_a_shard_store_folder_with_its_statistics(tmp_path):
+    from saejax.data import store
+
+    rng = np.random.default_rng(0)
+    blocks = (rng.normal(size=(700, 24)).astype(np.float32) * 5.0 for _ in range(4))
+    manifest = store.write_store(tmp_path / "store", blocks, dtype="float16", rows_per_shard=1000)
+    result = run_cli(tmp_path / "run", "--config.data.source=npy", f"--config.data.path={tmp_path / 'store'}",
+                     "--config.sae.d_sae=48", "--config.train.steps=20", "--config.train.batch_size=128",
+                     "--config.log.tensorboard=False")
+    assert result.returncode == 0, result.stderr[-2000:]
+    cfg = json.loads((tmp_path / "run" / "export" / "cfg.json").read_text())
+    expected = np.sqrt(24 / manifest.stats["mean_sq_norm"])  # from the manifest, not a sample
+    assert cfg["metadata"]["saejax"]["norm_scale_folded"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_resume_on_data_of_another_width_is_one_clear_error(tmp_path):
+    from saejax.data import store
+
+    store.write_store(tmp_path / "store", np.random.default_rng(0).normal(size=(600, 24)).astype(np.float32))
+    flags = ["--config.data.source=npy", f"--config.data.path={tmp_path / 'store'}", "--config.sae.d_sae=32",
+             "--config.train.steps=4", "--config.train.batch_size=64", "--config.log.tensorboard=False"]
+    assert run_cli(tmp_path / "run", *flags).returncode == 0
+    store.write_store(tmp_path / "store", np.random.default_rng(0).normal(size=(600, 20)).astype(np.float32),
+                      overwrite=True)
+    result = run_cli(tmp_path / "run", *flags, "--config.train.steps=8")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "d_in=24" in last and "width 20" in last and last.startswith("error: ")

@@ -256,3 +256,43 @@ def test_npy_non_finite_row(tmp_path):
 def test_npy_empty_path_is_config_error():
     with pytest.raises(ConfigError, match="data.path"):
         make_source(data_config(source="npy", path=""), seed=0)
+
+
+# --- digits and tabular ---------------------------------------------------------------------
+
+
+def test_digits_source():
+    source = make_source(data_config(source="digits"), seed=0)
+    assert source.d_in == 64 and source.table.shape == (1797, 64) and source.image_shape == (8, 8)
+    assert source.table.min() == 0.0 and source.table.max() == 1.0
+    assert set(np.unique(source.labels)) == set(range(10))
+    epoch = np.concatenate([source.rows(s, 599) for s in range(3)])
+    np.testing.assert_array_equal(np.sort(epoch), np.arange(1797))
+    np.testing.assert_array_equal(source.batch(5, 100), make_source(data_config(source="digits"), seed=0).batch(5, 100))
+
+
+def test_tabular_shuttle_source():
+    normal = make_source(data_config(source="tabular"), seed=0)
+    assert normal.d_in == 9 and normal.table.shape == (49097 - 3511, 9)
+    assert not normal.labels.any() and normal.all_labels.sum() == 3511
+    np.testing.assert_allclose(normal.table.mean(0), 0, atol=1e-4)  # standardised on the normal rows
+    every = make_source(data_config(source="tabular", tabular_rows="all"), seed=0)
+    assert every.table.shape == (49097, 9)
+    with pytest.raises(ConfigError, match="data.tabular_rows"):
+        make_source(data_config(source="tabular", tabular_rows="odd"), seed=0)
+
+
+@pytest.mark.parametrize("source, module, extra", [("digits", "sklearn", "digits"), ("tabular", "river", "tabular")])
+def test_optional_dependency_missing_is_one_clear_error(monkeypatch, source, module, extra):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def blocked(name, *args, **kwargs):
+        if name == module or name.startswith(module + "."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", blocked)
+    with pytest.raises(ConfigError, match=rf"pip install 'saejax\[{extra}\]'"):
+        make_source(data_config(source=source), seed=0)

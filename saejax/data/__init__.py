@@ -9,8 +9,13 @@ touched.
 Sources (``c.data.source``):
 
 - ``synthetic``: toy superposition data with known features (`saejax.data.synthetic`).
-- ``npy``: rows of ``.npy`` files matched by the glob ``c.data.path`` (`saejax.data.npy`).
+- ``npy``: a shard store or any ``.npy`` files, streamed (`saejax.data.npy`, `saejax.data.store`).
 - ``patches``: whitened natural-image patches (`saejax.data.patches`).
+- ``digits``: scikit-learn's bundled 8×8 digits (`saejax.data.digits`).
+- ``tabular``: river's bundled Shuttle table for anomaly detection (`saejax.data.tabular`).
+
+A source may also carry ``stats`` (normalisation statistics, see `saejax.data.store`),
+``image_shape`` (rows are flattened images: atom plots) and ``labels``.
 """
 
 from typing import Callable, Protocol, runtime_checkable
@@ -20,7 +25,7 @@ import numpy as np
 
 from saejax.errors import ConfigError, DataError
 
-SOURCES = ("synthetic", "npy", "patches")
+SOURCES = ("synthetic", "npy", "patches", "digits", "tabular")
 
 # Stream ids keep the random draws of different purposes independent. Within one stream
 # the number of keys must stay fixed (SeedSequence pads short entropy with zeros, so
@@ -30,6 +35,7 @@ STREAM_SAMPLE = 2  # keys: ()
 STREAM_DICTIONARY = 3  # keys: ()
 STREAM_POOL = 4  # keys: ()
 STREAM_EPOCH = 5  # keys: (epoch,)
+STREAM_WINDOW = 6  # keys: (epoch, window)
 
 
 @runtime_checkable
@@ -93,9 +99,14 @@ def _make_synthetic(data: ml_collections.ConfigDict, seed: int) -> Source:
 
 
 def _make_npy(data: ml_collections.ConfigDict, seed: int) -> Source:
+    import jax
+
     from saejax.data.npy import NpySource
 
-    return NpySource(path=data.path, seed=seed)
+    return NpySource(
+        path=data.path, seed=seed, chunk_rows=data.chunk_rows, shuffle_rows=data.shuffle_rows,
+        on_bad_rows=data.on_bad_rows, process_index=jax.process_index(), process_count=jax.process_count(),
+    )
 
 
 def _make_patches(data: ml_collections.ConfigDict, seed: int) -> Source:
@@ -110,10 +121,24 @@ def _make_patches(data: ml_collections.ConfigDict, seed: int) -> Source:
     )
 
 
+def _make_digits(data: ml_collections.ConfigDict, seed: int) -> Source:
+    from saejax.data.digits import digits_source
+
+    return digits_source(seed)
+
+
+def _make_tabular(data: ml_collections.ConfigDict, seed: int) -> Source:
+    from saejax.data.tabular import tabular_source
+
+    return tabular_source(seed, dataset=data.tabular_dataset, rows=data.tabular_rows)
+
+
 _FACTORIES: dict[str, Callable[[ml_collections.ConfigDict, int], Source]] = {
     "synthetic": _make_synthetic,
     "npy": _make_npy,
     "patches": _make_patches,
+    "digits": _make_digits,
+    "tabular": _make_tabular,
 }
 
 

@@ -1,168 +1,258 @@
-"""Rows of ``.npy`` files, shuffled per epoch.
+"""The ``npy`` source: a shard store (or any folder of ``.npy`` files) streamed in a fixed order.
 
-``c.data.path`` is a glob (``**`` allowed) of ``.npy`` files, each a 2-D float array
-[n_i, d_in] (float16 / float32 / float64; returned as float32). Files are memory-mapped
-(``np.load(mmap_mode='r', allow_pickle=False)``) and never read whole: a batch reads only
-its own rows. The files, in sorted path order, form one table of ``N = sum n_i`` rows.
+``c.data.path`` is one of
 
-Order: the training stream is the concatenation of epochs; epoch e visits all N rows in
-the order of a permutation drawn from (seed, e). Batch ``step`` of size B holds stream
-positions ``step * B .. step * B + B - 1``, so every row is seen exactly once per epoch
-and a batch may straddle two epochs. Permutations are cached (two epochs, a pure cache:
-results never depend on it); each costs 8 bytes per row.
+- a store folder holding ``manifest.json`` (written by `saejax.data.store.ShardWriter`),
+- a glob of ``.npy`` files (``**`` allowed); when the files sit in one folder with a
+  ``manifest.json`` it is used for validation and statistics, otherwise the files are indexed
+  on open (float32 or float16, one width),
+- the path of a ``manifest.json``.
 
-A later issue replaces this with a sharded store with manifests; this reader stays small.
+On open every file's header is checked (shape, dtype, row count against the manifest): one
+DataError naming the file. Rows are read in the order of `saejax.data.order.StreamOrder`
+(global chunk permutation + shuffle windows), so batch i is a pure function of (seed, i) and the
+store. A process (``process_index`` of ``process_count``) returns only its slice of each global
+batch, rows [p·B/P, (p+1)·B/P), and reads only those rows from disk; the slices of all
+processes together are the global batch, each row once.
+
+Bad rows. Each window is checked for NaN/Inf as it is read. ``on_bad_rows='error'`` (default)
+stops with a DataError naming the file and row. ``'skip'`` drops each bad row and puts in its
+place the next good row of the same window (batch shapes and every other row's position stay
+fixed, so the order stays a pure function of (seed, i)); `skipped_rows` counts them and each
+window that had any is logged once with the first file and row.
 """
 
 import glob
 import os
+import threading
+from collections import OrderedDict
 
 import numpy as np
+from absl import logging
 
-from saejax.data import (
-    STREAM_EPOCH,
-    STREAM_SAMPLE,
-    check_batch_args,
-    check_sample_size,
-    rng,
-)
+from saejax.data import STREAM_SAMPLE, check_batch_args, check_sample_size, rng
+from saejax.data import store as store_lib
+from saejax.data.order import StreamOrder
 from saejax.errors import ConfigError, DataError
 
-_CACHED_EPOCHS = 2
-_NPY_MAGIC = b"\x93NUMPY"
+BAD_ROW_MODES = ("error", "skip")
+_CACHED_WINDOWS = 2
 
 
 def find_files(pattern: str) -> list[str]:
-    """Sorted files matching the glob `pattern`; DataError if none, or one is a folder."""
+    """Sorted ``.npy`` files matching the glob `pattern` (a manifest.json it matches is ignored);
+    DataError if none, or one is a folder."""
     if not pattern:
-        raise ConfigError("data.path is empty; set it to a glob of .npy files, e.g. 'a/*.npy'")
-    paths = sorted(glob.glob(pattern, recursive=True))
+        raise ConfigError("data.path is empty; set it to a store folder or a glob of .npy files, e.g. 'acts/*.npy'")
+    paths = [p for p in sorted(glob.glob(pattern, recursive=True)) if os.path.basename(p) != store_lib.MANIFEST]
     if not paths:
         raise DataError(f"data.path={pattern!r}: no files match this glob")
     for path in paths:
         if os.path.isdir(path):
-            raise DataError(f"{path}: is a folder; data.path must match .npy files ('dir/*.npy')")
+            raise DataError(f"{path}: is a folder; data.path must match .npy files ('dir/*.npy') or be a store folder")
     return paths
 
 
-def _first_line(err: Exception) -> str:
-    """The first line of an exception's message (its type name when empty)."""
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+def resolve(path: str) -> tuple[store_lib.Manifest, list[store_lib.ShardFile], str]:
+    """(manifest, checked shard files, description) for any accepted form of ``data.path``."""
+    if path and os.path.isdir(path):
+        manifest_path = os.path.join(path, store_lib.MANIFEST)
+        if not os.path.exists(manifest_path):
+            raise DataError(f"data.path={path!r} is a folder without {store_lib.MANIFEST}; pass a glob of its "
+                            f".npy files instead ('{os.path.join(path, '*.npy')}')")
+        return _from_manifest(manifest_path)
+    if path and os.path.basename(path) == store_lib.MANIFEST and not glob.has_magic(path):
+        if not os.path.exists(path):
+            raise DataError(f"data.path={path!r}: file is missing")
+        return _from_manifest(path)
+    paths = find_files(path)
+    folders = {os.path.dirname(os.path.abspath(p)) for p in paths}
+    manifest_path = os.path.join(folders.pop(), store_lib.MANIFEST) if len(folders) == 1 else None
+    if manifest_path and os.path.exists(manifest_path):
+        return _subset_of_manifest(manifest_path, paths)
+    manifest, files = store_lib.index_files(paths)
+    return manifest, files, f"{len(files)} .npy files matching {path!r} (no manifest)"
 
 
-def open_array(path: str) -> np.ndarray:
-    """Memory-map one file and check it is a 2-D float array; DataError naming `path`."""
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(len(_NPY_MAGIC))
-    except OSError as err:
-        raise DataError(f"{path}: cannot be read ({_first_line(err)})") from None
-    if magic != _NPY_MAGIC:
-        raise DataError(f"{path}: not a .npy file (no NumPy header)")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise DataError(f"{path}: not a readable .npy file ({_first_line(err)})") from None
-    if array.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D array [n, d_in], got shape {array.shape}")
-    if array.shape[1] == 0:
-        raise DataError(f"{path}: has shape {array.shape}, zero columns")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise DataError(f"{path}: dtype {array.dtype} is not a float type (float16/float32)")
-    return array
+def _from_manifest(manifest_path: str):
+    manifest = store_lib.read_manifest(manifest_path)
+    files = store_lib.open_shards(os.path.dirname(manifest_path), manifest)
+    return manifest, files, f"store {os.path.dirname(manifest_path)!r} ({len(files)} shards)"
 
 
-def check_widths(paths: list[str], arrays: list[np.ndarray]) -> int:
-    """The common width d_in; DataError naming both files when two disagree."""
-    d_in = arrays[0].shape[1]
-    for path, array in zip(paths[1:], arrays[1:]):
-        if array.shape[1] != d_in:
-            raise DataError(
-                f"{path}: width {array.shape[1]} disagrees with {paths[0]}: width {d_in}"
-            )
-    return d_in
+def _subset_of_manifest(manifest_path: str, paths: list[str]):
+    """The matched files of a store, in manifest order, each checked against its manifest entry."""
+    manifest = store_lib.read_manifest(manifest_path)
+    folder = os.path.dirname(manifest_path)
+    listed = {os.path.abspath(os.path.join(folder, name)): (name, rows) for name, rows in manifest.shards}
+    for p in paths:
+        if os.path.abspath(p) not in listed:
+            raise DataError(f"{p}: not listed in {manifest_path}; rewrite the store or remove the file")
+    wanted = {os.path.abspath(p) for p in paths}
+    entries = tuple(entry for entry in manifest.shards if os.path.abspath(os.path.join(folder, entry[0])) in wanted)
+    subset = store_lib.Manifest(manifest.d_in, manifest.dtype, manifest.rows_per_shard, entries, manifest.stats)
+    files = store_lib.open_shards(folder, subset)
+    return subset, files, f"{len(files)} of the {len(manifest.shards)} shards of store {folder!r}"
 
 
-def gather(arrays: list[np.ndarray], offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Global rows `rows` [n] of the concatenated files as float32 [n, d_in].
+class _Window:
+    """One shuffle window's rows owned by this process: stored rows [n, d_in] in stream-position
+    order, their positions int64 [n] ascending, and their global row ids int64 [n]."""
 
-    `offsets` [n_files + 1] holds each file's first global row, then N.
-    """
-    out = np.empty((rows.size, arrays[0].shape[1]), dtype=np.float32)
-    which = np.searchsorted(offsets, rows, side="right") - 1
-    for f in np.unique(which):
-        at = np.flatnonzero(which == f)
-        local = rows[at] - offsets[f]
-        order = np.argsort(local, kind="stable")  # ascending reads from the memory map
-        out[at[order]] = arrays[f][local[order]]
-    return out
+    def __init__(self, rows: np.ndarray, positions: np.ndarray, row_ids: np.ndarray) -> None:
+        self.rows, self.positions, self.row_ids = rows, positions, row_ids
 
 
 class NpySource:
-    """Shuffled rows of a set of ``.npy`` files; see the module docstring.
+    """Rows of a shard store in the order of `StreamOrder`; see the module docstring.
 
     Attributes:
         name: ``'npy'``.
-        d_in: the common width of the files.
-        paths: the matched files, sorted.
+        d_in: the store's width.
+        dtype: storage dtype name (float32, float16, bfloat16).
+        files: the checked shard files (`saejax.data.store.ShardFile`).
         n_rows: total number of rows N.
+        stats: the manifest's normalisation statistics ({"rows", "mean", "mean_sq_norm"}) or None.
+        description: what `data.path` resolved to, for logs.
+        skipped_rows: rows dropped so far under ``on_bad_rows='skip'``.
     """
 
     name = "npy"
 
-    def __init__(self, path: str, seed: int) -> None:
-        self.seed = seed
-        self.paths = find_files(path)
-        self._arrays = [open_array(p) for p in self.paths]
-        self.d_in = check_widths(self.paths, self._arrays)
-        sizes = [a.shape[0] for a in self._arrays]
-        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.n_rows = int(self._offsets[-1])
+    def __init__(self, path: str, seed: int, *, chunk_rows: int = 512, shuffle_rows: int = 32768,
+                 on_bad_rows: str = "error", process_index: int = 0, process_count: int = 1) -> None:
+        if on_bad_rows not in BAD_ROW_MODES:
+            raise ConfigError(f"data.on_bad_rows: unknown {on_bad_rows!r}; valid: {', '.join(BAD_ROW_MODES)}")
+        if not 0 <= process_index < process_count:
+            raise ConfigError(f"process_index={process_index} must be in [0, process_count={process_count})")
+        self.seed, self.on_bad_rows = seed, on_bad_rows
+        self.process_index, self.process_count = process_index, process_count
+        manifest, self.files, self.description = resolve(path)
+        self.d_in, self.dtype, self.stats = manifest.d_in, manifest.dtype, manifest.stats
+        self.n_rows = manifest.total_rows
         if self.n_rows == 0:
-            raise DataError(f"data.path={path!r}: the matched files hold no rows")
-        self._perms: dict[int, np.ndarray] = {}
+            raise DataError(f"data.path={path!r}: the files hold no rows")
+        self._offsets = np.concatenate([[0], np.cumsum([f.rows for f in self.files])]).astype(np.int64)
+        self.order = StreamOrder([f.rows for f in self.files], seed, chunk_rows, shuffle_rows)
+        self.skipped_rows = 0
+        self._windows: OrderedDict[tuple, _Window] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def permutation(self, epoch: int) -> np.ndarray:
-        """The row order of `epoch`, int64 [N], a function of (seed, epoch) only."""
-        perm = self._perms.get(epoch)
-        if perm is None:
-            perm = rng(self.seed, STREAM_EPOCH, epoch).permutation(self.n_rows)
-            if len(self._perms) >= _CACHED_EPOCHS:
-                self._perms.pop(next(iter(self._perms)))
-            self._perms[epoch] = perm
-        return perm
+    # -- positions ----------------------------------------------------------------------------
+
+    def slice_size(self, batch_size: int) -> int:
+        """Rows this process gets of a global batch of `batch_size`."""
+        if batch_size % self.process_count:
+            raise ConfigError(f"train.batch_size={batch_size} must be divisible by the number of processes "
+                              f"({self.process_count})")
+        return batch_size // self.process_count
+
+    def positions(self, step: int, batch_size: int) -> np.ndarray:
+        """Stream positions of this process's slice of global batch `step`, int64 [B / P]."""
+        check_batch_args(step, batch_size)
+        size = self.slice_size(batch_size)
+        return step * batch_size + self.process_index * size + np.arange(size, dtype=np.int64)
 
     def rows(self, step: int, batch_size: int) -> np.ndarray:
-        """Global row indices of batch `step`, int64 [batch_size]."""
-        check_batch_args(step, batch_size)
-        position = step * batch_size + np.arange(batch_size, dtype=np.int64)
-        epoch, within = np.divmod(position, self.n_rows)
-        rows = np.empty(batch_size, dtype=np.int64)
-        for e in np.unique(epoch):
-            at = epoch == e
-            rows[at] = self.permutation(int(e))[within[at]]
-        return rows
+        """Global row ids of this process's slice of batch `step`, int64 [B / P]."""
+        return self.order.rows_at(self.positions(step, batch_size))
+
+    # -- reading ------------------------------------------------------------------------------
 
     def batch(self, step: int, batch_size: int) -> np.ndarray:
-        """float32 [batch_size, d_in]: stream positions step*B .. step*B + B - 1."""
-        return self._read(self.rows(step, batch_size))
+        """float32 [B / P, d_in]: this process's slice of global batch `step`."""
+        positions = self.positions(step, batch_size)
+        epochs, windows = self.order.locate(positions)
+        out = np.empty((positions.size, self.d_in), np.float32)
+        with self._lock:
+            for e, w in sorted(set(zip(epochs.tolist(), windows.tolist()))):
+                at = np.flatnonzero((epochs == e) & (windows == w))
+                window = self._window(e, w, batch_size)
+                index = np.searchsorted(window.positions, positions[at])
+                out[at] = store_lib.decode(window.rows[index], self.dtype)
+        return out
+
+    def _window(self, epoch: int, window: int, batch_size: int) -> _Window:
+        key = (epoch, window, batch_size)
+        cached = self._windows.get(key)
+        if cached is None:
+            cached = self._load_window(epoch, window, batch_size)
+            self._windows[key] = cached
+            if len(self._windows) > _CACHED_WINDOWS:
+                self._windows.popitem(last=False)
+        else:
+            self._windows.move_to_end(key)
+        return cached
+
+    def _load_window(self, epoch: int, window: int, batch_size: int) -> _Window:
+        """Read the rows of one window that this process's slices use, chunk by chunk."""
+        first, stop = self.order.window_span(epoch, window)
+        positions = np.arange(first, stop, dtype=np.int64)
+        size = self.slice_size(batch_size)
+        positions = positions[(positions % batch_size) // size == self.process_index]
+        row_ids = self.order.window_rows(epoch, window)[positions - first]
+        rows = np.empty((row_ids.size, self.d_in), store_lib.file_dtype(self.dtype))
+        bad = np.zeros(row_ids.size, bool)
+        chunk_of = np.searchsorted(self.order.chunk_start, row_ids, side="right") - 1
+        for chunk in np.unique(chunk_of):
+            at = np.flatnonzero(chunk_of == chunk)
+            at = at[np.argsort(row_ids[at])]
+            shard = int(np.searchsorted(self._offsets, row_ids[at[0]], side="right")) - 1
+            local = row_ids[at] - self._offsets[shard]
+            contiguous = local[-1] - local[0] + 1 == local.size  # one process: whole chunks
+            block = store_lib.read_rows(self.files[shard], int(local[0]), int(local[-1]) + 1,
+                                        None if contiguous else local - local[0])
+            rows[at] = block
+            bad[at] = ~np.isfinite(store_lib.decode(block, self.dtype)).all(axis=1)
+        if bad.any():
+            self._handle_bad_rows(rows, bad, row_ids)
+        return _Window(rows, positions, row_ids)
+
+    def where(self, row_id: int) -> tuple[str, int]:
+        """(file path, row within the file) of a global row id."""
+        shard = int(np.searchsorted(self._offsets, row_id, side="right")) - 1
+        return self.files[shard].path, int(row_id - self._offsets[shard])
+
+    def _handle_bad_rows(self, rows: np.ndarray, bad: np.ndarray, row_ids: np.ndarray) -> None:
+        """Raise (on_bad_rows='error') or replace each bad row by the next good one, in place."""
+        first_bad = sorted(self.where(int(r)) for r in row_ids[bad])[0]
+        where = f"{first_bad[0]}: row {first_bad[1]}"
+        if self.on_bad_rows == "error":
+            raise DataError(f"{where} holds non-finite values (NaN/inf); fix the data, or set "
+                            "data.on_bad_rows=skip to drop such rows")
+        good = np.flatnonzero(~bad)
+        if good.size == 0:
+            raise DataError(f"{where}: every row of this shuffle window holds NaN/inf; nothing to train on")
+        bad_at = np.flatnonzero(bad)
+        rows[bad_at] = rows[good[np.searchsorted(good, bad_at) % good.size]]
+        self.skipped_rows += int(bad_at.size)
+        logging.warning("data.on_bad_rows=skip: skipped %d rows holding NaN/inf in this shuffle window "
+                        "(first: %s); %d skipped so far", bad_at.size, where, self.skipped_rows)
+
+    def read(self, row_ids: np.ndarray) -> np.ndarray:
+        """Any global rows as float32 [n, d_in], bad rows raising (or dropped under 'skip')."""
+        row_ids = np.asarray(row_ids, np.int64)
+        out = np.empty((row_ids.size, self.d_in), np.float32)
+        shard_of = np.searchsorted(self._offsets, row_ids, side="right") - 1
+        for shard in np.unique(shard_of):
+            at = np.flatnonzero(shard_of == shard)
+            at = at[np.argsort(row_ids[at])]
+            local = row_ids[at] - self._offsets[shard]
+            block = store_lib.read_rows(self.files[shard], int(local[0]), int(local[-1]) + 1, local - local[0])
+            out[at] = store_lib.decode(block, self.dtype)
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            if self.on_bad_rows == "error":
+                path, row = min(self.where(int(r)) for r in row_ids[bad])
+                raise DataError(f"{path}: row {row} holds non-finite values (NaN/inf); fix the data, or set "
+                                "data.on_bad_rows=skip to drop such rows")
+            out = out[~bad]
+        return out
 
     def sample(self, n: int) -> np.ndarray:
-        """A deterministic float32 [n, d_in] sample (without replacement when n <= N)."""
+        """A deterministic float32 [<= n, d_in] sample (without replacement when n <= N), for
+        initialisation; under 'skip' its bad rows are dropped."""
         check_sample_size(n)
         gen = rng(self.seed, STREAM_SAMPLE)
-        return self._read(gen.choice(self.n_rows, size=n, replace=n > self.n_rows))
+        return self.read(gen.choice(self.n_rows, size=n, replace=n > self.n_rows))
 
-    def _read(self, rows: np.ndarray) -> np.ndarray:
-        """Global rows [n] as float32 [n, d_in]; DataError naming the file and row of the
-        first NaN/inf (or value beyond float32 range)."""
-        batch = gather(self._arrays, self._offsets, rows)
-        finite = np.isfinite(batch).all(axis=1)
-        if finite.all():
-            return batch
-        row = int(rows[np.argmin(finite)])
-        f = int(np.searchsorted(self._offsets, row, side="right")) - 1
-        raise DataError(
-            f"{self.paths[f]}: row {row - int(self._offsets[f])} holds non-finite values "
-            "(NaN/inf, or beyond float32 range)"
-        )

@@ -127,6 +127,7 @@ class PatchSource:
         name: ``'patches'``.
         d_in: ``patch_size ** 2``.
         patch_size: side of a patch in pixels.
+        image_shape: ``(patch_size, patch_size)``, for atom plots.
         pool: float32 [n_patches, d_in], the DC-removed (and whitened) patches.
         whitening: float32 [d_in, d_in] symmetric matrix applied to the DC-removed
             patches (identity when ``whiten == 'none'``).
@@ -148,6 +149,7 @@ class PatchSource:
         _check_config(patch_size, n_patches, whiten, whiten_eps)
         self.seed = seed
         self.patch_size = patch_size
+        self.image_shape = (patch_size, patch_size)
         self.d_in = patch_size * patch_size
         loaded = [load_image(name) for name in images]
         smallest = min(min(image.shape) for image in loaded)

@@ -1,0 +1,60 @@
+"""A small table of rows held in memory, streamed in epochs (the `digits` and `tabular` sources).
+
+Order: the stream is the concatenation of epochs; epoch e visits all N rows in the order of a
+permutation drawn from (seed, e), so batch i (positions i·B … i·B+B−1; it may straddle two epochs)
+is a pure function of (seed, i) and every row is seen once per epoch.
+"""
+
+import numpy as np
+
+from saejax.data import STREAM_EPOCH, STREAM_SAMPLE, check_batch_args, check_sample_size, rng
+from saejax.errors import DataError
+
+
+class TableSource:
+    """Rows [N, d_in] in memory, with optional labels [N] and image shape (for atom plots).
+
+    Attributes:
+        name: the registry name.
+        d_in: row width.
+        table: float32 [N, d_in], the rows.
+        labels: int64 [N] or None.
+        image_shape: (height, width) when a row is a flattened image, else None.
+    """
+
+    def __init__(self, name: str, table: np.ndarray, seed: int, labels: np.ndarray | None = None,
+                 image_shape: tuple[int, int] | None = None) -> None:
+        table = np.asarray(table, np.float32)
+        if table.ndim != 2 or table.shape[0] == 0:
+            raise DataError(f"data.source={name!r}: expected a non-empty table [n, d_in], got shape {table.shape}")
+        self.name, self.seed, self.table, self.labels, self.image_shape = name, seed, table, labels, image_shape
+        self.d_in = table.shape[1]
+        self._perms: dict[int, np.ndarray] = {}
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Row order of `epoch`, int64 [N] (the last two epochs are cached)."""
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:
+                self._perms.pop(next(iter(self._perms)))
+            self._perms[epoch] = rng(self.seed, STREAM_EPOCH, epoch).permutation(self.table.shape[0])
+        return self._perms[epoch]
+
+    def rows(self, step: int, batch_size: int) -> np.ndarray:
+        """Row indices of batch `step`, int64 [batch_size]."""
+        check_batch_args(step, batch_size)
+        epochs, within = np.divmod(step * batch_size + np.arange(batch_size, dtype=np.int64), self.table.shape[0])
+        out = np.empty(batch_size, np.int64)
+        for e in np.unique(epochs):
+            at = epochs == e
+            out[at] = self.permutation(int(e))[within[at]]
+        return out
+
+    def batch(self, step: int, batch_size: int) -> np.ndarray:
+        """float32 [batch_size, d_in]."""
+        return self.table[self.rows(step, batch_size)]
+
+    def sample(self, n: int) -> np.ndarray:
+        """A deterministic float32 [n, d_in] sample (without replacement when n <= N)."""
+        check_sample_size(n)
+        size = self.table.shape[0]
+        return self.table[rng(self.seed, STREAM_SAMPLE).choice(size, size=n, replace=n > size)]
