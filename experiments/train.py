@@ -3,7 +3,9 @@ r"""Train an SAE from a config file; the command-line entry point.
     python experiments/train.py --workdir=DIR [--config=experiments/configs/NAME.py] [--config.FIELD=VALUE ...]
 
 Without --config it runs experiments/configs/default.py. Running again with the same --workdir
-resumes from the latest checkpoint there. Bad input ends with one `error: ...` line and exit status 1.
+resumes from the latest good checkpoint there. SIGTERM or Ctrl-C finishes the current step, saves a
+checkpoint and exits 0 (a second Ctrl-C stops at once). Bad input ends with one `error: ...` line and
+exit status 1.
 """
 
 import os
@@ -40,6 +42,8 @@ def main(argv):
         summary = saejax.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except SaejaxError as e:
         sys.exit(f"error: {e}")
+    if summary.get("preempted"):
+        return  # stopped by SIGTERM/SIGINT after saving a checkpoint: exit status 0
     print("final:", ", ".join(f"{k}={v:.4g}" for k, v in summary["eval"].items()), flush=True)
 
 

@@ -8,10 +8,12 @@
     step = saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer))
     state, metrics = step(state, batch)
 
-or, from a config: `saejax.train_and_evaluate(config, workdir)`.
+or, from a config: `saejax.train_and_evaluate(config, workdir)`; afterwards
+`params, config = saejax.load(workdir)` (params act on raw activations).
 """
 
 from saejax import activations, losses, metrics
+from saejax.analysis import load
 from saejax.config import base_config
 from saejax.errors import ConfigError, DataError, SaejaxError
 from saejax.export import export_saelens, load_saelens

@@ -6,11 +6,15 @@ train step, and leaves in `workdir`:
 
     config.json, metrics.jsonl, tensorboard/, checkpoints/, summary.json,
     plots/{training,density}.png (+ atoms.png for image data),
-    export/{cfg.json, sae_weights.safetensors} (SAELens layout, linear architectures)
+    export/{cfg.json, sae_weights.safetensors} (SAELens layout, linear architectures) + saejax_config.json
+
+SIGTERM/SIGINT stop it cleanly after a checkpoint (see `saejax.preemption`); a damaged latest
+checkpoint falls back to the previous one (see `saejax.checkpoint`).
 """
 
 import itertools
 import json
+import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saejax import checkpoint, config as config_lib, data, export, losses, metrics, plots, train, writers
+from saejax import analysis, checkpoint, config as config_lib, data, export, losses, metrics, plots, train, writers
 from saejax.errors import ConfigError, DataError, SaejaxError
+from saejax.preemption import PreemptionGuard
 from saejax.resampling import resample_dead_latents
 from saejax.sae import SAE, sae_from_config
 
@@ -83,38 +88,70 @@ def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
-def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, writer) -> train.TrainState:
-    """Initialise or resume, then train to `config.train.steps`; returns the final state."""
-    t = config.train
-    init_key, resample_key = jax.random.split(jax.random.key(config.seed))
+def initial_state(config, source, sae: SAE, loss, optimizer, key) -> train.TrainState:
+    """A fresh TrainState: b_dec and the normalisation scale from a data sample (the scale from the
+    store's statistics when it has them)."""
     try:
         sample = source.sample(INIT_SAMPLE_ROWS)
     except DataError as e:
         raise DataError(f"initialisation sample from data.source={source.name!r}: {e}") from None
-    state = train.init_train_state(
-        sae, loss, optimizer, init_key, sample,
+    return train.init_train_state(
+        sae, loss, optimizer, key, sample,
         normalize=config.sae.normalize_activations, init_b_dec=config.sae.init_b_dec,
         mean_sq_norm=(getattr(source, "stats", None) or {}).get("mean_sq_norm"),
     )
+
+
+def restore_or_keep(workdir: Path, source, sae: SAE, ckpt: checkpoint.Checkpointer, state: train.TrainState):
+    """The latest good checkpoint in `ckpt` restored into `state`'s structure (`state` itself when
+    there is none). Damaged newer steps are set aside with a warning naming them."""
+    if ckpt.latest_step() is None:
+        return state
+    saved = ckpt.saved_shape("params", "b_dec")
+    if saved is not None and saved != (sae.d_in,):
+        raise ConfigError(
+            f"--workdir={workdir} holds a checkpoint of an SAE with d_in={saved[0]}, but "
+            f"data.source={source.name!r} now gives rows of width {sae.d_in}; use a new --workdir or the original data"
+        )
+    try:
+        restored, step, damaged = ckpt.restore_latest_good(state, is_good=lambda s: train.all_finite(s.params))
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"--workdir={workdir}: {e}; if sae.*, loss.* or optim.* changed, use a new --workdir") from None
+    for bad_step, reason in damaged:
+        print(f"warning: the checkpoint at step {bad_step} is damaged ({reason}); set it aside as "
+              f"{ckpt.directory / f'{bad_step}.damaged'} and fell back to step {step}", file=sys.stderr, flush=True)
+    writers.drop_records_after(workdir, step)
+    print(f"resumed from {ckpt.directory} at step {step}", flush=True)
+    return restored
+
+
+def save_checkpoint(ckpt: checkpoint.Checkpointer, step: int, state: train.TrainState, loss, config_dict: dict,
+                    last_saved: int | None) -> int:
+    """Save `state` as `step` unless its loss or params are non-finite: then stop with an error
+    naming the step and leave the last good checkpoint (`last_saved`) as it is. Returns `step`."""
+    if not (np.isfinite(float(jax.device_get(loss))) and train.all_finite(state.params)):
+        kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was written"
+        raise SaejaxError(f"the loss or the parameters became non-finite by step {step}; stopped before saving, "
+                          f"{kept}; lower optim.lr or the loss coefficients, or check the data")
+    ckpt.save(step, state, config_dict)
+    return step
+
+
+def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, writer) -> tuple[train.TrainState, str | None]:
+    """Initialise or resume, then train to `config.train.steps`, or until SIGTERM/SIGINT (then the
+    step in flight finishes and is checkpointed). Returns (final state, the signal's name or None)."""
+    t = config.train
+    init_key, resample_key = jax.random.split(jax.random.key(config.seed))
+    config_dict = json.loads(config.to_json_best_effort())
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=t.keep_checkpoints)
-    if ckpt.latest_step() is not None:
-        saved = ckpt.saved_shape("params", "b_dec")
-        if saved is not None and saved != (sae.d_in,):
-            ckpt.close()
-            raise ConfigError(
-                f"--workdir={workdir} holds a checkpoint of an SAE with d_in={saved[0]}, but "
-                f"data.source={source.name!r} now gives rows of width {sae.d_in}; use a new --workdir or the original data"
-            )
-        try:
-            state = ckpt.restore_latest(state)
-        except ValueError as e:
-            ckpt.close()
-            raise ConfigError(
-                f"--workdir={workdir} holds a checkpoint that does not fit this config (changed sae.*, loss.* "
-                f"or optim.*?): {str(e).splitlines()[0]}"
-            ) from None
-        writers.drop_records_after(workdir, int(state.step))
-        print(f"resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
+    try:
+        if ckpt.latest_step() is None:
+            state = initial_state(config, source, sae, loss, optimizer, init_key)
+        else:  # resuming: the restore target needs shapes only, no data sample
+            state = restore_or_keep(workdir, source, sae, ckpt, train.abstract_train_state(sae, loss, optimizer))
+    except SaejaxError:
+        ckpt.close()
+        raise
     step_fn = train.jit_train_step(
         train.make_train_step(sae, loss, optimizer, unit_norm_decoder=t.unit_norm_decoder,
                               dead_steps=config.loss.dead_steps)
@@ -125,25 +162,30 @@ def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, write
     def next_batch(step):  # runs on the prefetch thread: read, check, and copy onto the device
         return jax.device_put(read_batch(source, step, t.batch_size, sae.d_in))
 
+    first = int(state.step)
+    last_saved = first or None
     try:
-        for step, batch in prefetch(next_batch, range(int(state.step), t.steps)):
-            state, step_metrics = step_fn(state, batch)
-            done = step + 1
-            if t.resample_every and done % t.resample_every == 0 and done < resample_until:
-                x = jnp.asarray(batch, jnp.float32) * state.norm_scale
-                state, n = resample(state, x, jax.random.fold_in(resample_key, done))
-                step_metrics = {**step_metrics, "resampled": n}
-            if _due(done, t.log_every, t.steps):
-                logged = jax.device_get(step_metrics)
-                if getattr(source, "skipped_rows", 0):
-                    logged["data/skipped_rows"] = source.skipped_rows
-                writer.write(done, logged)
-                check_finite_loss(logged["loss"], done, t.log_every)
-            if _due(done, t.checkpoint_every, t.steps):
-                ckpt.save(done, state)
+        with PreemptionGuard() as guard:
+            for step, batch in prefetch(next_batch, range(first, t.steps)):
+                state, step_metrics = step_fn(state, batch)
+                done = step + 1
+                if t.resample_every and done % t.resample_every == 0 and done < resample_until:
+                    x = jnp.asarray(batch, jnp.float32) * state.norm_scale
+                    state, n = resample(state, x, jax.random.fold_in(resample_key, done))
+                    step_metrics = {**step_metrics, "resampled": n}
+                if _due(done, t.log_every, t.steps):
+                    logged = jax.device_get(step_metrics)
+                    if getattr(source, "skipped_rows", 0):
+                        logged["data/skipped_rows"] = source.skipped_rows
+                    writer.write(done, logged)
+                    check_finite_loss(logged["loss"], done, t.log_every)
+                if _due(done, t.checkpoint_every, t.steps) or guard.requested:
+                    last_saved = save_checkpoint(ckpt, done, state, step_metrics["loss"], config_dict, last_saved)
+                if guard.requested:
+                    break
     finally:
         ckpt.close()
-    return state
+    return state, guard.requested
 
 
 def check_finite_loss(loss: float, step: int, log_every: int) -> None:
@@ -203,31 +245,55 @@ def save_export(workdir: Path, config, sae: SAE, state: train.TrainState) -> str
         workdir / "export", params, arch=sae.arch, d_in=sae.d_in, d_sae=sae.d_sae, k=sae.hparams["k"],
         norm_scale=float(state.norm_scale), metadata={"data_source": config.data.source, "seed": config.seed},
     )
+    (Path(path) / analysis.EXPORT_CONFIG).write_text(config.to_json_best_effort(indent=2) + "\n")
     return str(path)
+
+
+# data.* fields a resumed run may change: where the store lives, and what to do with bad rows (the
+# usual fix after a NaN error). Everything else in data.* changes the stream, so it is refused.
+RESUMABLE_DATA_FIELDS = ("path", "on_bad_rows")
+
+
+def _flatten(config_dict: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config_dict.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _resume_fields(config_dict: dict) -> dict:
     """The config fields a checkpoint's shapes and stream depend on (flattened 'section.field')."""
     fields = {"seed": config_dict.get("seed"), "optim.name": config_dict.get("optim", {}).get("name")}
     for section in ("data", "sae"):
-        fields.update({f"{section}.{k}": v for k, v in config_dict.get(section, {}).items()})
+        fields.update({f"{section}.{k}": v for k, v in config_dict.get(section, {}).items()
+                       if not (section == "data" and k in RESUMABLE_DATA_FIELDS)})
     fields.update({f"loss.{k} is on": bool(v) for k, v in config_dict.get("loss", {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return fields
 
 
+def _differences(saved: dict, current: dict) -> list[str]:
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(saved.keys() | current.keys())
+            if saved.get(k) != current.get(k)]
+
+
 def check_resumable(workdir: Path, config) -> None:
-    """ConfigError listing the differing fields if `workdir` holds a run this config cannot resume."""
+    """ConfigError listing the differing fields if `workdir` holds a run this config cannot resume;
+    prints the harmless differences (steps, logging, coefficients ...) when it can."""
     saved_path = workdir / "config.json"
     if not (saved_path.exists() and any((workdir / "checkpoints").glob("[0-9]*"))):
         return
-    saved = _resume_fields(json.loads(saved_path.read_text()))
-    current = _resume_fields(json.loads(config.to_json_best_effort()))
-    differing = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(saved.keys() | current.keys())
-                 if saved.get(k) != current.get(k)]
+    saved_dict, current_dict = json.loads(saved_path.read_text()), json.loads(config.to_json_best_effort())
+    differing = _differences(_resume_fields(saved_dict), _resume_fields(current_dict))
     if differing:
         raise ConfigError(f"--workdir={workdir} holds a run with a different config, which cannot be resumed "
                           f"({'; '.join(differing)}); use a new --workdir")
+    harmless = _differences(_flatten(saved_dict), _flatten(current_dict))
+    if harmless:
+        print(f"resuming with changed settings: {'; '.join(harmless)}", flush=True)
 
 
 def train_and_evaluate(config, workdir: str | Path) -> dict:
@@ -248,7 +314,11 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     writer = writers.MetricWriter(workdir, config.train.steps, tensorboard=config.log.tensorboard,
                                   progress=config.log.progress)
     try:
-        state = run_training(config, workdir, source, sae, loss, optimizer, writer)
+        state, preempted = run_training(config, workdir, source, sae, loss, optimizer, writer)
+        if preempted:
+            print(f"stopped by {preempted} at step {int(state.step)}; checkpoint saved in {workdir / 'checkpoints'}; "
+                  "run the same command to resume", flush=True)
+            return {"preempted": preempted, "steps": int(state.step)}
         scalars, density = evaluate(config, source, sae, state)
         scalars.update(dictionary_recovery(source, state.params))
         writer.write(int(state.step), scalars, split="eval")

@@ -177,6 +177,30 @@ def init_train_state(
     )
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def all_finite(tree) -> bool:
+    """True when every float array in `tree` (e.g. the params) is free of NaN/Inf (one device sync)."""
+    return bool(jax.device_get(_all_finite(tree)))
+
+
+def abstract_train_state(sae: SAE, loss: losses.LossTerm, optimizer: optax.GradientTransformation) -> TrainState:
+    """The TrainState's structure, shapes, dtypes and (default-device) shardings, without computing
+    anything: a restore target for a checkpoint."""
+    def fresh(key):
+        params = sae.init(key)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), loss.init(sae),
+                          jnp.zeros((sae.d_sae,), jnp.int32), jnp.ones((), jnp.float32))
+
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shapes = jax.eval_shape(fresh, jax.random.key(0))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
 def step_metrics(x: jax.Array, out, steps_since_fired: jax.Array, dead_steps: int) -> dict[str, jax.Array]:
     """Sparsity and fidelity of one batch: L0, FVU, cosine similarity, dead fraction."""
     return {

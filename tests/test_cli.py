@@ -119,7 +119,7 @@ def _restore_params(workdir, c, sae):
     optimizer = train.optimizer_from_config(c.optim, c.train, sae)
     like = train.init_train_state(sae, loss, optimizer, jax.random.key(0), np.ones((4, sae.d_in), np.float32))
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
-    state = ckpt.restore_latest(like)
+    state, _, _ = ckpt.restore_latest_good(like)
     ckpt.close()
     return state.params, float(state.norm_scale)
 

@@ -94,6 +94,26 @@ def test_writer_refuses_bad_rows_existing_store_and_wrong_width(tmp_path):
         store.write_store(tmp_path / "d", iter([]))
 
 
+def test_writer_refuses_values_that_overflow_the_storage_dtype(tmp_path):
+    x = np.ones((8, 4), np.float32)
+    x[3, 1] = 70000.0
+    with pytest.raises(DataError, match=r"row 3 overflows float16 \(largest \|value\| 7e\+04\)"):
+        store.write_store(tmp_path, x, dtype="float16")
+
+
+def test_writer_accepts_fortran_order_and_large_arrays_in_blocks(tmp_path):
+    x = np.asfortranarray(np.random.default_rng(0).normal(size=(40000, 3)).astype(np.float32))
+    store.write_store(tmp_path, x, rows_per_shard=30000)
+    np.testing.assert_array_equal(NpySource(str(tmp_path), 0).read(np.arange(40000)), x)
+
+
+def test_plain_float64_files_are_read_as_float32(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(12.0).reshape(4, 3))  # NumPy's default dtype
+    src = NpySource(str(tmp_path / "*.npy"), 0)
+    assert src.dtype == "float64"
+    np.testing.assert_array_equal(src.read(np.arange(4)), np.arange(12.0, dtype=np.float32).reshape(4, 3))
+
+
 def test_unfinished_store_has_no_manifest(tmp_path):
     writer = store.ShardWriter(tmp_path, d_in=3, rows_per_shard=4)
     writer.append(indexed_rows(9, 3))  # two full shards written, one row pending
@@ -169,6 +189,11 @@ def test_bad_manifests(tmp_path):
         ({"dtype": "int8"}, "dtype must be one of"),
         ({"total_rows": 49}, "total_rows=49 disagrees"),
         ({"shards": [{"file": "../x.npy", "rows": 1}], "total_rows": 1}, "must be a path inside the store"),
+        ({"stats": {**good["stats"], "mean_sq_norm": True}}, "stats.mean_sq_norm must be a number > 0"),
+        ({"stats": {**good["stats"], "rows": 999}}, r"stats.rows must be an integer in \[1, total_rows=50\]"),
+        ({"stats": {"mean": good["stats"]["mean"], "mean_sq_norm": 1.0}}, "stats.rows must be"),
+        ({"stats": {**good["stats"], "mean": ["a"] * 6}}, "stats.mean must be a list of numbers"),
+        ({"d_in": 5}, "stats.mean has 6 numbers, d_in is 5"),
     ]:
         path.write_text(json.dumps({**good, **change}))
         with pytest.raises(DataError, match=message):
@@ -289,12 +314,15 @@ def _store_with_nan(folder, bad_row=37, shard_file="shard_000002.npy"):
     np.save(path, data)
 
 
-def test_bad_row_error_names_file_and_row(tmp_path):
+def test_bad_row_error_names_file_and_row_at_the_step_that_uses_it(tmp_path):
     _store_with_nan(tmp_path)
     src = source(tmp_path)
+    positions = np.flatnonzero(np.concatenate([src.rows(s, 40) for s in range(10)]) == 237)
+    bad_step = int(positions[0]) // 40
+    for s in range(bad_step):
+        src.batch(s, 40)  # the window holding the bad row may already be loaded: no error yet
     with pytest.raises(DataError) as excinfo:
-        for s in range(20):
-            src.batch(s, 40)
+        src.batch(bad_step, 40)
     message = str(excinfo.value)
     assert "shard_000002.npy: row 37" in message and "data.on_bad_rows=skip" in message
 
@@ -313,6 +341,24 @@ def test_bad_rows_skip_counts_and_keeps_shapes_and_order(tmp_path):
     assert np.sum(seen != reference) == 1  # every other row is where it would have been
     again = source(tmp_path, on_bad_rows="skip")
     np.testing.assert_array_equal(again.batch(4, 40), batches[4])
+
+
+def test_skip_gives_the_same_global_batches_for_any_number_of_processes(tmp_path):
+    _store_with_nan(tmp_path)
+    single = source(tmp_path, on_bad_rows="skip")
+    pair = [source(tmp_path, on_bad_rows="skip", process_index=p, process_count=2) for p in range(2)]
+    for step in range(10):
+        np.testing.assert_array_equal(np.concatenate([r.batch(step, 40) for r in pair]), single.batch(step, 40))
+
+
+def test_skip_with_a_whole_bad_chunk_is_one_error(tmp_path):
+    make_store(tmp_path, n=64, rows_per_shard=64)
+    path = tmp_path / "shard_000000.npy"
+    data = np.load(path)
+    data[16:32] = np.nan
+    np.save(path, data)
+    with pytest.raises(DataError, match=r"shard_000000.npy: rows 16..31 \(one chunk\) all hold NaN/inf"):
+        source(tmp_path, on_bad_rows="skip").batch(0, 64)
 
 
 def test_sample_under_skip_drops_bad_rows(tmp_path):

@@ -16,10 +16,12 @@ batch, rows [p·B/P, (p+1)·B/P), and reads only those rows from disk; the slice
 processes together are the global batch, each row once.
 
 Bad rows. Each window is checked for NaN/Inf as it is read. ``on_bad_rows='error'`` (default)
-stops with a DataError naming the file and row. ``'skip'`` drops each bad row and puts in its
-place the next good row of the same window (batch shapes and every other row's position stay
-fixed, so the order stays a pure function of (seed, i)); `skipped_rows` counts them and each
-window that had any is logged once with the first file and row.
+stops with a DataError naming the file and row when a batch that contains such a row is asked
+for (not earlier). ``'skip'`` drops each bad row and puts in its place the next good row of the
+same chunk, cyclically (a choice that depends on the data only, so batch shapes, every other
+row's position and the batches of any number of processes stay as they were: the order stays a
+pure function of (seed, i)); `skipped_rows` counts them (per process) and each window that had any
+is logged once with the first file and row. `sample` drops bad rows under 'skip' (logged).
 """
 
 import glob
@@ -97,10 +99,11 @@ def _subset_of_manifest(manifest_path: str, paths: list[str]):
 
 class _Window:
     """One shuffle window's rows owned by this process: stored rows [n, d_in] in stream-position
-    order, their positions int64 [n] ascending, and their global row ids int64 [n]."""
+    order, their positions int64 [n] ascending, their global row ids int64 [n], and which of them
+    hold NaN/Inf, bool [n] (always all False under 'skip': those rows were already replaced)."""
 
-    def __init__(self, rows: np.ndarray, positions: np.ndarray, row_ids: np.ndarray) -> None:
-        self.rows, self.positions, self.row_ids = rows, positions, row_ids
+    def __init__(self, rows: np.ndarray, positions: np.ndarray, row_ids: np.ndarray, bad: np.ndarray) -> None:
+        self.rows, self.positions, self.row_ids, self.bad = rows, positions, row_ids, bad
 
 
 class NpySource:
@@ -169,6 +172,10 @@ class NpySource:
                 at = np.flatnonzero((epochs == e) & (windows == w))
                 window = self._window(e, w, batch_size)
                 index = np.searchsorted(window.positions, positions[at])
+                if window.bad[index].any():
+                    path, row = self.where(int(window.row_ids[index[np.argmax(window.bad[index])]]))
+                    raise DataError(f"{path}: row {row} holds non-finite values (NaN/inf); fix the data, or set "
+                                    "data.on_bad_rows=skip to drop such rows")
                 out[at] = store_lib.decode(window.rows[index], self.dtype)
         return out
 
@@ -204,30 +211,38 @@ class NpySource:
                                         None if contiguous else local - local[0])
             rows[at] = block
             bad[at] = ~np.isfinite(store_lib.decode(block, self.dtype)).all(axis=1)
-        if bad.any():
-            self._handle_bad_rows(rows, bad, row_ids)
-        return _Window(rows, positions, row_ids)
+        if bad.any() and self.on_bad_rows == "skip":
+            rows[bad] = self._replacements(row_ids[bad])
+            self.skipped_rows += int(bad.sum())
+            path, row = min(self.where(int(r)) for r in row_ids[bad])
+            logging.warning("data.on_bad_rows=skip: replaced %d rows holding NaN/inf in a shuffle window "
+                            "(first: %s: row %d); %d so far", bad.sum(), path, row, self.skipped_rows)
+            bad[:] = False
+        return _Window(rows, positions, row_ids, bad)
 
     def where(self, row_id: int) -> tuple[str, int]:
         """(file path, row within the file) of a global row id."""
         shard = int(np.searchsorted(self._offsets, row_id, side="right")) - 1
         return self.files[shard].path, int(row_id - self._offsets[shard])
 
-    def _handle_bad_rows(self, rows: np.ndarray, bad: np.ndarray, row_ids: np.ndarray) -> None:
-        """Raise (on_bad_rows='error') or replace each bad row by the next good one, in place."""
-        first_bad = sorted(self.where(int(r)) for r in row_ids[bad])[0]
-        where = f"{first_bad[0]}: row {first_bad[1]}"
-        if self.on_bad_rows == "error":
-            raise DataError(f"{where} holds non-finite values (NaN/inf); fix the data, or set "
-                            "data.on_bad_rows=skip to drop such rows")
-        good = np.flatnonzero(~bad)
-        if good.size == 0:
-            raise DataError(f"{where}: every row of this shuffle window holds NaN/inf; nothing to train on")
-        bad_at = np.flatnonzero(bad)
-        rows[bad_at] = rows[good[np.searchsorted(good, bad_at) % good.size]]
-        self.skipped_rows += int(bad_at.size)
-        logging.warning("data.on_bad_rows=skip: skipped %d rows holding NaN/inf in this shuffle window "
-                        "(first: %s); %d skipped so far", bad_at.size, where, self.skipped_rows)
+    def _replacements(self, bad_ids: np.ndarray) -> np.ndarray:
+        """For each bad global row, the next good row of the same chunk (cyclically), in the file
+        dtype [n, d_in]. Depends on the data only, so every process makes the same choice."""
+        out = np.empty((bad_ids.size, self.d_in), store_lib.file_dtype(self.dtype))
+        chunk_of = np.searchsorted(self.order.chunk_start, bad_ids, side="right") - 1
+        for chunk in np.unique(chunk_of):
+            start, size = int(self.order.chunk_start[chunk]), int(self.order.chunk_rows[chunk])
+            shard = int(np.searchsorted(self._offsets, start, side="right")) - 1
+            local = start - int(self._offsets[shard])
+            block = store_lib.read_rows(self.files[shard], local, local + size)
+            good = np.isfinite(store_lib.decode(block, self.dtype)).all(axis=1)
+            if not good.any():
+                raise DataError(f"{self.files[shard].path}: rows {local}..{local + size - 1} (one chunk) all hold "
+                                "NaN/inf; nothing to put in their place under data.on_bad_rows=skip")
+            for i in np.flatnonzero(chunk_of == chunk):
+                after = (bad_ids[i] - start + 1 + np.arange(size)) % size
+                out[i] = block[after[np.argmax(good[after])]]
+        return out
 
     def read(self, row_ids: np.ndarray) -> np.ndarray:
         """Any global rows as float32 [n, d_in], bad rows raising (or dropped under 'skip')."""
@@ -242,10 +257,12 @@ class NpySource:
             out[at] = store_lib.decode(block, self.dtype)
         bad = ~np.isfinite(out).all(axis=1)
         if bad.any():
+            path, row = min(self.where(int(r)) for r in row_ids[bad])
             if self.on_bad_rows == "error":
-                path, row = min(self.where(int(r)) for r in row_ids[bad])
                 raise DataError(f"{path}: row {row} holds non-finite values (NaN/inf); fix the data, or set "
                                 "data.on_bad_rows=skip to drop such rows")
+            logging.warning("data.on_bad_rows=skip: dropped %d rows holding NaN/inf from a sample (first: %s: row %d)",
+                            bad.sum(), path, row)
             out = out[~bad]
         return out
 

@@ -9,7 +9,8 @@ A store is a folder::
 
 Storage dtypes (``dtype`` in the manifest):
 
-- ``float32``, ``float16``: plain ``.npy`` arrays of that dtype.
+- ``float32``, ``float16`` (and ``float64``, accepted because ``np.save`` of NumPy's default
+  dtype is the commonest first store; it only doubles the bytes read): plain ``.npy`` arrays.
 - ``bfloat16``: ``.npy`` arrays of **uint16** holding the upper 16 bits of the float32 bit
   pattern (NumPy has no bfloat16, and saving ``ml_dtypes.bfloat16`` arrays writes a void dtype
   that only pickle can read back). `encode` rounds to nearest even; `decode` is exact.
@@ -41,9 +42,11 @@ from saejax.errors import DataError
 
 FORMAT = "saejax.shards/1"
 MANIFEST = "manifest.json"
-DTYPES = ("float32", "float16", "bfloat16")
-_FILE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2")}
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+_FILE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2"),
+                "float64": np.dtype("<f8")}
 _NPY_MAGIC = b"\x93NUMPY"
+_APPEND_BLOCK_ROWS = 16384  # rows converted at a time: bounds the writer's scratch memory
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,7 +62,8 @@ def encode(rows: np.ndarray, dtype: str) -> np.ndarray:
         rounded = bits + (0x7FFF + ((bits >> 16) & 1))  # round to nearest even
         rounded = np.where(np.isnan(rows), bits | 0x00400000, rounded)  # NaN stays NaN
         return (rounded >> 16).astype(np.uint16)
-    return np.asarray(rows, dtype=_FILE_DTYPES[dtype])
+    with np.errstate(over="ignore"):  # an overflow becomes inf, which the writer reports by row
+        return np.ascontiguousarray(rows, dtype=_FILE_DTYPES[dtype])  # C order: the reader refuses Fortran
 
 
 def decode(stored: np.ndarray, dtype: str) -> np.ndarray:
@@ -136,10 +140,24 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
              f"total_rows={raw.get('total_rows')!r} disagrees with the sum of shards[].rows ({manifest.total_rows})")
     stats = manifest.stats
     if stats is not None:
-        ok = isinstance(stats, dict) and isinstance(stats.get("mean"), list) and len(stats["mean"]) == d_in
-        _require(ok and isinstance(stats.get("mean_sq_norm"), (int, float)), path,
-                 "stats must be {\"rows\", \"mean\" (d_in numbers), \"mean_sq_norm\"}")
+        _check_stats(path, stats, d_in, manifest.total_rows)
     return manifest
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_stats(path, stats, d_in: int, total_rows: int) -> None:
+    """The manifest's "stats" block: {"rows": int <= total_rows, "mean": d_in numbers,
+    "mean_sq_norm": number > 0}."""
+    _require(isinstance(stats, dict), path, "stats must be an object {\"rows\", \"mean\", \"mean_sq_norm\"}")
+    rows, mean, msn = stats.get("rows"), stats.get("mean"), stats.get("mean_sq_norm")
+    _require(isinstance(rows, int) and not isinstance(rows, bool) and 0 < rows <= total_rows, path,
+             f"stats.rows must be an integer in [1, total_rows={total_rows}], got {rows!r}")
+    _require(isinstance(mean, list) and all(_is_number(v) for v in mean), path, "stats.mean must be a list of numbers")
+    _require(len(mean) == d_in, path, f"stats.mean has {len(mean)} numbers, d_in is {d_in}")
+    _require(_is_number(msn) and msn > 0, path, f"stats.mean_sq_norm must be a number > 0, got {msn!r}")
 
 
 def write_manifest(directory: str | os.PathLike, manifest: Manifest) -> Path:
@@ -217,20 +235,30 @@ class ShardWriter:
         self._closed = False
 
     def append(self, rows: np.ndarray) -> None:
-        """Add rows [n, d_in] (any float dtype, or ml_dtypes bfloat16)."""
+        """Add rows [n, d_in] (any float dtype, or ml_dtypes bfloat16; a memory map is fine: it is
+        read in blocks)."""
         if self._closed:
             raise DataError(f"{self.directory}: the writer is closed")
-        rows = np.asarray(rows)
+        rows = np.asanyarray(rows)
         if rows.ndim != 2 or rows.shape[1] != self.d_in:
             raise DataError(f"append #{self._appends} to {self.directory}: expected rows [n, {self.d_in}], "
                             f"got shape {rows.shape}")
-        finite = np.isfinite(rows.astype(np.float32)).all(axis=1)
-        if not finite.all():
-            raise DataError(f"append #{self._appends} to {self.directory}: row {int(np.argmin(finite))} holds "
-                            "NaN/Inf; filter the activations before writing them")
+        block = max(1, min(self.rows_per_shard, _APPEND_BLOCK_ROWS))
+        for start in range(0, rows.shape[0], block):
+            self._append_block(rows[start:start + block], start)
         self._appends += 1
+
+    def _append_block(self, rows: np.ndarray, first_row: int) -> None:
         stored = encode(rows, self.dtype)
-        self.stats.add(decode(stored, self.dtype))  # statistics of what training will read
+        decoded = decode(stored, self.dtype)  # what training will read
+        finite = np.isfinite(decoded).all(axis=1)
+        if not finite.all():
+            row = int(np.argmin(finite))
+            cause = ("holds NaN/Inf" if not np.isfinite(np.asarray(rows[row], np.float64)).all()
+                     else f"overflows {self.dtype} (largest |value| {np.abs(np.asarray(rows[row], np.float64)).max():.4g})")
+            raise DataError(f"append #{self._appends} to {self.directory}: row {first_row + row} {cause}; "
+                            "filter or rescale the activations before writing them")
+        self.stats.add(decoded)
         self._pending.append(stored)
         self._pending_rows += stored.shape[0]
         while self._pending_rows >= self.rows_per_shard:
@@ -366,7 +394,7 @@ def infer_dtype(path: str, found: np.dtype) -> str:
             return name
     if found == np.dtype("<u2"):
         raise DataError(f"{path}: holds uint16; a bfloat16 store needs its {MANIFEST} (dtype \"bfloat16\")")
-    raise DataError(f"{path}: dtype {found} is not a stored activation dtype (float32 or float16)")
+    raise DataError(f"{path}: dtype {found} is not a stored activation dtype (float32, float16 or float64)")
 
 
 def index_files(paths: list[str], rows_per_shard: int | None = None) -> tuple[Manifest, list[ShardFile]]:
