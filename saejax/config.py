@@ -96,8 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.resample_until = 0  # 0: until the end
 
     c.parallel = ml_collections.ConfigDict()
-    c.parallel.strategy = "none"  # none | pmap | mesh
-    c.parallel.mesh_shape = ""  # e.g. "4,2" = data x model
+    c.parallel.strategy = "none"  # none (one device) | mesh (jit over a data x model mesh) | pmap (not yet)
+    c.parallel.mesh_shape = ""  # mesh: "D,M" = data x model, e.g. "4,2"; "" = all devices on data
 
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True
@@ -132,6 +132,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     strategy = config.parallel.strategy
     _require(strategy in STRATEGIES, f"unknown parallel.strategy={strategy!r}; choose one of {', '.join(STRATEGIES)}")
     _require(
-        strategy == "none",
-        f"parallel.strategy={strategy!r} is not available in this version yet; use 'none' (one device)",
+        strategy != "pmap",
+        "parallel.strategy='pmap' is not available in this version yet; use 'mesh' (jit over a data x model "
+        "mesh) or 'none' (one device)",
     )

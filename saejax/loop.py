@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saejax import analysis, checkpoint, config as config_lib, data, export, losses, metrics, plots, train, writers
+from saejax import analysis, checkpoint, config as config_lib, data, export, losses, metrics, parallel, plots, train, writers
 from saejax.errors import ConfigError, DataError, SaejaxError
 from saejax.preemption import PreemptionGuard
 from saejax.resampling import resample_dead_latents
@@ -137,30 +137,50 @@ def save_checkpoint(ckpt: checkpoint.Checkpointer, step: int, state: train.Train
     return step
 
 
-def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, writer) -> tuple[train.TrainState, str | None]:
-    """Initialise or resume, then train to `config.train.steps`, or until SIGTERM/SIGINT (then the
-    step in flight finishes and is checkpointed). Returns (final state, the signal's name or None)."""
+def make_mesh(config, sae: SAE):
+    """The device mesh `parallel.strategy='mesh'` asks for (sizes checked before anything compiles), or None."""
+    if config.parallel.strategy != "mesh":
+        return None
+    mesh = parallel.make_mesh(config.parallel.mesh_shape)
+    parallel.check_sizes(mesh, sae, config.train.batch_size)
+    return mesh
+
+
+def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, writer,
+                 mesh=None) -> tuple[train.TrainState, str | None]:
+    """Initialise or resume (onto `mesh`'s shardings when given), then train to `config.train.steps`,
+    or until SIGTERM/SIGINT (then the step in flight finishes and is checkpointed). Returns (final
+    state, the signal's name or None)."""
     t = config.train
     init_key, resample_key = jax.random.split(jax.random.key(config.seed))
     config_dict = json.loads(config.to_json_best_effort())
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=t.keep_checkpoints)
     try:
+        abstract = train.abstract_train_state(sae, loss, optimizer)
+        shardings = parallel.state_shardings(mesh, sae, optimizer, abstract) if mesh is not None else None
         if ckpt.latest_step() is None:
             state = initial_state(config, source, sae, loss, optimizer, init_key)
-        else:  # resuming: the restore target needs shapes only, no data sample
-            state = restore_or_keep(workdir, source, sae, ckpt, train.abstract_train_state(sae, loss, optimizer))
+            if shardings is not None:
+                state = jax.device_put(state, shardings)
+        else:  # resuming: the restore target needs shapes (and the current shardings) only, no data sample
+            like = parallel.with_shardings(abstract, shardings) if shardings is not None else abstract
+            state = restore_or_keep(workdir, source, sae, ckpt, like)
     except SaejaxError:
         ckpt.close()
         raise
-    step_fn = train.jit_train_step(
-        train.make_train_step(sae, loss, optimizer, unit_norm_decoder=t.unit_norm_decoder,
-                              dead_steps=config.loss.dead_steps)
-    )
-    resample = jax.jit(lambda s, x, k: resample_dead_latents(sae, optimizer, s, x, k, config.loss.dead_steps))
+    pure_step = train.make_train_step(sae, loss, optimizer, unit_norm_decoder=t.unit_norm_decoder,
+                                      dead_steps=config.loss.dead_steps)
+    if mesh is None:
+        step_fn, batch_target = train.jit_train_step(pure_step), None
+        resample = jax.jit(lambda s, x, k: resample_dead_latents(sae, optimizer, s, x, k, config.loss.dead_steps))
+    else:
+        step_fn, batch_target = parallel.jit_mesh_step(pure_step, mesh, shardings), parallel.batch_sharding(mesh)
+        resample = jax.jit(lambda s, x, k: resample_dead_latents(sae, optimizer, s, x, k, config.loss.dead_steps),
+                           out_shardings=(shardings, None))
     resample_until = t.resample_until or t.steps
 
-    def next_batch(step):  # runs on the prefetch thread: read, check, and copy onto the device
-        return jax.device_put(read_batch(source, step, t.batch_size, sae.d_in))
+    def next_batch(step):  # runs on the prefetch thread: read, check, and copy onto the device(s)
+        return jax.device_put(read_batch(source, step, t.batch_size, sae.d_in), batch_target)
 
     first = int(state.step)
     last_saved = first or None
@@ -294,6 +314,12 @@ def check_resumable(workdir: Path, config) -> None:
     harmless = _differences(_flatten(saved_dict), _flatten(current_dict))
     if harmless:
         print(f"resuming with changed settings: {'; '.join(harmless)}", flush=True)
+    old_steps, optim = saved_dict.get("train", {}).get("steps"), current_dict["optim"]
+    if old_steps != config.train.steps and (optim["decay"] != "constant" or min(old_steps or 0, config.train.steps)
+                                           < optim["warmup_steps"]):
+        print(f"note: the learning-rate schedule depends on train.steps (optim.decay={optim['decay']!r}, "
+              f"optim.warmup_steps={optim['warmup_steps']}), so from the resumed step on it differs from the "
+              "original run's", flush=True)
 
 
 def train_and_evaluate(config, workdir: str | Path) -> dict:
@@ -301,6 +327,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     start = time.perf_counter()
     config_lib.validate(config)
     source, sae, loss, optimizer = _build(config)
+    mesh = make_mesh(config, sae)
     workdir = Path(workdir)
     check_resumable(workdir, config)
     try:
@@ -309,12 +336,13 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     except OSError as e:
         raise ConfigError(f"--workdir={workdir}: {e.strerror or e}") from None
     print(f"{sae.arch} SAE d_in={sae.d_in} d_sae={sae.d_sae} on data.source={source.name!r}; "
-          f"{jax.device_count()} {jax.default_backend()} device(s); workdir {workdir}", flush=True)
+          f"{jax.device_count()} {jax.default_backend()} device(s)"
+          + (f" as a {dict(mesh.shape)} mesh" if mesh is not None else "") + f"; workdir {workdir}", flush=True)
 
     writer = writers.MetricWriter(workdir, config.train.steps, tensorboard=config.log.tensorboard,
                                   progress=config.log.progress)
     try:
-        state, preempted = run_training(config, workdir, source, sae, loss, optimizer, writer)
+        state, preempted = run_training(config, workdir, source, sae, loss, optimizer, writer, mesh)
         if preempted:
             print(f"stopped by {preempted} at step {int(state.step)}; checkpoint saved in {workdir / 'checkpoints'}; "
                   "run the same command to resume", flush=True)
