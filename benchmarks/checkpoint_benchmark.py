@@ -18,12 +18,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags
 
-import saejax
-from benchmarks import write_results
-from saejax import checkpoint, losses
+from benchmarks import relu_l1_setup, write_results
+from saejax import checkpoint
 from saejax.loop import save_checkpoint
 
 _D_IN = flags.DEFINE_integer("d_in", 512, "Input width.")
@@ -39,11 +37,7 @@ def main(argv):
     del argv
     d, f, b, steps, every = _D_IN.value, _D_SAE.value, _BATCH.value, _STEPS.value, _EVERY.value
     x = jnp.asarray(np.random.default_rng(1).standard_normal((b, d), dtype=np.float32))
-    sae = saejax.make_sae("relu", d, f)
-    loss = losses.chain(losses.mse(), losses.l1(5.0))
-    optimizer = saejax.make_optimizer(optax.adam(1e-4), sae)
-    state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), np.asarray(x))
-    step = saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer))
+    step, state = relu_l1_setup(d, f, x)
     state, metrics = step(state, x)  # compile
     state_bytes = sum(a.nbytes for a in jax.tree.leaves(state))
     times = {"none": [], f"every {every}": []}

@@ -20,12 +20,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags
 
-import saejax
-from benchmarks import write_results
-from saejax import losses
+from benchmarks import relu_l1_setup, time_steps, write_results
 from saejax.config import base_config
 from saejax.data import store
 from saejax.data.npy import NpySource
@@ -71,19 +68,8 @@ def time_loader(folder: Path, batch: int) -> dict:
 
 def time_step(d_in: int, d_sae: int, batch: int, repeats: int) -> float:
     x = jnp.asarray(np.random.default_rng(1).standard_normal((batch, d_in), dtype=np.float32))
-    sae = saejax.make_sae("relu", d_in, d_sae)
-    loss = losses.chain(losses.mse(), losses.l1(5.0))
-    optimizer = saejax.make_optimizer(optax.adam(1e-4), sae)
-    state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), np.asarray(x[:1024]))
-    step = saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer))
-    times = []
-    for i in range(repeats + 1):
-        start = time.perf_counter()
-        state, metrics = step(state, x)
-        jax.block_until_ready(metrics)
-        if i:  # the first call compiles
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    step, state = relu_l1_setup(d_in, d_sae, x)
+    return time_steps(step, state, x, repeats, warmup=1)  # the warm-up call compiles
 
 
 def main(argv):

@@ -11,8 +11,6 @@ Writes benchmarks/results/step_benchmark.{json,md}.
 """
 
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -22,25 +20,13 @@ import optax
 from absl import app, flags
 
 import saejax
-from benchmarks import write_results
-from saejax import losses
+from benchmarks import median_seconds, relu_l1_setup, time_steps, write_results
 
 _D_IN = flags.DEFINE_integer("d_in", 512, "Input width d.")
 _D_SAE = flags.DEFINE_integer("d_sae", 8192, "Dictionary size F.")
 _BATCH = flags.DEFINE_integer("batch", 4096, "Batch size B.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repetitions (the median is reported).")
 _OUT = flags.DEFINE_string("out", str(Path(__file__).parent / "results"), "Output directory.")
-
-
-def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def numpy_matmul_rate(b: int, d: int, f: int, repeats: int) -> dict:
@@ -82,17 +68,6 @@ def plain_encoder_relu_step(d_in: int, d_sae: int):
     return jax.jit(step, donate_argnums=0), init
 
 
-def time_steps(step, state, batch, repeats: int) -> float:
-    holder = [state]
-
-    def one():
-        new_state, out = step(holder[0], batch)
-        jax.block_until_ready(out)
-        holder[0] = new_state
-
-    return median_seconds(one, repeats)
-
-
 def main(argv):
     del argv
     b, d, f, repeats = _BATCH.value, _D_IN.value, _D_SAE.value, _REPEATS.value
@@ -101,11 +76,7 @@ def main(argv):
 
     numpy_rate = numpy_matmul_rate(b, d, f, repeats)
 
-    sae = saejax.make_sae("relu", d, f)
-    loss = losses.chain(losses.mse(), losses.l1(5.0))
-    optimizer = saejax.make_optimizer(optax.adam(1e-4), sae)
-    state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), np.asarray(batch[:1024]))
-    saejax_step = saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer))
+    saejax_step, state = relu_l1_setup(d, f, batch)
     saejax_s = time_steps(saejax_step, state, batch, repeats)
 
     plain_step, plain_init = plain_encoder_relu_step(d, f)

@@ -18,9 +18,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from saejax import checkpoint, export, losses, train
+from saejax import checkpoint, export, train
 from saejax.errors import DataError
-from saejax.sae import sae_from_config
 
 EXPORT_CONFIG = "saejax_config.json"
 
@@ -51,10 +50,7 @@ def _load_workdir(path: Path):
         if ckpt.latest_step() is None:
             raise DataError(f"{path / 'checkpoints'}: holds no checkpoint yet")
         config = ml_collections.ConfigDict(ckpt.restore_config())
-        d_in = ckpt.saved_shape("params", "b_dec")[0]
-        sae = sae_from_config(config.sae, d_in, unit_norm_decoder=config.train.unit_norm_decoder)
-        loss = losses.loss_from_config(config.loss, sae)
-        optimizer = train.optimizer_from_config(config.optim, config.train, sae)
+        sae, loss, optimizer = train.model_from_config(config, ckpt.saved_shape("params", "b_dec")[0])
         like = train.abstract_train_state(sae, loss, optimizer)
         state, _, _ = ckpt.restore_latest_good(like, is_good=lambda s: train.all_finite(s.params))
     finally:

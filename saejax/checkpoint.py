@@ -120,10 +120,6 @@ class Checkpointer:
                 folder.rename(target)
         self._manager = self._open()
 
-    def wait(self) -> None:
-        """Block until pending saves are on disk."""
-        self._manager.wait_until_finished()
-
     def close(self) -> None:
         """Wait for pending saves and release the manager."""
         self._manager.wait_until_finished()

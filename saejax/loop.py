@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saejax import analysis, checkpoint, config as config_lib, data, export, losses, metrics, parallel, plots, train, writers
+from saejax import analysis, checkpoint, config as config_lib, data, export, metrics, parallel, plots, train, writers
 from saejax.errors import ConfigError, DataError, SaejaxError
 from saejax.preemption import PreemptionGuard
 from saejax.resampling import resample_dead_latents
-from saejax.sae import SAE, sae_from_config
+from saejax.sae import SAE
 
 INIT_SAMPLE_ROWS = 8192
 # Evaluation batches are drawn at these step indices, far from any training step.
@@ -76,12 +76,7 @@ def prefetch(fn, steps, depth: int = 2):
 
 def _build(config):
     source = data.make_source(config.data, config.seed)
-    sae = sae_from_config(config.sae, source.d_in, unit_norm_decoder=config.train.unit_norm_decoder)
-    if config.train.resample_every and sae.arch == "mlp":
-        raise ConfigError("train.resample_every > 0 needs linear decoder rows; sae.arch='mlp' has none")
-    loss = losses.loss_from_config(config.loss, sae)
-    optimizer = train.optimizer_from_config(config.optim, config.train, sae)
-    return source, sae, loss, optimizer
+    return (source, *train.model_from_config(config, source.d_in))
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -170,13 +165,14 @@ def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, write
         raise
     pure_step = train.make_train_step(sae, loss, optimizer, unit_norm_decoder=t.unit_norm_decoder,
                                       dead_steps=config.loss.dead_steps)
+    def resample_fn(s, x, k):
+        return resample_dead_latents(sae, optimizer, s, x, k, config.loss.dead_steps)
+
     if mesh is None:
-        step_fn, batch_target = train.jit_train_step(pure_step), None
-        resample = jax.jit(lambda s, x, k: resample_dead_latents(sae, optimizer, s, x, k, config.loss.dead_steps))
+        step_fn, batch_target, resample = train.jit_train_step(pure_step), None, jax.jit(resample_fn)
     else:
         step_fn, batch_target = parallel.jit_mesh_step(pure_step, mesh, shardings), parallel.batch_sharding(mesh)
-        resample = jax.jit(lambda s, x, k: resample_dead_latents(sae, optimizer, s, x, k, config.loss.dead_steps),
-                           out_shardings=(shardings, None))
+        resample = jax.jit(resample_fn, out_shardings=(shardings, None))  # state stays on the mesh's shardings
     resample_until = t.resample_until or t.steps
 
     def next_batch(step):  # runs on the prefetch thread: read, check, and copy onto the device(s)

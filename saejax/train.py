@@ -21,7 +21,7 @@ import optax
 
 from saejax import initializers, losses, metrics
 from saejax.errors import ConfigError
-from saejax.sae import SAE, Params
+from saejax.sae import SAE, Params, sae_from_config
 
 
 class TrainState(NamedTuple):
@@ -136,6 +136,14 @@ def make_optimizer(
     return optax.chain(*parts)
 
 
+def model_from_config(config, d_in: int) -> tuple[SAE, losses.LossTerm, optax.GradientTransformation]:
+    """The SAE, loss and optimizer a run's config describes, for inputs of width `d_in`."""
+    sae = sae_from_config(config.sae, d_in, unit_norm_decoder=config.train.unit_norm_decoder)
+    if config.train.resample_every and sae.arch == "mlp":
+        raise ConfigError("train.resample_every > 0 needs linear decoder rows; sae.arch='mlp' has none")
+    return sae, losses.loss_from_config(config.loss, sae), optimizer_from_config(config.optim, config.train, sae)
+
+
 def optimizer_from_config(optim_config, train_config, sae: SAE) -> optax.GradientTransformation:
     """The optimizer the `optim` section of a run's config describes."""
     schedule = lr_schedule(optim_config.lr, train_config.steps, optim_config.warmup_steps, optim_config.decay)
@@ -167,13 +175,19 @@ def init_train_state(
     scale = initializers.activation_norm_scale(sample, mean_sq_norm) if normalize else 1.0
     params = jax.jit(sae.init)(key)
     params["b_dec"] = initializers.initial_b_dec(np.asarray(sample, np.float32) * scale, init_b_dec)
+    return state_at_step_zero(sae, loss, optimizer, params, scale)
+
+
+def state_at_step_zero(sae: SAE, loss: losses.LossTerm, optimizer: optax.GradientTransformation, params: Params,
+                       norm_scale) -> TrainState:
+    """The TrainState around `params` before any step: fresh optimizer, loss-term state and counters."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
         loss_state=loss.init(sae),
         steps_since_fired=jnp.zeros((sae.d_sae,), jnp.int32),
-        norm_scale=jnp.asarray(scale, jnp.float32),
+        norm_scale=jnp.asarray(norm_scale, jnp.float32),
     )
 
 
@@ -191,13 +205,9 @@ def all_finite(tree) -> bool:
 def abstract_train_state(sae: SAE, loss: losses.LossTerm, optimizer: optax.GradientTransformation) -> TrainState:
     """The TrainState's structure, shapes, dtypes and (default-device) shardings, without computing
     anything: a restore target for a checkpoint."""
-    def fresh(key):
-        params = sae.init(key)
-        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), loss.init(sae),
-                          jnp.zeros((sae.d_sae,), jnp.int32), jnp.ones((), jnp.float32))
-
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shapes = jax.eval_shape(fresh, jax.random.key(0))
+    shapes = jax.eval_shape(lambda key: state_at_step_zero(sae, loss, optimizer, sae.init(key), 1.0),
+                            jax.random.key(0))
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 

@@ -407,3 +407,10 @@ def test_memory_stays_flat_while_streaming_a_store_larger_than_the_budget(tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     base, peak = map(float, result.stdout.split())
     assert peak - base < 48, (base, peak)
+
+
+def test_read_handles_repeated_rows_as_a_sample_with_replacement_draws(tmp_path):
+    make_store(tmp_path, n=10, rows_per_shard=10)
+    src = source(tmp_path, chunk_rows=4, shuffle_rows=8)
+    np.testing.assert_array_equal(ids(src.read(np.array([0, 0, 2, 5, 5, 9]))), [0, 0, 2, 5, 5, 9])
+    assert set(ids(src.sample(25))) <= set(range(10)) and src.sample(25).shape == (25, 6)

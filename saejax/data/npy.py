@@ -198,19 +198,7 @@ class NpySource:
         size = self.slice_size(batch_size)
         positions = positions[(positions % batch_size) // size == self.process_index]
         row_ids = self.order.window_rows(epoch, window)[positions - first]
-        rows = np.empty((row_ids.size, self.d_in), store_lib.file_dtype(self.dtype))
-        bad = np.zeros(row_ids.size, bool)
-        chunk_of = np.searchsorted(self.order.chunk_start, row_ids, side="right") - 1
-        for chunk in np.unique(chunk_of):
-            at = np.flatnonzero(chunk_of == chunk)
-            at = at[np.argsort(row_ids[at])]
-            shard = int(np.searchsorted(self._offsets, row_ids[at[0]], side="right")) - 1
-            local = row_ids[at] - self._offsets[shard]
-            contiguous = local[-1] - local[0] + 1 == local.size  # one process: whole chunks
-            block = store_lib.read_rows(self.files[shard], int(local[0]), int(local[-1]) + 1,
-                                        None if contiguous else local - local[0])
-            rows[at] = block
-            bad[at] = ~np.isfinite(store_lib.decode(block, self.dtype)).all(axis=1)
+        rows, bad = self._gather(row_ids)
         if bad.any() and self.on_bad_rows == "skip":
             rows[bad] = self._replacements(row_ids[bad])
             self.skipped_rows += int(bad.sum())
@@ -219,6 +207,24 @@ class NpySource:
                             "(first: %s: row %d); %d so far", bad.sum(), path, row, self.skipped_rows)
             bad[:] = False
         return _Window(rows, positions, row_ids, bad)
+
+    def _gather(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global rows in their file dtype [n, d_in] and which hold NaN/Inf [n], read chunk by chunk
+        (in ascending order within a chunk; one contiguous read when a chunk is wanted whole)."""
+        rows = np.empty((row_ids.size, self.d_in), store_lib.file_dtype(self.dtype))
+        bad = np.zeros(row_ids.size, bool)
+        chunk_of = np.searchsorted(self.order.chunk_start, row_ids, side="right") - 1
+        for chunk in np.unique(chunk_of):
+            at = np.flatnonzero(chunk_of == chunk)
+            at = at[np.argsort(row_ids[at], kind="stable")]
+            shard = int(np.searchsorted(self._offsets, row_ids[at[0]], side="right")) - 1
+            local = row_ids[at] - self._offsets[shard]
+            contiguous = bool(np.all(np.diff(local) == 1))  # one process: whole chunks (no repeats)
+            block = store_lib.read_rows(self.files[shard], int(local[0]), int(local[-1]) + 1,
+                                        None if contiguous else local - local[0])
+            rows[at] = block
+            bad[at] = ~np.isfinite(store_lib.decode(block, self.dtype)).all(axis=1)
+        return rows, bad
 
     def where(self, row_id: int) -> tuple[str, int]:
         """(file path, row within the file) of a global row id."""
@@ -247,15 +253,8 @@ class NpySource:
     def read(self, row_ids: np.ndarray) -> np.ndarray:
         """Any global rows as float32 [n, d_in], bad rows raising (or dropped under 'skip')."""
         row_ids = np.asarray(row_ids, np.int64)
-        out = np.empty((row_ids.size, self.d_in), np.float32)
-        shard_of = np.searchsorted(self._offsets, row_ids, side="right") - 1
-        for shard in np.unique(shard_of):
-            at = np.flatnonzero(shard_of == shard)
-            at = at[np.argsort(row_ids[at])]
-            local = row_ids[at] - self._offsets[shard]
-            block = store_lib.read_rows(self.files[shard], int(local[0]), int(local[-1]) + 1, local - local[0])
-            out[at] = store_lib.decode(block, self.dtype)
-        bad = ~np.isfinite(out).all(axis=1)
+        stored, bad = self._gather(row_ids)
+        out = store_lib.decode(stored, self.dtype)
         if bad.any():
             path, row = min(self.where(int(r)) for r in row_ids[bad])
             if self.on_bad_rows == "error":

@@ -23,7 +23,7 @@ Writing: `ShardWriter` (append arrays of any row count; shards are cut at ``rows
 each file is written under a temporary name and renamed, and the manifest is written last, so a
 folder without ``manifest.json`` is an unfinished store) or `write_store` (an array or an
 iterable of arrays, e.g. a generator). A folder of plain ``.npy`` files without a manifest
-still trains (see `saejax.data.npy`); `index_files` builds the manifest for it.
+still trains (see `saejax.data.npy`); `index_files` builds an in-memory manifest for it.
 
 Reading: `open_shards` checks every file's header against the manifest (one DataError naming the
 file); `read_rows` memory-maps a file only for the duration of one read, so nothing stays mapped
@@ -397,7 +397,7 @@ def infer_dtype(path: str, found: np.dtype) -> str:
     raise DataError(f"{path}: dtype {found} is not a stored activation dtype (float32, float16 or float64)")
 
 
-def index_files(paths: list[str], rows_per_shard: int | None = None) -> tuple[Manifest, list[ShardFile]]:
+def index_files(paths: list[str]) -> tuple[Manifest, list[ShardFile]]:
     """A manifest (without stats) for plain ``.npy`` files of one width and dtype, and their headers.
     File names in the manifest are the paths as given."""
     files = [check_shard(p, None, None) for p in paths]
@@ -409,7 +409,7 @@ def index_files(paths: list[str], rows_per_shard: int | None = None) -> tuple[Ma
         if f.file_dtype != first.file_dtype:
             raise DataError(f"{f.path}: dtype {f.file_dtype} disagrees with {first.path}: dtype {first.file_dtype}; "
                             "write all files of a store in one dtype")
-    per_shard = rows_per_shard or max(f.rows for f in files) or 1
+    per_shard = max(f.rows for f in files) or 1
     return Manifest(first.d_in, dtype, per_shard, tuple((f.path, f.rows) for f in files)), files
 
 
