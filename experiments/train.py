@@ -6,6 +6,10 @@ Without --config it runs experiments/configs/default.py. Running again with the 
 resumes from the latest good checkpoint there. SIGTERM or Ctrl-C finishes the current step, saves a
 checkpoint and exits 0 (a second Ctrl-C stops at once). Bad input ends with one `error: ...` line and
 exit status 1.
+
+Several processes (one per host of a TPU pod or GPU cluster, or `python -m saejax.launch` on one
+machine) run the same command with --distributed (detects the peers on TPU pods, SLURM, Open MPI)
+or --coordinator_address/--num_processes/--process_id, and parallel.strategy=mesh or pmap.
 """
 
 import os
@@ -15,6 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import saejax
+from saejax import distributed
 from saejax.errors import SaejaxError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
@@ -22,6 +27,14 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and the export.")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.", lock_config=True)
 flags.mark_flag_as_required("workdir")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-process run: let jax.distributed.initialize() "
+                                 "find the other processes (Cloud TPU pods, SLURM, Open MPI).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process run: process 0's host:port "
+                                   "(default: $SAEJAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process run: how many processes "
+                                      "(default: $SAEJAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process run: this process's id in "
+                                   "[0, num_processes) (default: $SAEJAX_PROCESS_ID).")
 
 
 def parse_flags(argv):
@@ -39,11 +52,14 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 brings it back
     try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
         summary = saejax.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except SaejaxError as e:
         sys.exit(f"error: {e}")
     if summary.get("preempted"):
         return  # stopped by SIGTERM/SIGINT after saving a checkpoint: exit status 0
+    if "eval" not in summary:
+        return  # a process other than 0 of a multi-process run: process 0 reports
     print("final:", ", ".join(f"{k}={v:.4g}" for k, v in summary["eval"].items()), flush=True)
 
 

@@ -15,6 +15,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from saejax import batch_axis, latent_axis
+
 
 def relu(pre_acts: jax.Array) -> jax.Array:
     """Plain ReLU. [B, F] -> [B, F]."""
@@ -26,39 +28,38 @@ def leaky_relu(pre_acts: jax.Array, negative_slope: float) -> jax.Array:
     return jnp.where(pre_acts > 0, pre_acts, negative_slope * pre_acts)
 
 
-def scatter_rows(values: jax.Array, indices: jax.Array, width: int) -> jax.Array:
-    """Dense [B, width] array holding `values` [B, k] at column `indices` [B, k], zeros elsewhere."""
-    rows = jnp.arange(values.shape[0])[:, None]
-    return jnp.zeros((values.shape[0], width), values.dtype).at[rows, indices].set(values)
-
-
 def topk(pre_acts: jax.Array, k: int) -> jax.Array:
     """Keep each row's k largest pre-activations, ReLU'd; zero elsewhere. [B, F] -> [B, F].
 
     Exactly k entries per row are selected (at most k are non-zero), ties broken by index.
     """
-    values, indices = jax.lax.top_k(pre_acts, k)
-    return scatter_rows(jax.nn.relu(values), indices, pre_acts.shape[-1])
+    return latent_axis.topk(pre_acts, k, jax.nn.relu)  # two-stage when the latents are sharded
 
 
 def batchtopk(pre_acts: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """Keep the k·B largest ReLU'd pre-activations of the whole batch (Bussmann et al. 2024).
 
     Args:
-      pre_acts: [B, F].
+      pre_acts: [B, F] (under pmap: this replica's rows; B then counts the whole batch's rows,
+        see `saejax.batch_axis`).
       k: the mean number of active latents per row.
 
     Returns:
-      z: [B, F], exactly k·B entries selected over the batch.
+      z: [B, F], the entries at or above the batch's k·B-th largest activation (k·B of them
+        unless values tie exactly).
       min_selected: [] the smallest positive selected activation (0 if none is positive); its
         running mean is the inference threshold of a BatchTopK SAE.
     """
-    batch, width = pre_acts.shape
-    acts = jax.nn.relu(pre_acts).reshape(-1)
-    values, indices = jax.lax.top_k(acts, k * batch)
-    z = jnp.zeros_like(acts).at[indices].set(values).reshape(batch, width)
-    positive = values > 0
-    min_selected = jnp.where(positive.any(), jnp.min(jnp.where(positive, values, jnp.inf)), 0.0)
+    acts = jax.nn.relu(pre_acts)
+    rows = pre_acts.shape[0] * batch_axis.replicas()
+    if latent_axis.sharded_mesh() is not None:  # latents split over a mesh: two-stage
+        threshold = latent_axis.kth_largest(acts, k * rows)
+    else:  # one device, or pmap replicas holding slices of the rows
+        threshold = batch_axis.kth_largest(acts.reshape(-1), k * rows)
+    selected = acts >= threshold
+    z = jnp.where(selected, acts, 0.0)
+    smallest = batch_axis.smallest(jnp.where(selected & (acts > 0), acts, jnp.inf))
+    min_selected = jnp.where(jnp.isfinite(smallest), smallest, 0.0)
     return z, jax.lax.stop_gradient(min_selected)
 
 

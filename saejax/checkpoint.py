@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 STATE, CONFIG = "state", "config"
 
@@ -110,14 +111,17 @@ class Checkpointer:
         if not steps:
             return
         self._manager.close()
-        for step in steps:
-            folder = self.directory / str(step)
-            target = self.directory / f"{step}.damaged"
-            n = 1
-            while target.exists():
-                target, n = self.directory / f"{step}.damaged.{n}", n + 1
-            if folder.exists():
-                folder.rename(target)
+        if jax.process_index() == 0:  # one process renames; the others wait for it
+            for step in steps:
+                folder = self.directory / str(step)
+                target = self.directory / f"{step}.damaged"
+                n = 1
+                while target.exists():
+                    target, n = self.directory / f"{step}.damaged.{n}", n + 1
+                if folder.exists():
+                    folder.rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("saejax checkpoint set aside")
         self._manager = self._open()
 
     def close(self) -> None:

@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.resample_until = 0  # 0: until the end
 
     c.parallel = ml_collections.ConfigDict()
-    c.parallel.strategy = "none"  # none (one device) | mesh (jit over a data x model mesh) | pmap (not yet)
+    c.parallel.strategy = "none"  # none (one device) | pmap (data-parallel replicas) | mesh (jit over data x model)
     c.parallel.mesh_shape = ""  # mesh: "D,M" = data x model, e.g. "4,2"; "" = all devices on data
 
     c.log = ml_collections.ConfigDict()
@@ -132,7 +132,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     strategy = config.parallel.strategy
     _require(strategy in STRATEGIES, f"unknown parallel.strategy={strategy!r}; choose one of {', '.join(STRATEGIES)}")
     _require(
-        strategy != "pmap",
-        "parallel.strategy='pmap' is not available in this version yet; use 'mesh' (jit over a data x model "
-        "mesh) or 'none' (one device)",
+        strategy != "pmap" or not config.parallel.mesh_shape,
+        f"parallel.mesh_shape={config.parallel.mesh_shape!r} is for parallel.strategy='mesh'; 'pmap' makes every "
+        "device a data replica (leave mesh_shape empty)",
     )

@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saejax import analysis, checkpoint, config as config_lib, data, export, metrics, parallel, plots, train, writers
+from saejax import analysis, checkpoint, config as config_lib, data, distributed, export, metrics, parallel, plots
+from saejax import train, writers
 from saejax.errors import ConfigError, DataError, SaejaxError
-from saejax.preemption import PreemptionGuard
+from saejax.preemption import PreemptionGuard, StopVote
 from saejax.resampling import resample_dead_latents
 from saejax.sae import SAE
 
@@ -52,13 +53,29 @@ def check_batch(batch: np.ndarray, step: int, source_name: str, d_in: int) -> No
 
 
 def read_batch(source, step: int, batch_size: int, d_in: int) -> np.ndarray:
-    """Batch `step` of `source`, checked; any DataError names the step and the source."""
+    """Batch `step` of `source`, checked; any DataError names the step and the source. A source
+    that reads per process (`process_count` > 1) gives only this process's rows."""
     try:
         batch = source.batch(step, batch_size)
     except DataError as e:
         raise DataError(f"batch at step {step} from data.source={source.name!r}: {e}") from None
     check_batch(batch, step, source.name, d_in)
     return batch
+
+
+def read_local_batch(source, step: int, batch_size: int, d_in: int) -> np.ndarray:
+    """This process's rows [p·B/P, (p+1)·B/P) of batch `step` (all of it with one process)."""
+    rows = read_batch(source, step, batch_size, d_in)
+    if getattr(source, "process_count", 1) > 1 or jax.process_count() == 1:
+        return rows  # a per-process reader already returned only this process's rows
+    lo, hi = distributed.row_range(batch_size)
+    return rows[lo:hi]
+
+
+def say(message: str) -> None:
+    """Print a progress message (from process 0 only in a multi-process run)."""
+    if distributed.is_main_process():
+        print(message, flush=True)
 
 
 def prefetch(fn, steps, depth: int = 2):
@@ -115,8 +132,9 @@ def restore_or_keep(workdir: Path, source, sae: SAE, ckpt: checkpoint.Checkpoint
     for bad_step, reason in damaged:
         print(f"warning: the checkpoint at step {bad_step} is damaged ({reason}); set it aside as "
               f"{ckpt.directory / f'{bad_step}.damaged'} and fell back to step {step}", file=sys.stderr, flush=True)
-    writers.drop_records_after(workdir, step)
-    print(f"resumed from {ckpt.directory} at step {step}", flush=True)
+    if distributed.is_main_process():
+        writers.drop_records_after(workdir, step)
+    say(f"resumed from {ckpt.directory} at step {step}")
     return restored
 
 
@@ -124,7 +142,7 @@ def save_checkpoint(ckpt: checkpoint.Checkpointer, step: int, state: train.Train
                     last_saved: int | None) -> int:
     """Save `state` as `step` unless its loss or params are non-finite: then stop with an error
     naming the step and leave the last good checkpoint (`last_saved`) as it is. Returns `step`."""
-    if not (np.isfinite(float(jax.device_get(loss))) and train.all_finite(state.params)):
+    if not (np.isfinite(float(parallel.replicated_value(loss))) and train.all_finite(state.params)):
         kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was written"
         raise SaejaxError(f"the loss or the parameters became non-finite by step {step}; stopped before saving, "
                           f"{kept}; lower optim.lr or the loss coefficients, or check the data")
@@ -132,31 +150,37 @@ def save_checkpoint(ckpt: checkpoint.Checkpointer, step: int, state: train.Train
     return step
 
 
-def make_mesh(config, sae: SAE):
-    """The device mesh `parallel.strategy='mesh'` asks for (sizes checked before anything compiles), or None."""
-    if config.parallel.strategy != "mesh":
-        return None
-    mesh = parallel.make_mesh(config.parallel.mesh_shape)
-    parallel.check_sizes(mesh, sae, config.train.batch_size)
-    return mesh
+def make_placement(config, sae: SAE, loss, optimizer) -> parallel.Placement:
+    """Where `parallel.strategy` puts the state and batches; sizes (and, with several processes,
+    each process's rows) checked before anything compiles."""
+    strategy, batch_size = config.parallel.strategy, config.train.batch_size
+    mesh = None
+    if strategy != "none":
+        mesh = parallel.make_mesh(config.parallel.mesh_shape if strategy == "mesh" else "")
+        parallel.check_sizes(mesh, sae, batch_size)
+    abstract = train.abstract_train_state(sae, loss, optimizer)
+    where = parallel.placement(strategy, mesh, sae, optimizer, abstract, batch_size)
+    parallel.check_process_rows(where)
+    return where
 
 
 def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, writer,
-                 mesh=None) -> tuple[train.TrainState, str | None]:
-    """Initialise or resume (onto `mesh`'s shardings when given), then train to `config.train.steps`,
-    or until SIGTERM/SIGINT (then the step in flight finishes and is checkpointed). Returns (final
-    state, the signal's name or None)."""
+                 where: parallel.Placement | None = None) -> tuple[train.TrainState, str | None]:
+    """Initialise or resume (onto `where`'s shardings), then train to `config.train.steps`, or until
+    SIGTERM/SIGINT (then the step in flight finishes and is checkpointed; with several processes,
+    all stop after the same step). Returns (final state, the signal's name or None)."""
     t = config.train
+    where = where or make_placement(config, sae, loss, optimizer)
     init_key, resample_key = jax.random.split(jax.random.key(config.seed))
     config_dict = json.loads(config.to_json_best_effort())
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=t.keep_checkpoints)
+    shardings = where.state_shardings
     try:
         abstract = train.abstract_train_state(sae, loss, optimizer)
-        shardings = parallel.state_shardings(mesh, sae, optimizer, abstract) if mesh is not None else None
         if ckpt.latest_step() is None:
             state = initial_state(config, source, sae, loss, optimizer, init_key)
             if shardings is not None:
-                state = jax.device_put(state, shardings)
+                state = parallel.put_state(state, shardings)
         else:  # resuming: the restore target needs shapes (and the current shardings) only, no data sample
             like = parallel.with_shardings(abstract, shardings) if shardings is not None else abstract
             state = restore_or_keep(workdir, source, sae, ckpt, like)
@@ -165,43 +189,45 @@ def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, write
         raise
     pure_step = train.make_train_step(sae, loss, optimizer, unit_norm_decoder=t.unit_norm_decoder,
                                       dead_steps=config.loss.dead_steps)
-    def resample_fn(s, x, k):
+    def resample_fn(s, batch, k):  # over global arrays (pmap's [N, B/N, d_in] batch flattened)
+        x = batch.reshape(-1, sae.d_in).astype(jnp.float32) * s.norm_scale
         return resample_dead_latents(sae, optimizer, s, x, k, config.loss.dead_steps)
 
-    if mesh is None:
-        step_fn, batch_target, resample = train.jit_train_step(pure_step), None, jax.jit(resample_fn)
-    else:
-        step_fn, batch_target = parallel.jit_mesh_step(pure_step, mesh, shardings), parallel.batch_sharding(mesh)
-        resample = jax.jit(resample_fn, out_shardings=(shardings, None))  # state stays on the mesh's shardings
+    step_fn = where.compile(pure_step)
+    # the resampled state stays on the run's shardings
+    resample = jax.jit(resample_fn, out_shardings=None if shardings is None else (shardings, None))
     resample_until = t.resample_until or t.steps
 
     def next_batch(step):  # runs on the prefetch thread: read, check, and copy onto the device(s)
-        return jax.device_put(read_batch(source, step, t.batch_size, sae.d_in), batch_target)
+        return parallel.put_batch(read_local_batch(source, step, t.batch_size, sae.d_in), where)
 
-    first = int(state.step)
+    first = int(parallel.replicated_value(state.step))
     last_saved = first or None
+    stopped = None
     try:
         with PreemptionGuard() as guard:
+            vote = StopVote(where.mesh)
             for step, batch in prefetch(next_batch, range(first, t.steps)):
                 state, step_metrics = step_fn(state, batch)
                 done = step + 1
                 if t.resample_every and done % t.resample_every == 0 and done < resample_until:
-                    x = jnp.asarray(batch, jnp.float32) * state.norm_scale
-                    state, n = resample(state, x, jax.random.fold_in(resample_key, done))
+                    state, n = resample(state, batch, jax.random.fold_in(resample_key, done))
                     step_metrics = {**step_metrics, "resampled": n}
                 if _due(done, t.log_every, t.steps):
-                    logged = jax.device_get(step_metrics)
+                    logged = {k: parallel.replicated_value(v) for k, v in step_metrics.items()}
                     if getattr(source, "skipped_rows", 0):
                         logged["data/skipped_rows"] = source.skipped_rows
                     writer.write(done, logged)
                     check_finite_loss(logged["loss"], done, t.log_every)
-                if _due(done, t.checkpoint_every, t.steps) or guard.requested:
+                if vote.vote(guard.requested is not None):
+                    stopped = guard.requested or "a signal to another process"
+                if _due(done, t.checkpoint_every, t.steps) or stopped:
                     last_saved = save_checkpoint(ckpt, done, state, step_metrics["loss"], config_dict, last_saved)
-                if guard.requested:
+                if stopped:
                     break
     finally:
         ckpt.close()
-    return state, guard.requested
+    return state, stopped
 
 
 def check_finite_loss(loss: float, step: int, log_every: int) -> None:
@@ -318,32 +344,61 @@ def check_resumable(workdir: Path, config) -> None:
               "original run's", flush=True)
 
 
+class _NoWriter:
+    """What processes other than 0 log through: nothing."""
+
+    def write(self, step, scalars, split="train") -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` in one rename (other processes may be reading it)."""
+    tmp = path.with_name(f".{path.name}.{jax.process_index()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def train_and_evaluate(config, workdir: str | Path) -> dict:
-    """Run the whole job a config describes (see module docstring); returns the summary dict."""
+    """Run the whole job a config describes (see module docstring); returns the summary dict.
+
+    With several processes (`saejax.distributed`), every process trains; process 0 alone writes
+    config.json, metrics, plots, the summary and the export, and evaluates."""
     start = time.perf_counter()
     config_lib.validate(config)
     source, sae, loss, optimizer = _build(config)
-    mesh = make_mesh(config, sae)
+    where = make_placement(config, sae, loss, optimizer)
     workdir = Path(workdir)
     check_resumable(workdir, config)
+    main = distributed.is_main_process()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        if main:
+            _write_atomically(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
     except OSError as e:
         raise ConfigError(f"--workdir={workdir}: {e.strerror or e}") from None
-    print(f"{sae.arch} SAE d_in={sae.d_in} d_sae={sae.d_sae} on data.source={source.name!r}; "
-          f"{jax.device_count()} {jax.default_backend()} device(s)"
-          + (f" as a {dict(mesh.shape)} mesh" if mesh is not None else "") + f"; workdir {workdir}", flush=True)
+    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    say(f"{sae.arch} SAE d_in={sae.d_in} d_sae={sae.d_sae} on data.source={source.name!r}; "
+        f"{jax.device_count()} {jax.default_backend()} device(s){processes}"
+        + (f" as a {dict(where.mesh.shape)} mesh" if config.parallel.strategy == "mesh" else "")
+        + (" as pmap replicas" if config.parallel.strategy == "pmap" else "") + f"; workdir {workdir}")
 
-    writer = writers.MetricWriter(workdir, config.train.steps, tensorboard=config.log.tensorboard,
-                                  progress=config.log.progress)
+    writer = (writers.MetricWriter(workdir, config.train.steps, tensorboard=config.log.tensorboard,
+                                   progress=config.log.progress) if main else _NoWriter())
     try:
-        state, preempted = run_training(config, workdir, source, sae, loss, optimizer, writer, mesh)
+        state, preempted = run_training(config, workdir, source, sae, loss, optimizer, writer, where)
         if preempted:
-            print(f"stopped by {preempted} at step {int(state.step)}; checkpoint saved in {workdir / 'checkpoints'}; "
-                  "run the same command to resume", flush=True)
-            return {"preempted": preempted, "steps": int(state.step)}
-        scalars, density = evaluate(config, source, sae, state)
+            say(f"stopped by {preempted} at step {int(parallel.replicated_value(state.step))}; checkpoint saved in "
+                f"{workdir / 'checkpoints'}; run the same command to resume")
+            return {"preempted": preempted, "steps": int(parallel.replicated_value(state.step))}
+        state = parallel.to_host(state)  # evaluation, plots and export work on host copies
+        if not main:
+            return {"steps": int(state.step), "process": jax.process_index()}
+        eval_source = source if getattr(source, "process_count", 1) == 1 else data.make_source(
+            config.data, config.seed, whole_batches=True)
+        scalars, density = evaluate(config, eval_source, sae, state)
         scalars.update(dictionary_recovery(source, state.params))
         writer.write(int(state.step), scalars, split="eval")
     finally:

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from saejax import activations, metrics
+from saejax import activations, batch_axis, metrics
 from saejax.errors import ConfigError
 
 Coefficient = float | Callable[[jax.Array], jax.Array]
@@ -86,7 +86,7 @@ def total(terms: dict[str, jax.Array]) -> jax.Array:
 
 def squared_error(x: jax.Array, x_hat: jax.Array) -> jax.Array:
     """Mean over the batch of the per-row squared error ||x - x̂||². [B, d], [B, d] -> []."""
-    return jnp.mean(jnp.sum(jnp.square(x - x_hat), axis=-1))
+    return batch_axis.mean(jnp.sum(jnp.square(x - x_hat), axis=-1))
 
 
 def decoder_norms(params) -> jax.Array:
@@ -132,7 +132,7 @@ def l1(coeff: Coefficient, decoder_weighted: bool = False) -> LossTerm:
 
     def term(params, x, out, step):
         weighted = jnp.abs(out.z) * decoder_norms(params) if decoder_weighted else jnp.abs(out.z)
-        return {"l1": schedule(step) * jnp.mean(jnp.sum(weighted, axis=-1))}
+        return {"l1": schedule(step) * batch_axis.mean(jnp.sum(weighted, axis=-1))}
 
     return stateless(term)
 
@@ -143,7 +143,7 @@ def tanh_penalty(coeff: Coefficient, scale: float = 1.0) -> LossTerm:
 
     def term(params, x, out, step):
         scaled = scale * jnp.abs(out.z) * decoder_norms(params)
-        return {"tanh": schedule(step) * jnp.mean(jnp.sum(jnp.tanh(scaled), axis=-1))}
+        return {"tanh": schedule(step) * batch_axis.mean(jnp.sum(jnp.tanh(scaled), axis=-1))}
 
     return stateless(term)
 
@@ -172,7 +172,7 @@ def kl_sparsity(coeff: Coefficient, rho: float = 0.05, ema_decay: float = 0.0, e
         return jnp.full((sae.d_sae,), rho, jnp.float32)
 
     def apply(params, x, out, running_mean, step):
-        rho_hat = jnp.mean(out.z, axis=0)
+        rho_hat = batch_axis.mean(out.z, axis=0)
         if ema_decay:
             rho_hat = ema_decay * running_mean + (1 - ema_decay) * rho_hat
         kl = jnp.sum(bernoulli_kl(rho, jnp.clip(rho_hat, eps, 1 - eps)))
@@ -183,7 +183,7 @@ def kl_sparsity(coeff: Coefficient, rho: float = 0.05, ema_decay: float = 0.0, e
 
 def l0_estimate(params, out, bandwidth: float) -> jax.Array:
     """mean_b Σ_i H(pre_i - θ_i) with the step STE: the L0 norm, differentiable in θ."""
-    return jnp.mean(jnp.sum(activations.step(out.pre_acts, params["threshold"], bandwidth), axis=-1))
+    return batch_axis.mean(jnp.sum(activations.step(out.pre_acts, params["threshold"], bandwidth), axis=-1))
 
 
 def jumprelu_l0(coeff: Coefficient, bandwidth: float) -> LossTerm:
@@ -216,7 +216,7 @@ def gated_sparsity(coeff: Coefficient) -> LossTerm:
 
     def term(params, x, out, step):
         gate = jax.nn.relu(out.aux["gate_pre"])
-        l1_gate = jnp.mean(jnp.sum(gate * decoder_norms(params), axis=-1))
+        l1_gate = batch_axis.mean(jnp.sum(gate * decoder_norms(params), axis=-1))
         frozen = jax.lax.stop_gradient(params)
         x_hat_gate = gate @ frozen["W_dec"] + frozen["b_dec"]
         return {"l1": schedule(step) * l1_gate, "gated_aux": squared_error(x, x_hat_gate)}
@@ -237,7 +237,7 @@ def activation_balance(coeff: Coefficient) -> LossTerm:
         fires = jax.lax.stop_gradient(metrics.feature_density(out.z))
         fires = fires / (jnp.sum(fires) + 1e-12)
         mass = jnp.abs(out.z)
-        share = jnp.mean(mass / (jnp.sum(mass, axis=-1, keepdims=True) + 1e-12), axis=0)
+        share = batch_axis.mean(mass / (jnp.sum(mass, axis=-1, keepdims=True) + 1e-12), axis=0)
         return {"balance": schedule(step) * (d_sae * jnp.sum(fires * share) - 1.0)}
 
     return stateless(term)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from saejax import batch_axis
 from saejax.errors import SaejaxError
 
 _EPS = 1e-8
@@ -20,7 +21,7 @@ def l0(z: jnp.ndarray) -> jnp.ndarray:
 
     z: [..., d_sae]. Returns a scalar [].
     """
-    return jnp.mean(jnp.sum(z != 0, axis=-1, dtype=jnp.float32))
+    return batch_axis.mean(jnp.sum(z != 0, axis=-1, dtype=jnp.float32))
 
 
 def mse(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
@@ -28,7 +29,7 @@ def mse(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
 
     x, x_hat: [..., d_in]. Returns a scalar [].
     """
-    return jnp.mean(jnp.sum(jnp.square(x - x_hat), axis=-1))
+    return batch_axis.mean(jnp.sum(jnp.square(x - x_hat), axis=-1))
 
 
 def fvu(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
@@ -39,8 +40,8 @@ def fvu(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
     rows has zero variance and gives inf (or nan if also reconstructed exactly).
     """
     x2 = x.reshape(-1, x.shape[-1])
-    err = jnp.sum(jnp.square(x2 - x_hat.reshape(x2.shape)))
-    var = jnp.sum(jnp.square(x2 - jnp.mean(x2, axis=0)))
+    err = batch_axis.total(jnp.square(x2 - x_hat.reshape(x2.shape)))
+    var = batch_axis.total(jnp.square(x2 - batch_axis.mean(x2, axis=0)))
     return err / var
 
 
@@ -64,7 +65,7 @@ def cosine_similarity(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
 
     x, x_hat: [..., d_in]. Returns a scalar [].
     """
-    return jnp.mean(jnp.sum(_unit_rows(x) * _unit_rows(x_hat), axis=-1))
+    return batch_axis.mean(jnp.sum(_unit_rows(x) * _unit_rows(x_hat), axis=-1))
 
 
 def feature_density(z: jnp.ndarray) -> jnp.ndarray:
@@ -73,7 +74,7 @@ def feature_density(z: jnp.ndarray) -> jnp.ndarray:
     z: [..., d_sae]. Returns [d_sae] float32 in [0, 1].
     """
     fired = (z != 0).reshape(-1, z.shape[-1])
-    return jnp.mean(fired, axis=0, dtype=jnp.float32)
+    return batch_axis.mean(fired.astype(jnp.float32), axis=0)
 
 
 def log10_density_histogram(
@@ -101,7 +102,7 @@ def update_steps_since_fired(counter: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarra
 
     counter: [d_sae] int32; z: [..., d_sae]. Returns [d_sae] of counter's dtype.
     """
-    fired = jnp.any((z != 0).reshape(-1, z.shape[-1]), axis=0)
+    fired = batch_axis.any_row((z != 0).reshape(-1, z.shape[-1]))
     return jnp.where(fired, jnp.zeros_like(counter), counter + 1)
 
 

@@ -17,11 +17,16 @@ partitioner gathers what top-k needs). The mesh is built with ``jax.sharding.Mes
 explicit-axis meshes reject ``lax.top_k`` over a sharded axis (FIELD_NOTES).
 """
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from saejax import batch_axis, latent_axis
 from saejax.errors import ConfigError
 
 AXES = ("data", "model")
@@ -102,8 +107,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def jit_mesh_step(train_step, mesh: Mesh, shardings):
-    """`train_step` jitted over the mesh, state donated, metrics replicated."""
-    return jax.jit(train_step, in_shardings=(shardings, batch_sharding(mesh)),
+    """`train_step` jitted over the mesh, state donated, metrics replicated; top-k over the
+    sharded latents in two stages (`saejax.latent_axis`)."""
+
+    def step(state, batch):
+        with latent_axis.split_over(mesh):
+            return train_step(state, batch)
+
+    return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
                    out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
 
 
@@ -111,3 +122,140 @@ def with_shardings(abstract_state, shardings):
     """An abstract state (ShapeDtypeStructs) carrying `shardings`: a restore target that puts a
     checkpoint straight onto the current mesh, whatever mesh it was saved from."""
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state, shardings)
+
+
+# ---------------------------------------------------------------------------------------------
+# parallel.strategy='pmap': the card's data-parallel step.
+
+
+def replicated_shardings(mesh: Mesh, state):
+    """Every leaf of `state` replicated on all of the mesh's devices (the pmap strategy's state)."""
+    return jax.tree.map(lambda _: NamedSharding(mesh, P()), state)
+
+
+def pmap_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """A batch laid out as pmap takes it, [replicas, B / replicas, d_in], one slice per device."""
+    return NamedSharding(mesh, P(AXES))
+
+
+def pmap_step(train_step, mesh: Mesh):
+    """`train_step` under ``jax.pmap`` over the mesh's devices (in mesh order), axis "data".
+
+    Each replica gets its slice [B / N, d_in] of the batch ([N, B / N, d_in] in all) and the whole
+    replicated state (``in_axes=None``). Inside, `saejax.batch_axis` makes every batch statistic
+    global and averages the gradients with ``lax.pmean``, so every replica computes the same new
+    state, returned once (``out_axes=None``) and donated back on the next call.
+    """
+
+    def replica_step(state, rows):
+        with batch_axis.split_over(AXES[0]):
+            return train_step(state, rows)
+
+    stepped = jax.pmap(replica_step, axis_name=AXES[0], in_axes=(None, 0), out_axes=None, donate_argnums=0,
+                       devices=list(mesh.devices.flat))
+    if jax.process_count() == 1:
+        return stepped
+    replicated = NamedSharding(mesh, P())
+
+    def step(state, batch):  # pmap returns this process's copies; regard them as one global array
+        return jax.tree.map(lambda x: _as_global(x, replicated), stepped(state, batch))
+
+    return step
+
+
+def _as_global(x: jax.Array, sharding: NamedSharding) -> jax.Array:
+    """A process-local replicated array (pmap's ``out_axes=None`` output in a multi-process run) as
+    the global replicated array that Orbax and jit take; no copy."""
+    return jax.make_array_from_single_device_arrays(x.shape, sharding, [s.data for s in x.addressable_shards])
+
+
+# ---------------------------------------------------------------------------------------------
+# One strategy's layout, batches from every process, host copies.
+
+class Placement(NamedTuple):
+    """Where one strategy keeps the train state and the batch, and how it compiles the step.
+
+    state_shardings: pytree of NamedShardings like the TrainState (None: the default device).
+    batch_sharding: of the array the step takes (None: the default device).
+    batch_shape: that array's global shape: [B, d_in], or [replicas, B / replicas, d_in] for pmap.
+    compile: pure train step -> the step to call, (state, batch) -> (state, metrics).
+    """
+
+    mesh: Mesh | None
+    state_shardings: Any
+    batch_sharding: NamedSharding | None
+    batch_shape: tuple[int, ...]
+    compile: Callable
+
+
+def placement(strategy: str, mesh: Mesh | None, sae, optimizer, abstract_state, batch_size: int) -> Placement:
+    """The Placement of ``parallel.strategy`` on `mesh` (None for 'none') for `abstract_state`."""
+    d_in = sae.d_in
+    if strategy == "none":
+        from saejax.train import jit_train_step  # noqa: PLC0415 (train imports nothing from here)
+
+        return Placement(None, None, None, (batch_size, d_in), jit_train_step)
+    if strategy == "pmap":
+        replicas = mesh.devices.size
+        return Placement(mesh, replicated_shardings(mesh, abstract_state), pmap_batch_sharding(mesh),
+                         (replicas, batch_size // replicas, d_in), lambda step: pmap_step(step, mesh))
+    shardings = state_shardings(mesh, sae, optimizer, abstract_state)
+    return Placement(mesh, shardings, batch_sharding(mesh), (batch_size, d_in),
+                     lambda step: jit_mesh_step(step, mesh, shardings))
+
+
+def check_process_rows(where: Placement) -> None:
+    """With several processes, each must hold exactly its own rows [p·B/P, (p+1)·B/P) of the batch
+    (the rows it reads): ConfigError otherwise, e.g. a model axis spanning processes."""
+    count = jax.process_count()
+    if count == 1:
+        return
+    if where.batch_sharding is None:
+        raise ConfigError(f"{count} processes need parallel.strategy='mesh' or 'pmap'; 'none' uses one device")
+    size = where.batch_shape[0]
+    spans = {(index[0].start or 0, size if index[0].stop is None else index[0].stop)
+             for index in where.batch_sharding.addressable_devices_indices_map(where.batch_shape).values()}
+    own = size // count * jax.process_index(), size // count * (jax.process_index() + 1)
+    covered = sorted(spans)
+    if (covered[0][0], max(stop for _, stop in covered)) != own or sum(b - a for a, b in covered) != own[1] - own[0]:
+        mesh = where.mesh.shape
+        raise ConfigError(
+            f"with {count} processes each must hold its own rows of the batch, but the mesh "
+            f"{dict(mesh)} gives process {jax.process_index()} rows {covered}; the model axis must lie within one "
+            f"process's {jax.local_device_count()} devices (parallel.mesh_shape=D,M with M dividing "
+            f"{jax.local_device_count()})")
+
+
+def put_state(state, shardings):
+    """A state computed identically by every process (e.g. the fresh one) placed on `shardings`;
+    each process fills only its own devices' shards."""
+    if jax.process_count() == 1:
+        return jax.device_put(state, shardings)
+    host = jax.device_get(state)
+    return jax.tree.map(lambda x, sh: jax.make_array_from_callback(np.shape(x), sh, lambda index: np.asarray(x)[index]),
+                        host, shardings)
+
+
+def put_batch(rows: np.ndarray, where: Placement) -> jax.Array:
+    """This process's rows [B / P, d_in] of a batch -> the global array the step takes."""
+    local_shape = (where.batch_shape[0] // jax.process_count(), *where.batch_shape[1:])
+    rows = rows.reshape(local_shape)
+    if jax.process_count() == 1:
+        return jax.device_put(rows, where.batch_sharding)
+    return jax.make_array_from_process_local_data(where.batch_sharding, rows, where.batch_shape)
+
+
+def replicated_value(x) -> np.ndarray:
+    """Host copy of an array every device holds whole (a metric, the loss): works in any process,
+    also when the array spans other processes' devices."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(jax.device_get(x))
+
+
+def to_host(tree):
+    """Host (numpy) copy of a pytree of arrays, however sharded: a collective when the arrays span
+    several processes (every process must call it), a plain device_get otherwise."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)

@@ -43,3 +43,42 @@ class PreemptionGuard:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+class StopVote:
+    """Agreement on when to stop, across the processes of a multi-process run.
+
+    A signal may reach only some processes (or reach them at different steps), but all must save
+    the same checkpoint step and stop together, or the others would hang in their next collective.
+    After every step each process casts its flag into a tiny global max over all devices,
+    dispatched asynchronously behind the step, and reads the result of the previous step's vote,
+    which is therefore already computed: every process sees the same sequence of results and
+    stops after the same step (one step after the first signal). With one process it is the
+    local flag itself.
+    """
+
+    def __init__(self, mesh=None) -> None:
+        import jax  # noqa: PLC0415 (signal handling above needs no JAX)
+        import numpy as np  # noqa: PLC0415
+        from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
+
+        self._jax, self._np = jax, np
+        self._pending = None
+        self.multi = jax.process_count() > 1
+        if self.multi:
+            devices = mesh.devices.reshape(-1)
+            flat = jax.sharding.Mesh(devices, ("all",))
+            self._sharding = NamedSharding(flat, PartitionSpec("all"))
+            self._shape = (devices.size,)
+            self._local = len([d for d in devices if d.process_index == jax.process_index()])
+            self._max = jax.jit(lambda flags: flags.max(), out_shardings=NamedSharding(flat, PartitionSpec()))
+
+    def vote(self, stop: bool) -> bool:
+        """Cast this process's `stop`; returns whether all processes stop now (the same in each)."""
+        if not self.multi:
+            return stop
+        decided = self._pending is not None and bool(self._pending.addressable_data(0))
+        flags = self._np.full((self._local,), int(stop), self._np.int32)
+        global_flags = self._jax.make_array_from_process_local_data(self._sharding, flags, self._shape)
+        self._pending = self._max(global_flags)
+        return decided

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from saejax import initializers, losses, metrics
+from saejax import batch_axis, initializers, losses, metrics
 from saejax.errors import ConfigError
 from saejax.sae import SAE, Params, sae_from_config
 
@@ -199,7 +199,7 @@ def _all_finite(tree) -> jax.Array:
 
 def all_finite(tree) -> bool:
     """True when every float array in `tree` (e.g. the params) is free of NaN/Inf (one device sync)."""
-    return bool(jax.device_get(_all_finite(tree)))
+    return bool(_all_finite(tree).addressable_data(0))  # replicated: also when `tree` spans processes
 
 
 def abstract_train_state(sae: SAE, loss: losses.LossTerm, optimizer: optax.GradientTransformation) -> TrainState:
@@ -241,6 +241,7 @@ def make_train_step(
         x = batch.astype(jnp.float32) * state.norm_scale
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (value, (terms, out, loss_state)), grads = grad_fn(state.params, x, state.loss_state, state.step)
+        grads = batch_axis.mean_gradients(grads)  # lax.pmean over pmap replicas; identity otherwise
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         params = sae.update_buffers(params, out, state.step)

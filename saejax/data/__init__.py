@@ -98,14 +98,15 @@ def _make_synthetic(data: ml_collections.ConfigDict, seed: int) -> Source:
     )
 
 
-def _make_npy(data: ml_collections.ConfigDict, seed: int) -> Source:
+def _make_npy(data: ml_collections.ConfigDict, seed: int, whole_batches: bool = False) -> Source:
     import jax
 
     from saejax.data.npy import NpySource
 
+    process_index, process_count = (0, 1) if whole_batches else (jax.process_index(), jax.process_count())
     return NpySource(
         path=data.path, seed=seed, chunk_rows=data.chunk_rows, shuffle_rows=data.shuffle_rows,
-        on_bad_rows=data.on_bad_rows, process_index=jax.process_index(), process_count=jax.process_count(),
+        on_bad_rows=data.on_bad_rows, process_index=process_index, process_count=process_count,
     )
 
 
@@ -142,8 +143,11 @@ _FACTORIES: dict[str, Callable[[ml_collections.ConfigDict, int], Source]] = {
 }
 
 
-def make_source(data: ml_collections.ConfigDict, seed: int) -> Source:
+def make_source(data: ml_collections.ConfigDict, seed: int, *, whole_batches: bool = False) -> Source:
     """Build the source named by ``data.source`` from the ``c.data`` config block.
+
+    In a multi-process run the ``npy`` reader gives each process only its rows of every batch;
+    `whole_batches` asks for whole batches instead (every other source always gives them).
 
     Raises ConfigError naming `data.source` (and listing the valid names) when unknown.
     """
@@ -152,4 +156,4 @@ def make_source(data: ml_collections.ConfigDict, seed: int) -> Source:
         raise ConfigError(
             f"data.source: unknown source {data.source!r}; valid: {', '.join(SOURCES)}"
         )
-    return factory(data, seed)
+    return factory(data, seed, whole_batches=True) if whole_batches and data.source == "npy" else factory(data, seed)
