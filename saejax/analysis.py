@@ -1,9 +1,13 @@
-"""Loading trained SAEs for analysis, e.g. in a notebook.
+"""Loading trained SAEs and looking at them, e.g. in a notebook.
 
     params, config = saejax.load("/tmp/sae_run")          # a workdir (its latest good checkpoint)
     params, config = saejax.load("/tmp/sae_run/export")   # or an export folder
-    sae = saejax.sae_from_config(config.sae, params["b_dec"].shape[0])
-    z = sae.encode(params, raw_activations)
+    codes = analysis.encode(params, config, raw_activations)          # [n, d_sae], batched
+    x_hat = analysis.reconstruct(params, config, raw_activations)     # [n, d_in]
+    density = analysis.feature_density(codes); dead = analysis.dead_latents(codes)
+    rows, values = analysis.top_activating(codes, n=10)               # per latent, strongest first
+    analysis.pca_fvu(train_rows, test_rows, n_components)             # the PCA baseline
+    analysis.linear_probe_accuracy(train_codes, y_train, test_codes, y_test)
 
 The params act on **raw** activations for every linear architecture: the training normalisation
 (x_train = s · x_raw) is folded into the weights, exactly as in the export. An MLP SAE cannot be
@@ -18,8 +22,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from saejax import checkpoint, export, train
+from saejax import checkpoint, downstream, export, train
+from saejax.downstream import linear_probe_accuracy, roc_auc  # noqa: F401  (notebook helpers)
 from saejax.errors import DataError
+from saejax.sae import sae_from_config
 
 EXPORT_CONFIG = "saejax_config.json"
 
@@ -61,3 +67,54 @@ def _load_workdir(path: Path):
     if sae.arch != "mlp":
         params = {k: np.asarray(v) for k, v in export.fold_norm_scale(params, scale).items()}
     return params, config
+
+
+def _sae_and_scale(params, config):
+    """The SAE a loaded config describes, and the factor its inputs need (1 for folded params)."""
+    sae = sae_from_config(config.sae, int(np.shape(params["b_dec"])[0]))
+    return sae, (float(config.get("norm_scale", 1.0)) if sae.arch == "mlp" else 1.0)
+
+
+def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
+    fn = jax.jit(fn)
+    x = np.asarray(x, np.float32)
+    return np.concatenate([np.asarray(fn(x[i:i + batch_size])) for i in range(0, max(len(x), 1), batch_size)])
+
+
+def encode(params, config, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Inference-mode codes of raw rows x [n, d_in] from `load`'s (params, config): [n, d_sae]."""
+    sae, scale = _sae_and_scale(params, config)
+    return _batched(lambda rows: sae.encode(params, rows * scale), x, batch_size)
+
+
+def reconstruct(params, config, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Reconstructions x̂ [n, d_in] of raw rows x, in raw units."""
+    sae, scale = _sae_and_scale(params, config)
+    return _batched(lambda rows: sae.decode(params, sae.encode(params, rows * scale)) / scale, x, batch_size)
+
+
+def feature_density(codes: np.ndarray) -> np.ndarray:
+    """Fraction of rows on which each latent is non-zero. [n, d_sae] -> [d_sae]"""
+    return np.mean(np.asarray(codes) != 0, axis=0)
+
+
+def dead_latents(codes: np.ndarray) -> np.ndarray:
+    """Indices of the latents that fire on none of the rows, int64 [n_dead]."""
+    return np.flatnonzero(feature_density(codes) == 0)
+
+
+def top_activating(codes: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """For every latent, the rows where it is largest: (row indices int64 [d_sae, n], their
+    activations [d_sae, n]), strongest first (n is capped at the number of rows)."""
+    codes = np.asarray(codes)
+    n = min(n, codes.shape[0])
+    top = np.argpartition(-codes, n - 1, axis=0)[:n].T  # [d_sae, n], unordered
+    values = np.take_along_axis(codes.T, top, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+
+def pca_fvu(train: np.ndarray, test: np.ndarray, n_components: int) -> float:
+    """FVU of PCA's rank-`n_components` reconstruction of `test`, fitted on `train`: the baseline
+    for an SAE with that many active latents per row."""
+    return downstream.fvu(test, downstream.pca_reconstruction(train, test, n_components))

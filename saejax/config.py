@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     # tabular: anomaly-detection tables (river's bundled datasets)
     c.data.tabular_dataset = "shuttle"
     c.data.tabular_rows = "normal"  # normal (train on normal rows only) | all
+    c.data.test_fraction = 0.2  # digits, tabular: seeded share of rows held out of training, for downstream evaluation
 
     c.sae = ml_collections.ConfigDict()
     c.sae.arch = "relu"  # relu | topk | batchtopk | jumprelu | gated | matryoshka | mlp

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saejax import analysis, checkpoint, config as config_lib, data, distributed, export, metrics, parallel, plots
-from saejax import train, writers
+from saejax import analysis, checkpoint, config as config_lib, data, distributed, downstream, export, metrics
+from saejax import parallel, plots, train, writers
 from saejax.errors import ConfigError, DataError, SaejaxError
 from saejax.preemption import PreemptionGuard, StopVote
 from saejax.resampling import resample_dead_latents
@@ -254,6 +254,15 @@ def evaluate(config, source, sae: SAE, state: train.TrainState) -> tuple[dict, n
     return scalars, density
 
 
+def downstream_evaluation(workdir: Path, source, sae: SAE, state: train.TrainState) -> dict:
+    """The held-out evaluation the source's task asks for (`saejax.downstream.evaluate_task`):
+    anomaly ROC-AUC, or probe accuracy and the PCA baseline; {} for sources without a task."""
+    scale = float(state.norm_scale)
+    encode = jax.jit(lambda x: sae.encode(state.params, x * scale))
+    decode = jax.jit(lambda z: sae.decode(state.params, z) / scale)
+    return downstream.evaluate_task(source, encode, decode, workdir / "plots")
+
+
 def dictionary_recovery(source, params) -> dict:
     """For sources with a known ground-truth dictionary: MMCS and Hungarian-matched mean |cos|."""
     truth = getattr(source, "dictionary", None)
@@ -400,6 +409,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
             config.data, config.seed, whole_batches=True)
         scalars, density = evaluate(config, eval_source, sae, state)
         scalars.update(dictionary_recovery(source, state.params))
+        scalars.update(downstream_evaluation(workdir, source, sae, state))
         writer.write(int(state.step), scalars, split="eval")
     finally:
         writer.close()

@@ -133,3 +133,59 @@ def plot_density_histogram(
     ax.set_title(f"{int(counts.sum())} alive, {int(n_never)} never fired")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_anomaly_scores(scores: np.ndarray, labels: np.ndarray, path: str | Path, bins: int = 50) -> Path:
+    """Histograms of log10 anomaly scores (e.g. reconstruction errors [n]) for normal (label 0)
+    and anomalous (label 1) rows, each normalised to its own count."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    logs = np.log10(np.maximum(scores, 1e-12))
+    edges = np.linspace(logs.min(), logs.max() + 1e-9, bins + 1)
+    fig = Figure(figsize=(5.0, 3.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for mask, name in ((~labels, "normal"), (labels, "anomaly")):
+        if mask.any():
+            ax.hist(logs[mask], bins=edges, density=True, alpha=0.55, label=f"{name} ({int(mask.sum())})")
+    ax.set_xlabel("log10 reconstruction error")
+    ax.set_ylabel("density")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | Path) -> Path:
+    """ROC curve (true- vs false-positive rate) with its area in the title."""
+    fig = Figure(figsize=(3.6, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(fpr, tpr)
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(f"ROC-AUC {auc:.4f}")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pareto(points: Sequence[dict[str, Any]], path: str | Path, x: str = "l0", y: str = "fvu",
+                label: str = "label", baseline: Sequence[tuple[float, float]] | None = None) -> Path:
+    """Sparsity-fidelity trade-off across runs: each dict of `points` gives `x` (e.g. L0), `y`
+    (e.g. FVU) and a `label`; the frontier (no other run lower in both) is joined by a line.
+    `baseline`: optional (x, y) pairs drawn as a second curve (e.g. PCA at n components)."""
+    pts = [(float(p[x]), float(p[y]), str(p.get(label, ""))) for p in points if p.get(x) is not None]
+    fig = Figure(figsize=(5.0, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    if pts:
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, zorder=3)
+        for px, py, name in pts:
+            ax.annotate(name, (px, py), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        frontier = sorted(p for p in pts if not any(q[0] <= p[0] and q[1] <= p[1] and q[:2] != p[:2] for q in pts))
+        ax.plot([p[0] for p in frontier], [p[1] for p in frontier], zorder=2, label="SAE frontier")
+    if baseline:
+        ax.plot(*zip(*sorted(baseline)), color="gray", linestyle="--", marker=".", label="PCA")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    if pts or baseline:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -261,23 +261,33 @@ def test_npy_empty_path_is_config_error():
 # --- digits and tabular ---------------------------------------------------------------------
 
 
-def test_digits_source():
+def test_digits_source_holds_out_a_seeded_test_split():
     source = make_source(data_config(source="digits"), seed=0)
-    assert source.d_in == 64 and source.table.shape == (1797, 64) and source.image_shape == (8, 8)
-    assert source.table.min() == 0.0 and source.table.max() == 1.0
-    assert set(np.unique(source.labels)) == set(range(10))
-    epoch = np.concatenate([source.rows(s, 599) for s in range(3)])
-    np.testing.assert_array_equal(np.sort(epoch), np.arange(1797))
+    assert source.d_in == 64 and source.image_shape == (8, 8) and source.task == "classification"
+    assert source.table.shape == (1438, 64) and source.test_table.shape == (359, 64)  # 20 % held out
+    both = np.concatenate([source.table, source.test_table])
+    assert both.min() == 0.0 and both.max() == 1.0
+    assert len({row.tobytes() for row in source.table} & {row.tobytes() for row in source.test_table}) < 5  # dupes only
+    assert set(np.unique(source.labels)) == set(range(10)) == set(np.unique(source.test_labels))
+    epoch = np.concatenate([source.rows(s, 719) for s in range(2)])
+    np.testing.assert_array_equal(np.sort(epoch), np.arange(1438))
     np.testing.assert_array_equal(source.batch(5, 100), make_source(data_config(source="digits"), seed=0).batch(5, 100))
+    other = make_source(data_config(source="digits"), seed=1)
+    assert not np.array_equal(other.test_labels, source.test_labels)
+    with pytest.raises(ConfigError, match="data.test_fraction"):
+        make_source(data_config(source="digits", test_fraction=1.0), seed=0)
 
 
-def test_tabular_shuttle_source():
+def test_tabular_shuttle_source_trains_on_normal_rows_and_tests_on_held_out_plus_anomalies():
     normal = make_source(data_config(source="tabular"), seed=0)
-    assert normal.d_in == 9 and normal.table.shape == (49097 - 3511, 9)
-    assert not normal.labels.any() and normal.all_labels.sum() == 3511
-    np.testing.assert_allclose(normal.table.mean(0), 0, atol=1e-4)  # standardised on the normal rows
+    n_normal, n_anomalies = 49097 - 3511, 3511
+    n_test_normal = round(0.2 * n_normal)
+    assert normal.d_in == 9 and normal.task == "anomaly"
+    assert normal.table.shape == (n_normal - n_test_normal, 9) and not normal.labels.any()
+    assert normal.test_table.shape == (n_test_normal + n_anomalies, 9) and normal.test_labels.sum() == n_anomalies
+    np.testing.assert_allclose(normal.table.mean(0), 0, atol=1e-4)  # standardised on the normal training rows
     every = make_source(data_config(source="tabular", tabular_rows="all"), seed=0)
-    assert every.table.shape == (49097, 9)
+    assert every.table.shape[0] + every.test_table.shape[0] == 49097 and every.labels.any()
     with pytest.raises(ConfigError, match="data.tabular_rows"):
         make_source(data_config(source="tabular", tabular_rows="odd"), seed=0)
 

@@ -101,13 +101,18 @@ _EQUIVALENCE = textwrap.dedent("""
 """)
 
 
-def test_pmap_and_mesh_steps_match_the_single_device_run(tmp_path):
-    script = tmp_path / "equivalence.py"
-    script.write_text(_EQUIVALENCE)
+def run_on_eight_devices(tmp_path, script_text: str):
+    """Run a script in a fresh 8-device process; returns the JSON on its last stdout line."""
+    script = tmp_path / "script.py"
+    script.write_text(script_text)
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=eight_device_env(),
                             timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_pmap_and_mesh_steps_match_the_single_device_run(tmp_path):
+    results = run_on_eight_devices(tmp_path, _EQUIVALENCE)
     assert len(results) == 6 * 4
     for name, r in results.items():
         assert r["rel"] < 1e-5, (name, r)  # params, optimizer state, loss-term state
@@ -200,11 +205,6 @@ _GATHERS = textwrap.dedent("""
 def test_topk_over_sharded_latents_gathers_candidates_not_the_pre_activations(tmp_path):
     """Two-stage top-k: TopK (k=4) and AuxK (k_aux=8) gather k·M candidates per row, never the
     [B/D, d_sae] pre-activations that XLA's own partitioning of lax.top_k gathers."""
-    script = tmp_path / "gathers.py"
-    script.write_text(_GATHERS)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=eight_device_env(),
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    sizes = json.loads(result.stdout.strip().splitlines()[-1])
+    sizes = run_on_eight_devices(tmp_path, _GATHERS)
     rows_per_device, d_sae, model, k_aux = 64 // 2, 1024, 4, 8
     assert sizes and max(sizes) <= rows_per_device * k_aux * model < rows_per_device * d_sae // 4

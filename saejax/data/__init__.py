@@ -15,7 +15,9 @@ Sources (``c.data.source``):
 - ``tabular``: river's bundled Shuttle table for anomaly detection (`saejax.data.tabular`).
 
 A source may also carry ``stats`` (normalisation statistics, see `saejax.data.store`),
-``image_shape`` (rows are flattened images: atom plots) and ``labels``.
+``image_shape`` (rows are flattened images: atom plots), ``labels``, and a held-out split
+``test_table`` / ``test_labels`` with a ``task`` ("classification" or "anomaly") that
+`saejax.downstream` evaluates after training.
 """
 
 from typing import Callable, Protocol, runtime_checkable
@@ -36,6 +38,7 @@ STREAM_DICTIONARY = 3  # keys: ()
 STREAM_POOL = 4  # keys: ()
 STREAM_EPOCH = 5  # keys: (epoch,)
 STREAM_WINDOW = 6  # keys: (epoch, window)
+STREAM_SPLIT = 7  # keys: ()
 
 
 @runtime_checkable
@@ -125,13 +128,13 @@ def _make_patches(data: ml_collections.ConfigDict, seed: int) -> Source:
 def _make_digits(data: ml_collections.ConfigDict, seed: int) -> Source:
     from saejax.data.digits import digits_source
 
-    return digits_source(seed)
+    return digits_source(seed, test_fraction=data.test_fraction)
 
 
 def _make_tabular(data: ml_collections.ConfigDict, seed: int) -> Source:
     from saejax.data.tabular import tabular_source
 
-    return tabular_source(seed, dataset=data.tabular_dataset, rows=data.tabular_rows)
+    return tabular_source(seed, dataset=data.tabular_dataset, rows=data.tabular_rows, test_fraction=data.test_fraction)
 
 
 _FACTORIES: dict[str, Callable[[ml_collections.ConfigDict, int], Source]] = {

@@ -7,27 +7,44 @@ is a pure function of (seed, i) and every row is seen once per epoch.
 
 import numpy as np
 
-from saejax.data import STREAM_EPOCH, STREAM_SAMPLE, check_batch_args, check_sample_size, rng
-from saejax.errors import DataError
+from saejax.data import STREAM_EPOCH, STREAM_SAMPLE, STREAM_SPLIT, check_batch_args, check_sample_size, rng
+from saejax.errors import ConfigError, DataError
+
+
+def split_rows(n: int, seed: int, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row indices of a table of n rows, int64, each sorted; round(n·test_fraction)
+    test rows drawn from (seed) alone."""
+    if not 0 <= test_fraction < 1:
+        raise ConfigError(f"data.test_fraction={test_fraction} must be in [0, 1)")
+    order = rng(seed, STREAM_SPLIT).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
 class TableSource:
-    """Rows [N, d_in] in memory, with optional labels [N] and image shape (for atom plots).
+    """Rows [N, d_in] in memory, with optional labels [N] and image shape (for atom plots), and
+    optionally a held-out split the training stream never visits.
 
     Attributes:
         name: the registry name.
         d_in: row width.
-        table: float32 [N, d_in], the rows.
+        table: float32 [N, d_in], the training rows.
         labels: int64 [N] or None.
         image_shape: (height, width) when a row is a flattened image, else None.
+        test_table, test_labels: float32 [M, d_in] and int64 [M] held-out rows, or None.
+        task: what the labels mean for `saejax.downstream`: "classification", "anomaly" (1 =
+            anomaly) or None.
     """
 
     def __init__(self, name: str, table: np.ndarray, seed: int, labels: np.ndarray | None = None,
-                 image_shape: tuple[int, int] | None = None) -> None:
+                 image_shape: tuple[int, int] | None = None, *, test_table: np.ndarray | None = None,
+                 test_labels: np.ndarray | None = None, task: str | None = None) -> None:
         table = np.asarray(table, np.float32)
         if table.ndim != 2 or table.shape[0] == 0:
             raise DataError(f"data.source={name!r}: expected a non-empty table [n, d_in], got shape {table.shape}")
         self.name, self.seed, self.table, self.labels, self.image_shape = name, seed, table, labels, image_shape
+        self.test_table = None if test_table is None else np.asarray(test_table, np.float32)
+        self.test_labels, self.task = test_labels, task
         self.d_in = table.shape[1]
         self._perms: dict[int, np.ndarray] = {}
 
