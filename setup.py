@@ -25,7 +25,8 @@ setup(
     extras_require={
         "digits": ["scikit-learn"],  # data.source=digits
         "tabular": ["river"],  # data.source=tabular
-        "test": ["pytest", "scikit-learn", "river"],
+        "wandb": ["wandb"],  # log.wandb=True
+        "test": ["pytest", "scikit-learn", "river", "wandb", "nbclient", "nbformat", "ipykernel"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

@@ -40,7 +40,8 @@ class Checkpointer:
 
     def _open(self) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True)
-        return ocp.CheckpointManager(self.directory, options=options)
+        handlers = {STATE: ocp.StandardCheckpointHandler(), CONFIG: ocp.JsonCheckpointHandler()}
+        return ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None."""
@@ -57,7 +58,7 @@ class Checkpointer:
         if step is None:
             return None
         try:
-            node = ocp.StandardCheckpointer().metadata(self.directory / str(step) / STATE).item_metadata
+            node = self._manager.item_metadata(step)[STATE]
             for key in path:
                 node = node[key]
             return tuple(node.shape)

@@ -102,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True
+    c.log.wandb = False  # also log to Weights & Biases (pip install -e ".[wandb]")
+    c.log.wandb_project = "saejax"
+    c.log.wandb_mode = "offline"  # offline (files under DIR/wandb; `wandb sync` later) | online | disabled
     c.log.progress = True
     return c
 

@@ -285,6 +285,18 @@ def save_plots(workdir: Path, source, sae: SAE, params, density: np.ndarray) -> 
                          n=min(sae.d_sae, 256), order=order)
 
 
+def replot(workdir: str | Path, rows: int = 16384) -> Path:
+    """Draw `workdir`'s plots again from its metrics and latest good checkpoint (also mid-run, e.g.
+    from another terminal), the densities measured on `rows` rows of its data. Returns plots/."""
+    workdir = Path(workdir)
+    params, config = analysis.load(workdir)
+    source = data.make_source(config.data, config.seed, whole_batches=True)
+    sae, _, _ = train.model_from_config(config, source.d_in)
+    density = analysis.feature_density(analysis.encode(params, config, source.sample(rows)))
+    save_plots(workdir, source, sae, params, density)
+    return workdir / "plots"
+
+
 def save_export(workdir: Path, config, sae: SAE, state: train.TrainState) -> str:
     """SAELens-format export with the normalisation folded back in; returns what happened."""
     if sae.arch == "mlp":
@@ -394,8 +406,12 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         + (f" as a {dict(where.mesh.shape)} mesh" if config.parallel.strategy == "mesh" else "")
         + (" as pmap replicas" if config.parallel.strategy == "pmap" else "") + f"; workdir {workdir}")
 
-    writer = (writers.MetricWriter(workdir, config.train.steps, tensorboard=config.log.tensorboard,
-                                   progress=config.log.progress) if main else _NoWriter())
+    writer = _NoWriter()
+    if main:
+        wandb_run = writers.start_wandb(workdir, json.loads(config.to_json_best_effort()), config.log.wandb_project,
+                                        config.log.wandb_mode) if config.log.wandb else None
+        writer = writers.MetricWriter(workdir, config.train.steps, tensorboard=config.log.tensorboard,
+                                      progress=config.log.progress, wandb_run=wandb_run)
     try:
         state, preempted = run_training(config, workdir, source, sae, loss, optimizer, writer, where)
         if preempted:

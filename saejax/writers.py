@@ -1,10 +1,31 @@
-"""Where a run's numbers go: metrics.jsonl (always), TensorBoard event files, a progress line."""
+"""Where a run's numbers go: metrics.jsonl (always), TensorBoard event files, Weights & Biases
+(when asked), a progress line."""
 
+import hashlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
+
+from saejax.errors import ConfigError
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def start_wandb(workdir: str | Path, config_dict: dict, project: str, mode: str = "offline"):
+    """A Weights & Biases run logging into `workdir`/wandb, its id fixed by the workdir so a
+    resumed training continues the same W&B run. ConfigError without wandb installed."""
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"log.wandb_mode={mode!r}; choose one of {', '.join(WANDB_MODES)}")
+    try:
+        import wandb  # noqa: PLC0415 (optional)
+    except ImportError:
+        raise ConfigError('log.wandb=True needs Weights & Biases: pip install -e ".[wandb]"') from None
+    workdir = Path(workdir).absolute()
+    run_id = "saejax-" + hashlib.sha1(str(workdir).encode()).hexdigest()[:12]
+    return wandb.init(project=project, dir=str(workdir), id=run_id, name=workdir.name, config=config_dict,
+                      mode=mode, resume="allow", settings=wandb.Settings(silent=True))
 
 PROGRESS_KEYS = (("loss", "loss {:.4g}"), ("l0", "L0 {:.1f}"), ("fvu", "FVU {:.4f}"), ("dead_fraction", "dead {:.1%}"))
 
@@ -17,10 +38,13 @@ def _jsonable(value):
 
 class MetricWriter:
     """Appends one JSON object per logged step to `workdir/metrics.jsonl`, mirrors the scalars to
-    TensorBoard under `workdir/tensorboard/`, and prints a progress line with steps/s."""
+    TensorBoard under `workdir/tensorboard/` and to a W&B run (`start_wandb`) if given, and prints a
+    progress line with steps/s."""
 
-    def __init__(self, workdir: str | Path, total_steps: int, *, tensorboard: bool = True, progress: bool = True):
+    def __init__(self, workdir: str | Path, total_steps: int, *, tensorboard: bool = True, progress: bool = True,
+                 wandb_run=None):
         self.path = Path(workdir) / "metrics.jsonl"
+        self._wandb = wandb_run
         self.total_steps = total_steps
         self.progress = progress
         self._file = open(self.path, "a", encoding="utf-8")
@@ -39,6 +63,8 @@ class MetricWriter:
         if self._tb is not None:
             for name, value in scalars.items():
                 self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+        if self._wandb is not None:
+            self._wandb.log({f"{split}/{name}": float(value) for name, value in scalars.items()}, step=int(step))
         if self.progress:
             print(self._progress_line(step, scalars, split), file=sys.stdout, flush=True)
 
@@ -57,6 +83,8 @@ class MetricWriter:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def read_metrics(workdir: str | Path, split: str = "train") -> list[dict]:

@@ -91,3 +91,31 @@ def test_sweep_reports_failed_points_and_bad_grids(tmp_path):
     assert "sae.arch=nosuch: error:" in bad_value.stdout and "1 run(s) failed: sae.arch=nosuch" in bad_value.stderr
     bad_grid = run(SWEEP, f"--workdir={tmp_path}", "--grid=loss.l1")
     assert bad_grid.returncode != 0 and "must look like FIELD=V1,V2" in bad_grid.stderr
+
+
+def test_wandb_logging_offline_and_resumed_into_the_same_run(tmp_path):
+    pytest.importorskip("wandb")
+    args = [TRAIN, f"--workdir={tmp_path}", "--config=experiments/configs/synthetic.py", "--config.log.wandb=True",
+            *SMALL[1:]]
+    first = run(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    logged = runs[0].read_bytes()
+    assert b"train/loss" in logged and b"eval/mmcs" in logged
+    again = run(*args, "--config.train.steps=60")  # resume with more steps
+    assert again.returncode == 0, again.stderr[-2000:]
+    ids = {p.name for p in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")}
+    assert len(ids) == 1  # the same W&B run id, continued
+
+
+def test_plots_on_demand_from_a_finished_or_running_workdir(tmp_path):
+    trained = run(TRAIN, f"--workdir={tmp_path}", "--config=experiments/configs/synthetic.py", *SMALL[1:])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    for name in ("training.png", "density.png"):
+        (tmp_path / "plots" / name).unlink()
+    result = run(ROOT / "experiments" / "plot.py", f"--workdir={tmp_path}", "--rows=512")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "plots" / "training.png").exists() and (tmp_path / "plots" / "density.png").exists()
+    missing = run(ROOT / "experiments" / "plot.py", f"--workdir={tmp_path / 'nothing'}")
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -1,0 +1,34 @@
+r"""Draw a run's plots again, on demand: from its metrics.jsonl and its latest good checkpoint, so
+it also works while the run is still training (from another terminal).
+
+    python experiments/plot.py --workdir=DIR
+
+writes DIR/plots/training.png, density.png (measured on --rows rows of the run's data) and, for
+image data, atoms.png.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from saejax import loop
+from saejax.errors import SaejaxError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's --workdir.")
+_ROWS = flags.DEFINE_integer("rows", 16384, "Rows of the run's data to measure feature densities on.", lower_bound=1)
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+    try:
+        print(f"plots in {loop.replot(_WORKDIR.value, _ROWS.value)}")
+    except SaejaxError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)
