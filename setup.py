@@ -26,7 +26,10 @@ setup(
         "digits": ["scikit-learn"],  # data.source=digits
         "tabular": ["river"],  # data.source=tabular
         "wandb": ["wandb"],  # log.wandb=True
-        "test": ["pytest", "scikit-learn", "river", "wandb", "nbclient", "nbformat", "ipykernel"],
+        # SAELens' own loader for the interop test; torch 2.13.0 exactly is the CPU-only build here
+        "saelens": ["sae-lens", "torch==2.13.0"],
+        "test": ["pytest", "scikit-learn", "river", "wandb", "nbclient", "nbformat", "ipykernel", "sae-lens",
+                 "torch==2.13.0"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

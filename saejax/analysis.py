@@ -31,13 +31,31 @@ EXPORT_CONFIG = "saejax_config.json"
 
 
 def load(path: str | Path) -> tuple[dict, ml_collections.ConfigDict]:
-    """(params as numpy arrays, the run's config) from a workdir or an export folder."""
+    """(params as numpy arrays, a config) from a saejax workdir or export folder, or an SAE trained
+    elsewhere: a SAELens directory (cfg.json + sae_weights.safetensors) or a Gemma Scope
+    ``params.npz``. Imported SAEs get a default config with their sae.arch/d_sae/k."""
     path = Path(path)
     if (path / "checkpoints").is_dir():
         return _load_workdir(path)
     if (path / export.CFG_FILENAME).is_file():
-        return _load_export(path)
-    raise DataError(f"{path}: neither a saejax workdir (no checkpoints/) nor an export folder (no {export.CFG_FILENAME})")
+        if (path / EXPORT_CONFIG).is_file():
+            return _load_export(path)
+        return _imported(*export.import_saelens(path))
+    if path.suffix == ".npz" and path.is_file():
+        return _imported(*export.import_gemma_scope(path))
+    raise DataError(f"{path}: not a saejax workdir (no checkpoints/), an export or SAELens folder (no "
+                    f"{export.CFG_FILENAME}), nor a Gemma Scope params.npz")
+
+
+def _imported(params: dict, fields: dict) -> tuple[dict, ml_collections.ConfigDict]:
+    from saejax.config import base_config  # noqa: PLC0415
+
+    config = base_config()
+    config.sae.arch, config.sae.d_sae = fields["arch"], fields["d_sae"]
+    if fields["k"]:
+        config.sae.k = fields["k"]
+    config.norm_scale = 1.0
+    return params, config
 
 
 def _load_export(path: Path):

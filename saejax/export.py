@@ -1,4 +1,5 @@
-"""Export trained SAEs in SAELens' on-disk layout, and read them back.
+"""Export trained SAEs in SAELens' on-disk layout, read them back, and import SAEs trained
+elsewhere (SAELens directories, Gemma Scope ``params.npz``).
 
 An export directory holds ``cfg.json`` and ``sae_weights.safetensors`` (float32), in the
 format SAELens >= 6 reads with ``SAE.load_from_disk(dir)``: the cfg dict's keys are the
@@ -265,3 +266,74 @@ def decode_saelens(
     del cfg  # the decoder is the same linear map for all supported architectures
     return z @ params["W_dec"] + params["b_dec"]
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Importing SAEs trained elsewhere.
+
+SAEJAX_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+
+
+def fold_input_bias(params: Mapping[str, np.ndarray], arch: str) -> dict[str, np.ndarray]:
+    """Params of an SAE whose encoder sees x itself (pre = x @ W_enc + b_enc: Gemma Scope, SAELens
+    with apply_b_dec_to_input=False) rewritten for ours, which sees x - b_dec: the encoder biases
+    absorb b_dec @ W_enc (scaled by exp(r_mag) on gated's magnitude path), so every
+    pre-activation, and so every output, is unchanged."""
+    out = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    shift = out["b_dec"].astype(np.float64) @ out["W_enc"].astype(np.float64)
+    if arch == "gated":
+        out["b_gate"] = (out["b_gate"] + shift).astype(np.float32)
+        out["b_mag"] = (out["b_mag"] + shift * np.exp(out["r_mag"])).astype(np.float32)
+    else:
+        out["b_enc"] = (out["b_enc"] + shift).astype(np.float32)
+    return out
+
+
+def import_saelens(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A SAELens SAE directory (written by SAELens or by us) as (saejax params, fields for our
+    config: arch, d_in, d_sae, k). DataError naming the field for what we cannot represent."""
+    params, cfg = load_saelens(path)
+    where = Path(path) / CFG_FILENAME
+    arch = SAEJAX_ARCH.get(cfg.get("architecture", "standard"))
+    if arch is None:
+        raise DataError(f"{where}: architecture {cfg.get('architecture')!r} has no saejax equivalent "
+                        f"(supported: {', '.join(SAEJAX_ARCH)})")
+    for field, plain in (("normalize_activations", "none"), ("reshape_activations", "none")):
+        if cfg.get(field, plain) not in (plain, None):
+            raise DataError(f"{where}: {field}={cfg[field]!r} is not supported on import (only {plain!r})")
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        raise DataError(f"{where}: rescale_acts_by_decoder_norm=true is not supported on import")
+    missing = [name for name in SAELENS_WEIGHTS[cfg.get("architecture", "standard")] if name not in params]
+    if missing:
+        raise DataError(f"{root_name(path)}: {WEIGHTS_FILENAME} lacks {missing}")
+    if not cfg.get("apply_b_dec_to_input", True):
+        params = fold_input_bias(params, arch)
+    d_in, d_sae = params["W_enc"].shape
+    return params, {"arch": arch, "d_in": int(d_in), "d_sae": int(d_sae), "k": int(cfg.get("k") or 0)}
+
+
+def import_gemma_scope(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A Gemma Scope ``params.npz`` (W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec,
+    threshold; JumpReLU with pre = x @ W_enc + b_enc) as (saejax params, config fields). Read with
+    ``allow_pickle=False``."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            params = {key: np.asarray(archive[key], np.float32) for key in archive.files}
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable .npz archive ({err})") from None
+    expected = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+    missing = [key for key in expected if key not in params]
+    if missing:
+        raise DataError(f"{path}: a Gemma Scope params.npz holds {', '.join(expected)}; missing {missing}")
+    d_in, d_sae = params["W_enc"].shape
+    shapes = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for key, shape in shapes.items():
+        if params[key].shape != shape:
+            raise DataError(f"{path}: {key} has shape {params[key].shape}, expected {shape} (W_enc is {(d_in, d_sae)})")
+    params = fold_input_bias({key: params[key] for key in expected}, "jumprelu")
+    return params, {"arch": "jumprelu", "d_in": int(d_in), "d_sae": int(d_sae), "k": 0}
+
+
+def root_name(path: str | Path) -> str:
+    return str(Path(path) / WEIGHTS_FILENAME)

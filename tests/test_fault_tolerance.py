@@ -207,7 +207,7 @@ def test_load_from_workdir_and_export_agree(tmp_path):
     assert config.sae.d_sae == export_config.sae.d_sae == 48
     assert config.norm_scale == pytest.approx(export_config.norm_scale)
     assert_bitwise_equal(from_checkpoint, from_export)
-    with pytest.raises(saejax.DataError, match="neither a saejax workdir"):
+    with pytest.raises(saejax.DataError, match="not a saejax workdir"):
         saejax.load(tmp_path / "plots")
 
 
