@@ -72,8 +72,13 @@ class MetricWriter:
         last_step, last_time = self._last
         now = time.perf_counter()
         parts = [f"[{split}] step {step}/{self.total_steps}"]
+        if split == "train" and self.total_steps:
+            done = min(step / self.total_steps, 1.0)
+            bar = "#" * int(20 * done)
+            parts[0] += f" [{bar:<20}] {done:4.0%}"
         if split == "train" and last_step is not None and step > last_step:
-            parts.append(f"{(step - last_step) / (now - last_time):.1f} steps/s")
+            rate = (step - last_step) / max(now - last_time, 1e-9)
+            parts.append(f"{rate:.1f} steps/s, ETA {_duration((self.total_steps - step) / rate)}")
         if split == "train":
             self._last = (step, now)
         parts += [fmt.format(scalars[key]) for key, fmt in PROGRESS_KEYS if key in scalars]
@@ -85,6 +90,14 @@ class MetricWriter:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _duration(seconds: float) -> str:
+    """'1h02m', '3m05s' or '12s'."""
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def read_metrics(workdir: str | Path, split: str = "train") -> list[dict]:
