@@ -212,7 +212,7 @@ class ShardWriter:
     """
 
     def __init__(self, directory: str | os.PathLike, d_in: int, dtype: str = "float32",
-                 rows_per_shard: int = 65536, overwrite: bool = False) -> None:
+                 rows_per_shard: int = 65536, overwrite: bool = False, resume: bool = False) -> None:
         if dtype not in DTYPES:
             raise DataError(f"shard dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if d_in < 1 or rows_per_shard < 1:
@@ -233,6 +233,38 @@ class ShardWriter:
         self._pending_rows = 0
         self._appends = 0
         self._closed = False
+        if resume:
+            self._adopt_existing_shards()
+
+    def _adopt_existing_shards(self) -> None:
+        """Continue an unfinished store (no manifest yet): take over its complete shard files in
+        order, their rows counted into the statistics again."""
+        for path in sorted(self.directory.glob("shard_*.npy")):
+            if path.name != f"shard_{len(self._shards):06d}.npy":
+                raise DataError(f"{path}: unexpected shard name while resuming (expected "
+                                f"shard_{len(self._shards):06d}.npy); remove the folder to start over")
+            rows = np.load(path, mmap_mode="r", allow_pickle=False)
+            if rows.ndim != 2 or rows.shape[1] != self.d_in:
+                raise DataError(f"{path}: shape {rows.shape} does not fit d_in={self.d_in}")
+            for start in range(0, rows.shape[0], _APPEND_BLOCK_ROWS):
+                self.stats.add(decode(np.asarray(rows[start:start + _APPEND_BLOCK_ROWS]), self.dtype))
+            self._shards.append((path.name, int(rows.shape[0])))
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows appended but not yet in a shard file."""
+        return self._pending_rows
+
+    @property
+    def rows_written(self) -> int:
+        """Rows in complete shard files (not counting rows still pending)."""
+        return sum(rows for _, rows in self._shards)
+
+    def flush(self) -> None:
+        """Write every pending row now, as one shard (shorter than rows_per_shard if fewer are
+        pending): lets a caller cut shards where it can resume."""
+        if self._pending_rows:
+            self._flush(self._pending_rows)
 
     def append(self, rows: np.ndarray) -> None:
         """Add rows [n, d_in] (any float dtype, or ml_dtypes bfloat16; a memory map is fine: it is

@@ -1,0 +1,112 @@
+"""Harvest a text model's activations at one hook point into a shard store for training.
+
+    manifest = harvest(load_text_model("minilm"), corpus.stdlib_docstrings(), layer=3, site="resid_post",
+                       out_dir="acts", context_length=128, max_tokens=1_000_000)
+
+Texts are tokenised in batches (truncated to `context_length`, padded to the next power of two of
+the batch's longest text, so the jitted forward compiles a few times at most), run through the model with the hook point captured, and every real token's
+activation [d_model] is appended to a `saejax.data.store.ShardWriter` in text order; padding and
+(by default) special tokens ([CLS], [SEP], BOS) are dropped. Then train on it with
+``--config.data.source=npy --config.data.path=acts``.
+
+Resumable: shards are cut only between batches, and after each shard `harvest_progress.json`
+records how many texts it covers, so a rerun with the same arguments continues after the last
+complete shard (its statistics recomputed from the shards on disk). Different arguments for an
+unfinished folder are refused.
+"""
+
+import json
+import sys
+import time
+from collections.abc import Iterable
+from itertools import islice
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from saejax.data.store import MANIFEST, Manifest, ShardWriter
+from saejax.errors import DataError
+from saejax.models.hooks import check_points
+
+PROGRESS = "harvest_progress.json"
+
+
+def _batches(texts: Iterable[str], size: int):
+    texts = iter(texts)
+    while batch := list(islice(texts, size)):
+        yield batch
+
+
+def _bucket(length: int, context_length: int) -> int:
+    """The padded length of a batch whose longest text has `length` tokens: the next power of two
+    (at least 16, at most context_length), so a few compilations serve every batch."""
+    return min(context_length, max(16, 1 << (max(length, 1) - 1).bit_length()))
+
+
+def _pad(array: np.ndarray, length: int) -> np.ndarray:
+    return np.pad(array, ((0, 0), (0, length - array.shape[1])))
+
+
+def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str | Path, context_length: int = 128,
+            batch_size: int = 32, max_tokens: int = 1_000_000, dtype: str = "float32", rows_per_shard: int = 65536,
+            drop_special: bool = True, log_every_s: float = 10.0) -> Manifest:
+    """Write the activations of `model` (a `saejax.models.loading.TextModel`) at (layer, site) for
+    `texts` into a store in `out_dir`, at most `max_tokens` rows; returns the manifest."""
+    check_points([(layer, site)], model.n_layers)
+    out = Path(out_dir)
+    if (out / MANIFEST).exists():
+        raise DataError(f"{out}: already holds a finished store ({MANIFEST}); choose a new folder")
+    settings = {"model": model.name, "layer": layer, "site": site, "context_length": context_length,
+                "batch_size": batch_size, "drop_special": drop_special, "dtype": dtype}
+    progress_path = out / PROGRESS
+    texts_done = 0
+    if progress_path.exists():
+        progress = json.loads(progress_path.read_text())
+        if progress["settings"] != settings:
+            raise DataError(f"{out}: an unfinished harvest with other settings ({progress['settings']}); "
+                            "use the same arguments to resume it, or a new folder")
+        texts_done = progress["texts_done"]
+    elif any(out.glob("shard_*.npy")):
+        raise DataError(f"{out}: holds shards but no {PROGRESS}; choose a new folder")
+    # never cut a shard inside a batch: the shard size is at least one batch's rows
+    shard_rows = max(rows_per_shard, batch_size * context_length)
+    writer = ShardWriter(out, model.d_model, dtype, shard_rows, resume=texts_done > 0)
+    if texts_done:
+        print(f"resuming the harvest in {out}: {writer.rows_written} rows from {texts_done} texts", flush=True)
+
+    capture = jax.jit(lambda ids, mask: model.forward(ids, mask, capture=[(layer, site)])[1][(layer, site)])
+    done, rows_total = texts_done, writer.rows_written
+    first_rows = rows_total
+    start, last_log = time.perf_counter(), time.perf_counter()
+
+    def save_progress():
+        progress_path.write_text(json.dumps({"settings": settings, "texts_done": done}))
+
+    for batch in _batches(islice(texts, texts_done, None), batch_size):
+        if rows_total >= max_tokens:
+            break
+        ids, mask = model.tokenize(batch, context_length)
+        length = _bucket(ids.shape[1], context_length)
+        ids, mask = _pad(ids, length), _pad(mask, length)
+        acts = np.asarray(capture(ids, mask))
+        keep = mask.astype(bool) & ~(model.special(ids) if drop_special else False)
+        rows = acts[keep][: max_tokens - rows_total]
+        if writer.pending_rows + rows.shape[0] > shard_rows:
+            writer.flush()
+            save_progress()
+        writer.append(rows)
+        rows_total += rows.shape[0]
+        done += len(batch)
+        if time.perf_counter() - last_log > log_every_s:
+            rate = (rows_total - first_rows) / (time.perf_counter() - start)
+            print(f"harvest: {rows_total:,} tokens from {done:,} texts, {rate:,.0f} tokens/s", flush=True)
+            last_log = time.perf_counter()
+    if rows_total == 0:
+        raise DataError("the texts gave no tokens to harvest")
+    manifest = writer.close()
+    progress_path.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    print(f"harvested {rows_total:,} tokens of width {model.d_model} from {done:,} texts into {out} "
+          f"({(rows_total - first_rows) / seconds:,.0f} tokens/s)", file=sys.stdout, flush=True)
+    return manifest

@@ -1,0 +1,55 @@
+"""Text for harvesting: files matching a glob, or, with nothing given, the docstrings of Python's
+own standard library (English prose and code that every machine with Python has, offline).
+
+Both yield paragraphs (blank-line separated blocks, whitespace collapsed) in a fixed order, so a
+harvest can resume by counting the texts it has done.
+"""
+
+import ast
+import glob
+import os
+import re
+import sysconfig
+from collections.abc import Iterator
+
+from saejax.errors import DataError
+
+_BLANK_LINES = re.compile(r"\n\s*\n")
+
+
+def paragraphs(text: str, min_chars: int = 20) -> Iterator[str]:
+    """Blank-line separated blocks of `text`, whitespace collapsed, shorter ones skipped."""
+    for block in _BLANK_LINES.split(text):
+        block = " ".join(block.split())
+        if len(block) >= min_chars:
+            yield block
+
+
+def text_files(pattern: str) -> Iterator[str]:
+    """Paragraphs of the UTF-8 files matching `pattern` (sorted; ``**`` allowed)."""
+    paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    if not paths:
+        raise DataError(f"--text_glob={pattern!r}: no files match")
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield from paragraphs(f.read())
+
+
+def stdlib_docstrings() -> Iterator[str]:
+    """Paragraphs of the module, class and function docstrings of the standard library's .py files
+    (read with `ast`, nothing imported; test packages and site-packages left out)."""
+    root = sysconfig.get_paths()["stdlib"]
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
+        relative = os.path.relpath(path, root)
+        if "site-packages" in relative or relative.startswith(("test", "idlelib", "lib2to3")) or "/test" in relative:
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    yield from paragraphs(doc)
