@@ -100,6 +100,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel.strategy = "none"  # none (one device) | pmap (data-parallel replicas) | mesh (jit over data x model)
     c.parallel.mesh_shape = ""  # mesh: "D,M" = data x model, e.g. "4,2"; "" = all devices on data
 
+    c.model = ml_collections.ConfigDict()  # train on a text model's activations (saejax.models)
+    c.model.name = ""  # minilm or a Hugging Face directory; "" = the data section says what to train on
+    c.model.layer = 3
+    c.model.site = "resid_post"  # attn_out | mlp_out | resid_post
+    c.model.context_length = 128
+    c.model.max_tokens = 200_000  # activation rows to harvest (into data.path, default DIR/activations)
+    c.model.text_glob = ""  # text files to harvest from; "" = the Python standard library's docstrings
+    c.model.eval_texts = 300  # held-out texts (every 10th) for the splice evaluation after training
+
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True
     c.log.wandb = False  # also log to Weights & Biases (pip install -e ".[wandb]")

@@ -110,3 +110,42 @@ def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str 
     print(f"harvested {rows_total:,} tokens of width {model.d_model} from {done:,} texts into {out} "
           f"({(rows_total - first_rows) / seconds:,.0f} tokens/s)", file=sys.stdout, flush=True)
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# A run with `model.name` set: harvest into the workdir, keep every 10th text for evaluation.
+
+HELD_OUT_EVERY = 10
+
+
+def run_texts(model_config, held_out: bool) -> Iterable[str]:
+    """The run's texts (model.text_glob, or the standard library's docstrings) without (or, with
+    `held_out`, only) every HELD_OUT_EVERY-th text, which the splice evaluation uses."""
+    from saejax.models import corpus  # noqa: PLC0415
+
+    texts = corpus.text_files(model_config.text_glob) if model_config.text_glob else corpus.stdlib_docstrings()
+    return (text for i, text in enumerate(texts) if (i % HELD_OUT_EVERY == 0) == held_out)
+
+
+def prepare_run(config, workdir: Path):
+    """For a config with ``model.name``: the TextModel, with the activations harvested into
+    ``data.path`` (default ``workdir/activations``) unless a finished store is there (an
+    unfinished one is resumed). Sets data.source/data.path on `config`. None without model.name."""
+    from saejax.models.loading import load_text_model  # noqa: PLC0415
+
+    m = config.model
+    if not m.name:
+        return None
+    if config.data.source != "npy":
+        raise DataError(f"model.name={m.name!r} trains on harvested activations: data.source must be 'npy', "
+                        f"not {config.data.source!r}")
+    if jax.process_count() > 1:
+        raise DataError("harvesting runs in one process; harvest first (experiments/harvest.py), then train "
+                        "with several processes on data.path")
+    model = load_text_model(m.name)
+    path = Path(config.data.path or Path(workdir) / "activations")
+    config.data.path = str(path)
+    if not (path / MANIFEST).exists():
+        harvest(model, run_texts(m, held_out=False), layer=m.layer, site=m.site, out_dir=path,
+                context_length=m.context_length, max_tokens=m.max_tokens)
+    return model

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saejax import analysis, checkpoint, config as config_lib, data, distributed, downstream, export, metrics
-from saejax import parallel, plots, train, writers
+from saejax import analysis, checkpoint, config as config_lib, data, distributed, downstream, export, harvest
+from saejax import metrics, parallel, plots, splice, train, writers
 from saejax.errors import ConfigError, DataError, SaejaxError
 from saejax.preemption import PreemptionGuard, StopVote
 from saejax.resampling import resample_dead_latents
@@ -263,6 +263,15 @@ def downstream_evaluation(workdir: Path, source, sae: SAE, state: train.TrainSta
     return downstream.evaluate_task(source, encode, decode, workdir / "plots")
 
 
+def splice_evaluation(config, text_model, sae: SAE, state: train.TrainState) -> dict:
+    """`saejax.splice.evaluate` on the run's held-out texts, as "splice/..." metrics."""
+    params = export.fold_norm_scale(state.params, float(state.norm_scale))  # act on raw activations
+    m = config.model
+    report = splice.evaluate(text_model, sae, params, harvest.run_texts(m, held_out=True), layer=m.layer,
+                             site=m.site, context_length=m.context_length, max_texts=m.eval_texts)
+    return {f"splice/{key}": value for key, value in report.items()}
+
+
 def dictionary_recovery(source, params) -> dict:
     """For sources with a known ground-truth dictionary: MMCS and Hungarian-matched mean |cos|."""
     truth = getattr(source, "dictionary", None)
@@ -389,6 +398,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     config.json, metrics, plots, the summary and the export, and evaluates."""
     start = time.perf_counter()
     config_lib.validate(config)
+    text_model = harvest.prepare_run(config, Path(workdir))  # model.name set: harvest first
     source, sae, loss, optimizer = _build(config)
     where = make_placement(config, sae, loss, optimizer)
     workdir = Path(workdir)
@@ -426,6 +436,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         scalars, density = evaluate(config, eval_source, sae, state)
         scalars.update(dictionary_recovery(source, state.params))
         scalars.update(downstream_evaluation(workdir, source, sae, state))
+        if text_model is not None:
+            scalars.update(splice_evaluation(config, text_model, sae, state))
         writer.write(int(state.step), scalars, split="eval")
     finally:
         writer.close()

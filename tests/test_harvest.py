@@ -96,3 +96,20 @@ def test_harvest_cli_then_train_on_it_and_clear_errors(tmp_path):
         bad = run_cli(f"--out={tmp_path / 'bad'}", *flags)
         assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == f"error: {bad.stderr.split('error: ')[-1].strip()}"
         assert message in bad.stderr, bad.stderr[-500:]
+
+
+def test_minilm_config_harvests_trains_and_reports_the_splice(tmp_path):
+    args = [sys.executable, str(ROOT / "experiments" / "train.py"), f"--workdir={tmp_path}",
+            "--config=experiments/configs/minilm.py", "--config.model.max_tokens=3000", "--config.train.steps=30",
+            "--config.train.batch_size=256", "--config.sae.d_sae=768", "--config.model.eval_texts=20",
+            "--config.train.eval_batches=1", "--config.log.progress=False", "--config.log.tensorboard=False"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "harvested 3,000 tokens" in result.stdout
+    import json
+
+    evals = json.loads((tmp_path / "summary.json").read_text())["eval"]
+    assert evals["splice/texts"] == 20 and evals["splice/l0"] == pytest.approx(32, abs=0.5)
+    assert evals["splice/cos_sim"] > evals["splice/ablation_cos_sim"]
+    again = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)  # reuses the activations
+    assert again.returncode == 0 and "harvested" not in again.stdout

