@@ -30,6 +30,7 @@ from saejax.errors import DataError
 from saejax.models.hooks import check_points
 
 PROGRESS = "harvest_progress.json"
+SETTINGS = "harvest.json"  # what a finished harvest was made with
 
 
 def _batches(texts: Iterable[str], size: int):
@@ -105,6 +106,7 @@ def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str 
     if rows_total == 0:
         raise DataError("the texts gave no tokens to harvest")
     manifest = writer.close()
+    (out / SETTINGS).write_text(json.dumps({"settings": settings, "texts": done, "rows": rows_total}, indent=2) + "\n")
     progress_path.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     print(f"harvested {rows_total:,} tokens of width {model.d_model} from {done:,} texts into {out} "
@@ -148,4 +150,11 @@ def prepare_run(config, workdir: Path):
     if not (path / MANIFEST).exists():
         harvest(model, run_texts(m, held_out=False), layer=m.layer, site=m.site, out_dir=path,
                 context_length=m.context_length, max_tokens=m.max_tokens)
+    elif (path / SETTINGS).exists():  # reuse, if it holds this model's activations at this point
+        made = json.loads((path / SETTINGS).read_text())["settings"]
+        wanted = {"model": model.name, "layer": m.layer, "site": m.site}
+        if {k: made.get(k) for k in wanted} != wanted:
+            raise DataError(f"data.path={str(path)!r} holds activations of {made.get('model')} layer {made.get('layer')} "
+                            f"{made.get('site')}, not of model.name={m.name!r} layer {m.layer} {m.site}; use another "
+                            "data.path (or --workdir)")
     return model

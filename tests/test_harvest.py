@@ -113,3 +113,7 @@ def test_minilm_config_harvests_trains_and_reports_the_splice(tmp_path):
     assert evals["splice/cos_sim"] > evals["splice/ablation_cos_sim"]
     again = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)  # reuses the activations
     assert again.returncode == 0 and "harvested" not in again.stdout
+    other = subprocess.run([*args, "--config.model.layer=2", f"--workdir={tmp_path / 'other'}",
+                            f"--config.data.path={tmp_path / 'activations'}"], capture_output=True, text=True,
+                           timeout=900, cwd=ROOT)
+    assert other.returncode == 1 and "holds activations of minilm layer 3 resid_post" in other.stderr
