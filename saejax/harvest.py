@@ -3,13 +3,14 @@
     manifest = harvest(load_text_model("minilm"), corpus.stdlib_docstrings(), layer=3, site="resid_post",
                        out_dir="acts", context_length=128, max_tokens=1_000_000)
 
-Texts are tokenised in batches (truncated to `context_length`, padded to the next power of two of
-the batch's longest text, so the jitted forward compiles a few times at most), run through the model with the hook point captured, and every real token's
-activation [d_model] is appended to a `saejax.data.store.ShardWriter` in text order; padding and
+Texts are taken in chunks of a few batches and sorted by length inside a chunk, then tokenised in
+batches (truncated to `context_length`, padded to the next power of two of the batch's longest
+text, so the jitted forward compiles a few times at most and little of it is padding), run through the model with the hook point captured, and every real token's
+activation [d_model] is appended to a `saejax.data.store.ShardWriter` (chunk by chunk, in a fixed order); padding and
 (by default) special tokens ([CLS], [SEP], BOS) are dropped. Then train on it with
 ``--config.data.source=npy --config.data.path=acts``.
 
-Resumable: shards are cut only between batches, and after each shard `harvest_progress.json`
+Resumable: shards are cut only between chunks, and after each shard `harvest_progress.json`
 records how many texts it covers, so a rerun with the same arguments continues after the last
 complete shard (its statistics recomputed from the shards on disk). Different arguments for an
 unfinished folder are refused.
@@ -30,6 +31,7 @@ from saejax.errors import DataError
 from saejax.models.hooks import check_points
 
 PROGRESS = "harvest_progress.json"
+CHUNK_BATCHES = 8  # texts are length-sorted within chunks of this many batches
 SETTINGS = "harvest.json"  # what a finished harvest was made with
 
 
@@ -70,8 +72,10 @@ def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str 
         texts_done = progress["texts_done"]
     elif any(out.glob("shard_*.npy")):
         raise DataError(f"{out}: holds shards but no {PROGRESS}; choose a new folder")
-    # never cut a shard inside a batch: the shard size is at least one batch's rows
-    shard_rows = max(rows_per_shard, batch_size * context_length)
+    # texts go in chunks of CHUNK_BATCHES batches, sorted by length inside a chunk (similar lengths
+    # share a batch: little padding); shards are cut only between chunks, where a harvest resumes
+    chunk_texts = batch_size * CHUNK_BATCHES
+    shard_rows = max(rows_per_shard, chunk_texts * context_length)
     writer = ShardWriter(out, model.d_model, dtype, shard_rows, resume=texts_done > 0)
     if texts_done:
         print(f"resuming the harvest in {out}: {writer.rows_written} rows from {texts_done} texts", flush=True)
@@ -81,24 +85,27 @@ def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str 
     first_rows = rows_total
     start, last_log = time.perf_counter(), time.perf_counter()
 
-    def save_progress():
-        progress_path.write_text(json.dumps({"settings": settings, "texts_done": done}))
-
-    for batch in _batches(islice(texts, texts_done, None), batch_size):
-        if rows_total >= max_tokens:
-            break
+    def activations(batch):
+        """The kept tokens' activations of a list of texts, [n, d_model], text by text."""
         ids, mask = model.tokenize(batch, context_length)
         length = _bucket(ids.shape[1], context_length)
         ids, mask = _pad(ids, length), _pad(mask, length)
-        acts = np.asarray(capture(ids, mask))
         keep = mask.astype(bool) & ~(model.special(ids) if drop_special else False)
-        rows = acts[keep][: max_tokens - rows_total]
+        return np.asarray(capture(ids, mask))[keep]
+
+    for chunk in _batches(islice(texts, texts_done, None), chunk_texts):
+        if rows_total >= max_tokens:
+            break
+        lengths = model.tokenize(chunk, context_length)[1].sum(1)
+        order = np.argsort(lengths, kind="stable")
+        rows = np.concatenate([activations([chunk[i] for i in order[b:b + batch_size]])
+                               for b in range(0, len(chunk), batch_size)])[: max_tokens - rows_total]
         if writer.pending_rows + rows.shape[0] > shard_rows:
             writer.flush()
-            save_progress()
+            progress_path.write_text(json.dumps({"settings": settings, "texts_done": done}))
         writer.append(rows)
         rows_total += rows.shape[0]
-        done += len(batch)
+        done += len(chunk)
         if time.perf_counter() - last_log > log_every_s:
             rate = (rows_total - first_rows) / (time.perf_counter() - start)
             print(f"harvest: {rows_total:,} tokens from {done:,} texts, {rate:,.0f} tokens/s", flush=True)

@@ -38,18 +38,23 @@ def test_harvest_writes_the_hooked_activations_of_real_tokens(tmp_path, model):
     keep = mask.astype(bool) & ~model.special(ids)
     assert manifest.total_rows == keep.sum() and manifest.d_in == 384
     _, captured = model.forward(ids, mask, capture=[(2, "resid_post")])
-    expected = np.asarray(captured[(2, "resid_post")])[keep]
+    acts = np.asarray(captured[(2, "resid_post")])
+    order = np.argsort(mask.sum(1), kind="stable")  # one chunk (8 batches): its texts go shortest first
+    expected = np.concatenate([acts[i][keep[i]] for i in order])
     np.testing.assert_allclose(read_all(tmp_path), expected, rtol=1e-4, atol=1e-4)  # batch padding differs
     assert not (tmp_path / "harvest_progress.json").exists()
 
 
 def test_an_interrupted_harvest_resumes_to_the_same_store(tmp_path, model):
-    kwargs = dict(layer=1, site="mlp_out", context_length=32, batch_size=4, rows_per_shard=64)
-    harvest(model, SENTENCES, out_dir=tmp_path / "whole", **kwargs)
+    # chunks of 8 batches = 16 texts of 14 kept tokens (224 rows); shards of at least 16·16 = 256
+    # rows: the second chunk's append cuts a shard after the first, the crash comes in the third
+    kwargs = dict(layer=1, site="mlp_out", context_length=16, batch_size=2, rows_per_shard=64)
+    texts = SENTENCES * 2
+    harvest(model, texts, out_dir=tmp_path / "whole", **kwargs)
 
     def crashing():
-        for i, text in enumerate(SENTENCES):
-            if i == 17:
+        for i, text in enumerate(texts):
+            if i == 40:
                 raise KeyboardInterrupt("killed")
             yield text
 
@@ -57,13 +62,13 @@ def test_an_interrupted_harvest_resumes_to_the_same_store(tmp_path, model):
         harvest(model, crashing(), out_dir=tmp_path / "resumed", **kwargs)
     assert (tmp_path / "resumed" / "harvest_progress.json").exists()
     with pytest.raises(DataError, match="other settings"):
-        harvest(model, SENTENCES, out_dir=tmp_path / "resumed", **{**kwargs, "layer": 2})
-    harvest(model, SENTENCES, out_dir=tmp_path / "resumed", **kwargs)
+        harvest(model, texts, out_dir=tmp_path / "resumed", **{**kwargs, "layer": 2})
+    harvest(model, texts, out_dir=tmp_path / "resumed", **kwargs)
     np.testing.assert_array_equal(read_all(tmp_path / "resumed"), read_all(tmp_path / "whole"))
     whole, resumed = (NpySource(str(tmp_path / p), seed=0).stats for p in ("whole", "resumed"))
     assert resumed["rows"] == whole["rows"] and resumed["mean_sq_norm"] == pytest.approx(whole["mean_sq_norm"])
     with pytest.raises(DataError, match="already holds a finished store"):
-        harvest(model, SENTENCES, out_dir=tmp_path / "whole", **kwargs)
+        harvest(model, texts, out_dir=tmp_path / "whole", **kwargs)
 
 
 def test_max_tokens_and_stdlib_corpus(tmp_path, model):
