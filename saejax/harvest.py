@@ -80,7 +80,7 @@ def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str 
     if texts_done:
         print(f"resuming the harvest in {out}: {writer.rows_written} rows from {texts_done} texts", flush=True)
 
-    capture = jax.jit(lambda ids, mask: model.forward(ids, mask, capture=[(layer, site)])[1][(layer, site)])
+    capture = jax.jit(lambda params, ids, mask: model.apply(params, ids, mask, capture=[(layer, site)])[1][(layer, site)])
     done, rows_total = texts_done, writer.rows_written
     first_rows = rows_total
     start, last_log = time.perf_counter(), time.perf_counter()
@@ -91,7 +91,7 @@ def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str 
         length = _bucket(ids.shape[1], context_length)
         ids, mask = _pad(ids, length), _pad(mask, length)
         keep = mask.astype(bool) & ~(model.special(ids) if drop_special else False)
-        return np.asarray(capture(ids, mask))[keep]
+        return np.asarray(capture(model.params, ids, mask))[keep]
 
     for chunk in _batches(islice(texts, texts_done, None), chunk_texts):
         if rows_total >= max_tokens:

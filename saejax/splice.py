@@ -47,7 +47,7 @@ def evaluate(model, sae, params, texts: Iterable[str], *, layer: int, site: str,
     from saejax.models import bert  # noqa: PLC0415
 
     @jax.jit
-    def passes(ids, mask, keep):
+    def passes(model_params, params, ids, mask, keep):
         def replace(fn):
             def hook(at_layer, at_site, x):
                 if (at_layer, at_site) != (layer, site):
@@ -58,9 +58,9 @@ def evaluate(model, sae, params, texts: Iterable[str], *, layer: int, site: str,
         def reconstruct(x):
             return sae.decode(params, sae.encode(params, x.reshape(-1, x.shape[-1]))).reshape(x.shape)
 
-        clean, captured = model.forward(ids, mask, capture=[(layer, site)])
-        spliced, _ = model.forward(ids, mask, hook=replace(reconstruct))
-        ablated, _ = model.forward(ids, mask, hook=replace(jnp.zeros_like))
+        clean, captured = model.apply(model_params, ids, mask, capture=[(layer, site)])
+        spliced, _ = model.apply(model_params, ids, mask, hook=replace(reconstruct))
+        ablated, _ = model.apply(model_params, ids, mask, hook=replace(jnp.zeros_like))
         x = captured[(layer, site)]
         z = sae.encode(params, x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
         pooled = [bert.mean_pool(h, mask) for h in (clean, spliced, ablated)]
@@ -75,7 +75,7 @@ def evaluate(model, sae, params, texts: Iterable[str], *, layer: int, site: str,
         length = _bucket(ids.shape[1], context_length)
         ids, mask = _pad(ids, length), _pad(mask, length)
         keep = mask.astype(bool) & ~(model.special(ids) if drop_special else False)
-        out = jax.device_get(passes(ids, mask, keep))
+        out = jax.device_get(passes(model.params, params, ids, mask, keep))
         x, x_hat = out["x"][keep].astype(np.float64), out["x_hat"][keep].astype(np.float64)
         sums["cos_spliced"] += float(out["cos_spliced"].sum())
         sums["cos_ablated"] += float(out["cos_ablated"].sum())

