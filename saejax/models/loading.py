@@ -42,6 +42,8 @@ class TextModel:
     tokenize: Callable
     apply: Callable
     special: Callable
+    token_strings: Callable = lambda ids: [str(i) for i in ids]  # noqa: E731  ids -> how each token reads in text
+    unembed: Callable | None = None  # direction [d_model] -> logits [vocab] (causal LMs: the tied embedding)
 
     def forward(self, ids, mask, hook=None, capture=()):
         """`apply` with this model's params."""
@@ -92,9 +94,13 @@ def _bert(name: str, path: Path) -> TextModel:
     def apply(params, ids, mask, hook=None, capture=()):
         return bert.forward(params, config, ids, mask, hook=hook, capture=capture)
 
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    vocabulary = Tokenizer.from_file(str(path / "tokenizer.json"))
     return TextModel(name=name, kind="bert", n_layers=config.n_layers, d_model=config.hidden_size, params=params,
                      tokenize=lambda texts, max_length: bert.tokenize(path, texts, max_length),
-                     apply=apply, special=lambda ids: np.isin(np.asarray(ids), special_ids))
+                     apply=apply, special=lambda ids: np.isin(np.asarray(ids), special_ids),
+                     token_strings=lambda ids: [_wordpiece_text(vocabulary.id_to_token(int(i)) or "") for i in ids])
 
 
 def _special_token_ids(path: Path) -> np.ndarray:
@@ -123,8 +129,13 @@ def _gemma3(name: str, path: Path) -> TextModel:
     def apply(params, ids, mask, hook=None, capture=()):
         return gemma3.forward(params, config, ids, mask, hook=hook, capture=capture)
 
+    def unembed(direction):
+        return np.asarray(params["embed"] @ (np.asarray(direction, np.float32) * np.asarray(params["final_norm"])))
+
     return TextModel(name=name, kind="causal", n_layers=config.n_layers, d_model=config.d_model, params=params,
-                     tokenize=tokenize, apply=apply, special=lambda ids: np.isin(np.asarray(ids), special_ids))
+                     tokenize=tokenize, apply=apply, special=lambda ids: np.isin(np.asarray(ids), special_ids),
+                     token_strings=lambda ids: [(tokenizer.id_to_token(int(i)) or "").replace("▁", " ") for i in ids],
+                     unembed=unembed)
 
 
 def _gemma_tokenizer(path: Path):
@@ -146,3 +157,8 @@ def _gemma_tokenizer(path: Path):
                               "transformers, or use a Hugging Face directory with tokenizer.json") from None
         AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).backend_tokenizer.save(str(file))
     return Tokenizer.from_file(str(file))
+
+
+def _wordpiece_text(token: str) -> str:
+    """A WordPiece token as it reads in text: '##ing' -> 'ing', 'word' -> ' word'."""
+    return token[2:] if token.startswith("##") else " " + token
