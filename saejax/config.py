@@ -108,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.max_tokens = 200_000  # activation rows to harvest (into data.path, default DIR/activations)
     c.model.text_glob = ""  # text files to harvest from; "" = the Python standard library's docstrings
     c.model.eval_texts = 300  # held-out texts (every 10th) for the splice evaluation after training
+    c.model.dashboard_latents = 32  # feature dashboards (DIR/dashboards) for this many latents; 0 = none
 
     c.log = ml_collections.ConfigDict()
     c.log.tensorboard = True

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saejax import analysis, checkpoint, config as config_lib, data, distributed, downstream, export, harvest
-from saejax import metrics, parallel, plots, splice, train, writers
+from saejax import analysis, checkpoint, config as config_lib, dashboards, data, distributed, downstream, export
+from saejax import harvest, metrics, parallel, plots, splice, train, writers
 from saejax.errors import ConfigError, DataError, SaejaxError
 from saejax.preemption import PreemptionGuard, StopVote
 from saejax.resampling import resample_dead_latents
@@ -263,12 +263,17 @@ def downstream_evaluation(workdir: Path, source, sae: SAE, state: train.TrainSta
     return downstream.evaluate_task(source, encode, decode, workdir / "plots")
 
 
-def splice_evaluation(config, text_model, sae: SAE, state: train.TrainState) -> dict:
-    """`saejax.splice.evaluate` on the run's held-out texts, as "splice/..." metrics."""
+def splice_evaluation(config, workdir: Path, text_model, sae: SAE, state: train.TrainState) -> dict:
+    """`saejax.splice.evaluate` on the run's held-out texts, as "splice/..." metrics; and the feature
+    dashboards of `model.dashboard_latents` latents in workdir/dashboards."""
     params = export.fold_norm_scale(state.params, float(state.norm_scale))  # act on raw activations
     m = config.model
     report = splice.evaluate(text_model, sae, params, harvest.run_texts(m, held_out=True), layer=m.layer,
                              site=m.site, context_length=m.context_length, max_texts=m.eval_texts)
+    if m.dashboard_latents:
+        dashboards.write(text_model, sae, params, harvest.run_texts(m, held_out=True), layer=m.layer, site=m.site,
+                         out_dir=workdir / "dashboards", n_latents=m.dashboard_latents,
+                         max_texts=m.eval_texts, context_length=m.context_length)
     return {f"splice/{key}": value for key, value in report.items()}
 
 
@@ -437,7 +442,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         scalars.update(dictionary_recovery(source, state.params))
         scalars.update(downstream_evaluation(workdir, source, sae, state))
         if text_model is not None:
-            scalars.update(splice_evaluation(config, text_model, sae, state))
+            scalars.update(splice_evaluation(config, workdir, text_model, sae, state))
         writer.write(int(state.step), scalars, split="eval")
     finally:
         writer.close()

@@ -116,6 +116,7 @@ def test_minilm_config_harvests_trains_and_reports_the_splice(tmp_path):
     evals = json.loads((tmp_path / "summary.json").read_text())["eval"]
     assert evals["splice/texts"] == 20 and evals["splice/l0"] == pytest.approx(32, abs=0.5)
     assert evals["splice/cos_sim"] > evals["splice/ablation_cos_sim"]
+    assert (tmp_path / "dashboards" / "index.html").exists() and len(list((tmp_path / "dashboards").glob("latent_*"))) == 32
     again = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)  # reuses the activations
     assert again.returncode == 0 and "harvested" not in again.stdout
     other = subprocess.run([*args, "--config.model.layer=2", f"--workdir={tmp_path / 'other'}",

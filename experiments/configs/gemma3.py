@@ -10,7 +10,8 @@ model.max_tokens activations into DIR/activations (resumable; later runs reuse i
 standard library's docstrings and source (or --config.model.text_glob), every 10th text held out.
 The residual stream reaches 1e4–1e5, so inputs are normalised (sae.normalize_activations). After
 training, summary.json's "eval" holds splice/ce_clean, splice/ce_spliced, splice/ce_ablated,
-splice/ce_loss_recovered and splice/kl on the held-out texts, plus the SAE's L0/FVU/dead fraction.
+splice/ce_loss_recovered and splice/kl on the held-out texts, plus the SAE's L0/FVU/dead fraction;
+feature dashboards (with the tokens each latent promotes) land in DIR/dashboards/index.html.
 On this 2-core CPU the full 2M-token setting takes hours; try --config.model.max_tokens=200000 first.
 """
 

@@ -8,7 +8,8 @@ harvests model.max_tokens activations into DIR/activations (resumable; later run
 the Python standard library's docstrings (or --config.model.text_glob), keeping every 10th text
 out; after training it reports on those held-out texts (summary.json, "eval"): splice/cos_sim of the
 mean-pooled sentence embedding with the SAE spliced in vs zero-ablation, and the SAE's L0, FVU and
-dead fraction on their tokens.
+dead fraction on their tokens. Feature dashboards for the 32 most active latents land in
+DIR/dashboards/index.html.
 """
 
 from saejax.config import base_config
