@@ -23,7 +23,10 @@ import ml_collections
 import numpy as np
 
 from saejax import checkpoint, downstream, export, train
-from saejax.downstream import linear_probe_accuracy, roc_auc  # noqa: F401  (notebook helpers)
+from saejax.downstream import linear_probe_accuracy, roc_auc
+
+__all__ = ["load", "encode", "reconstruct", "feature_density", "dead_latents", "top_activating", "pca_fvu",
+           "linear_probe_accuracy", "roc_auc"]
 from saejax.errors import DataError
 from saejax.sae import sae_from_config
 

@@ -84,8 +84,6 @@ def load_text_model(spec: str) -> TextModel:
 
 
 def _bert(name: str, path: Path) -> TextModel:
-    import jax  # noqa: PLC0415
-
     from saejax.models import bert  # noqa: PLC0415
 
     params, config = bert.load(path)
