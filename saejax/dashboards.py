@@ -17,8 +17,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from saejax.harvest import _bucket, _pad
 from saejax.models.hooks import check_points
+from saejax.models.loading import padded_batch
 from saejax.splice import check_width
 
 HIST_EDGES = np.linspace(-3.0, 3.0, 31)  # log10 activation bins
@@ -44,25 +44,19 @@ class _Top:
 
 
 def collect(model, sae, params, texts: Sequence[str], *, layer: int, site: str, context_length: int = 128,
-            batch_size: int = 16, top_n: int = 8) -> dict:
+            batch_size: int = 16, top_n: int = 8, encode=None) -> dict:
     """Activation statistics of every latent over `texts`: density [d_sae], log10 histograms
-    [d_sae, bins], top activations and where they occurred, and the texts' tokens."""
-    check_points([(layer, site)], model.n_layers)
-    check_width(sae, model, layer, site)
-    capture = jax.jit(lambda model_params, sae_params, ids, mask: sae.encode(
-        sae_params, model.apply(model_params, ids, mask, capture=[(layer, site)])[1][(layer, site)].reshape(
-            -1, model.d_model)))
+    [d_sae, bins], top activations and where they occurred, and the texts' tokens. `encode`: an
+    `_encoder` to reuse (default: a new one)."""
+    encode = encode or _encoder(model, sae, params, layer, site)
     top = _Top(sae.d_sae, top_n)
     fired = np.zeros(sae.d_sae, np.int64)
     hist = np.zeros((sae.d_sae, len(HIST_EDGES) - 1), np.int64)
     tokens, n_tokens = [], 0
     for start in range(0, len(texts), batch_size):
-        ids, mask = model.tokenize(list(texts[start:start + batch_size]), context_length)
-        length = _bucket(ids.shape[1], context_length)
-        ids, mask = _pad(ids, length), _pad(mask, length)
-        keep = (mask.astype(bool) & ~model.special(ids)).reshape(-1)
-        codes = np.asarray(capture(model.params, params, ids, mask))[keep]
-        rows, cols = np.nonzero(keep.reshape(ids.shape))
+        ids, mask, keep = padded_batch(model, texts[start:start + batch_size], context_length)
+        codes = encode(ids, mask)[keep]  # [kept tokens, d_sae]
+        rows, cols = np.nonzero(keep)
         top.add(codes, np.stack([rows + start, cols], 1))
         active = codes > 0
         fired += active.sum(0)
@@ -72,17 +66,18 @@ def collect(model, sae, params, texts: Sequence[str], *, layer: int, site: str, 
         n_tokens += int(keep.sum())
         tokens += [model.token_strings(row[:int(m.sum())]) for row, m in zip(ids, mask)]  # right padding dropped
     return {"density": fired / max(n_tokens, 1), "hist": hist, "top_values": top.values, "top_where": top.where,
-            "tokens": tokens, "n_tokens": n_tokens, "encode_texts": lambda batch: _codes(
-                capture, model, params, batch, context_length)}
+            "tokens": tokens, "n_tokens": n_tokens}
 
 
-def _codes(capture, model, params, texts: list[str], context_length: int) -> np.ndarray:
-    """Codes of every position of `texts` (special and padding positions zeroed): [B, T, d_sae]."""
-    ids, mask = model.tokenize(texts, context_length)
-    length = _bucket(ids.shape[1], context_length)
-    ids, mask = _pad(ids, length), _pad(mask, length)
-    codes = np.asarray(capture(model.params, params, ids, mask)).reshape(*ids.shape, -1)
-    return codes * (mask.astype(bool) & ~model.special(ids))[..., None]
+def _encoder(model, sae, params, layer: int, site: str):
+    """(ids, mask) [B, T] -> the SAE's codes at (layer, site), [B, T, d_sae] (jitted once; the model's
+    and the SAE's params are arguments, not baked-in constants)."""
+    check_points([(layer, site)], model.n_layers)
+    check_width(sae, model, layer, site)
+    jitted = jax.jit(lambda model_params, sae_params, ids, mask: sae.encode(
+        sae_params, model.apply(model_params, ids, mask, capture=[(layer, site)])[1][(layer, site)].reshape(
+            -1, model.d_model)).reshape(*ids.shape, -1))
+    return lambda ids, mask: np.asarray(jitted(model.params, params, ids, mask))
 
 
 def _clean(token: str) -> str:
@@ -121,7 +116,9 @@ def write(model, sae, params, texts: Iterable[str], *, layer: int, site: str, ou
           top_n: int = 8, window: int = 8) -> Path:
     """Write the dashboards (module docstring) into `out_dir`; returns the index page's path."""
     texts = list(islice(texts, max_texts))
-    stats = collect(model, sae, params, texts, layer=layer, site=site, context_length=context_length, top_n=top_n)
+    encode = _encoder(model, sae, params, layer, site)
+    stats = collect(model, sae, params, texts, layer=layer, site=site, context_length=context_length, top_n=top_n,
+                    encode=encode)
     chosen = list(latents) if latents is not None else list(np.argsort(-stats["density"], kind="stable")[:n_latents])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +127,8 @@ def write(model, sae, params, texts: Iterable[str], *, layer: int, site: str, ou
     shading = {}
     for start in range(0, len(needed), 16):
         part = needed[start:start + 16]
-        codes = stats["encode_texts"]([texts[t] for t in part])[..., chosen]
+        ids, mask, keep = padded_batch(model, [texts[t] for t in part], context_length)
+        codes = (encode(ids, mask) * keep[..., None])[..., chosen]  # special and padding positions zeroed
         shading.update({t: codes[i] for i, t in enumerate(part)})
     column = {latent: j for j, latent in enumerate(chosen)}
     rows = []

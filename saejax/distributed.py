@@ -78,8 +78,6 @@ def is_main_process() -> bool:
 
 def row_range(batch_size: int) -> tuple[int, int]:
     """This process's rows [lo, hi) of every global batch of `batch_size`: [p·B/P, (p+1)·B/P)."""
-    count, index = jax.process_count(), jax.process_index()
-    if batch_size % count:
-        raise ConfigError(f"train.batch_size={batch_size} must divide by the number of processes ({count})")
-    size = batch_size // count
-    return index * size, (index + 1) * size
+    from saejax.data import process_rows  # noqa: PLC0415
+
+    return process_rows(batch_size, jax.process_index(), jax.process_count())

@@ -29,6 +29,7 @@ import numpy as np
 from saejax.data.store import MANIFEST, Manifest, ShardWriter
 from saejax.errors import DataError
 from saejax.models.hooks import check_points
+from saejax.models.loading import load_text_model, padded_batch
 
 PROGRESS = "harvest_progress.json"
 CHUNK_BATCHES = 8  # texts are length-sorted within chunks of this many batches
@@ -39,16 +40,6 @@ def _batches(texts: Iterable[str], size: int):
     texts = iter(texts)
     while batch := list(islice(texts, size)):
         yield batch
-
-
-def _bucket(length: int, context_length: int) -> int:
-    """The padded length of a batch whose longest text has `length` tokens: the next power of two
-    (at least 16, at most context_length), so a few compilations serve every batch."""
-    return min(context_length, max(16, 1 << (max(length, 1) - 1).bit_length()))
-
-
-def _pad(array: np.ndarray, length: int) -> np.ndarray:
-    return np.pad(array, ((0, 0), (0, length - array.shape[1])))
 
 
 def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str | Path, context_length: int = 128,
@@ -87,10 +78,7 @@ def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str 
 
     def activations(batch):
         """The kept tokens' activations of a list of texts, [n, d_model], text by text."""
-        ids, mask = model.tokenize(batch, context_length)
-        length = _bucket(ids.shape[1], context_length)
-        ids, mask = _pad(ids, length), _pad(mask, length)
-        keep = mask.astype(bool) & ~(model.special(ids) if drop_special else False)
+        ids, mask, keep = padded_batch(model, batch, context_length, drop_special)
         return np.asarray(capture(model.params, ids, mask))[keep]
 
     for chunk in _batches(islice(texts, texts_done, None), chunk_texts):
@@ -140,8 +128,6 @@ def prepare_run(config, workdir: Path):
     """For a config with ``model.name``: the TextModel, with the activations harvested into
     ``data.path`` (default ``workdir/activations``) unless a finished store is there (an
     unfinished one is resumed). Sets data.source/data.path on `config`. None without model.name."""
-    from saejax.models.loading import load_text_model  # noqa: PLC0415
-
     m = config.model
     if not m.name:
         return None

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from saejax.errors import ConfigError, DataError
-from saejax.harvest import _bucket, _pad
 from saejax.models.hooks import check_points
+from saejax.models.loading import padded_batch
 
 
 def check_width(sae, model, layer: int, site: str) -> None:
@@ -108,10 +108,7 @@ def evaluate(model, sae, params, texts: Iterable[str], *, layer: int, site: str,
     x_sum, x_sq, fired = np.zeros(model.d_model), 0.0, np.zeros(sae.d_sae, bool)
     texts = iter(texts)
     while batch := list(islice(texts, min(batch_size, max_texts - sums["texts"]))):
-        ids, mask = model.tokenize(batch, context_length)
-        length = _bucket(ids.shape[1], context_length)
-        ids, mask = _pad(ids, length), _pad(mask, length)
-        keep = mask.astype(bool) & ~(model.special(ids) if drop_special else False)
+        ids, mask, keep = padded_batch(model, batch, context_length, drop_special)
         out = jax.device_get(passes(model.params, params, ids, mask, keep))
         x, x_hat = out["x"][keep].astype(np.float64), out["x_hat"][keep].astype(np.float64)
         for key, value in out["behaviour"].items():

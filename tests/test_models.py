@@ -126,16 +126,11 @@ def test_gemma3_identity_hook_is_bit_identical_and_zeroing_raises_the_loss(gemma
     assert float(gemma3.cross_entropy(zeroed, ids)) > float(gemma3.cross_entropy(clean, ids)) + 2.0
 
 
-def test_gemma3_splice_of_an_exact_sae_recovers_all_of_the_loss(gemma):
-    import saejax
+def test_gemma3_splice_of_an_exact_sae_recovers_all_of_the_loss(gemma, exact_sae):
     from saejax import splice
 
     model, ids, reference = gemma
-    d = model.d_model
-    sae = saejax.make_sae("relu", d, 2 * d)
-    eye = np.eye(d, dtype=np.float32)
-    params = {"W_enc": np.concatenate([eye, -eye], 1), "b_enc": np.zeros(2 * d, np.float32),
-              "W_dec": np.concatenate([eye, -eye], 0), "b_dec": np.zeros(d, np.float32)}
+    sae, params = exact_sae(model.d_model)
     report = splice.evaluate(model, sae, params, [reference["text"], "The quick brown fox jumps over the lazy dog."],
                              layer=6, site="resid_post", context_length=32)
     assert report["ce_spliced"] == pytest.approx(report["ce_clean"], abs=1e-4) and report["kl"] < 1e-4

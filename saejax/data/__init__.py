@@ -81,6 +81,15 @@ def check_batch_args(step: int, batch_size: int) -> None:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
 
 
+def process_rows(batch_size: int, index: int, count: int) -> tuple[int, int]:
+    """Rows [lo, hi) of every global batch of `batch_size` that process `index` of `count` feeds:
+    [p·B/P, (p+1)·B/P). ConfigError unless B divides by P."""
+    if batch_size % count:
+        raise ConfigError(f"train.batch_size={batch_size} must be divisible by the number of processes ({count})")
+    size = batch_size // count
+    return index * size, (index + 1) * size
+
+
 def check_sample_size(n: int) -> None:
     """Raise DataError unless n >= 1."""
     if n < 1:

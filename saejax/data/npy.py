@@ -32,7 +32,7 @@ from collections import OrderedDict
 import numpy as np
 from absl import logging
 
-from saejax.data import STREAM_SAMPLE, check_batch_args, check_sample_size, rng
+from saejax.data import STREAM_SAMPLE, check_batch_args, check_sample_size, process_rows, rng
 from saejax.data import store as store_lib
 from saejax.data.order import StreamOrder
 from saejax.errors import ConfigError, DataError
@@ -145,16 +145,14 @@ class NpySource:
 
     def slice_size(self, batch_size: int) -> int:
         """Rows this process gets of a global batch of `batch_size`."""
-        if batch_size % self.process_count:
-            raise ConfigError(f"train.batch_size={batch_size} must be divisible by the number of processes "
-                              f"({self.process_count})")
-        return batch_size // self.process_count
+        lo, hi = process_rows(batch_size, self.process_index, self.process_count)
+        return hi - lo
 
     def positions(self, step: int, batch_size: int) -> np.ndarray:
         """Stream positions of this process's slice of global batch `step`, int64 [B / P]."""
         check_batch_args(step, batch_size)
-        size = self.slice_size(batch_size)
-        return step * batch_size + self.process_index * size + np.arange(size, dtype=np.int64)
+        lo, hi = process_rows(batch_size, self.process_index, self.process_count)
+        return step * batch_size + np.arange(lo, hi, dtype=np.int64)
 
     def rows(self, step: int, batch_size: int) -> np.ndarray:
         """Global row ids of this process's slice of batch `step`, int64 [B / P]."""

@@ -50,6 +50,24 @@ class TextModel:
         return self.apply(self.params, ids, mask, hook=hook, capture=capture)
 
 
+def bucket_length(length: int, context_length: int) -> int:
+    """The padded length of a batch whose longest text has `length` tokens: the next power of two
+    (at least 16, at most context_length), so a few compilations serve every batch."""
+    return min(context_length, max(16, 1 << (max(length, 1) - 1).bit_length()))
+
+
+def padded_batch(model: TextModel, texts: list[str], context_length: int,
+                 drop_special: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`texts` tokenised (truncated to `context_length`) and right-padded to `bucket_length`:
+    (ids int32 [B, T], mask int32 [B, T], keep bool [B, T]), keep marking the real tokens that are
+    not special ([CLS], [SEP], BOS) unless `drop_special` is False."""
+    ids, mask = model.tokenize(list(texts), context_length)
+    width = ((0, 0), (0, bucket_length(ids.shape[1], context_length) - ids.shape[1]))
+    ids, mask = np.pad(ids, width), np.pad(mask, width)
+    keep = mask.astype(bool) & ~(model.special(ids) if drop_special else False)
+    return ids, mask, keep
+
+
 def resolve_path(spec: str) -> Path:
     """A model name from `PACKAGED` or a path -> the model's directory or file; DataError/ConfigError
     naming the problem."""
