@@ -17,7 +17,7 @@ from absl import app, flags
 
 from saejax import harvest
 from saejax.errors import SaejaxError
-from saejax.models import SITES, corpus
+from saejax.models import SITES
 from saejax.models.loading import load_text_model
 
 _MODEL = flags.DEFINE_string("model", "minilm", "A Hugging Face-format model directory, a .gguf file, or a "
@@ -27,7 +27,8 @@ _SITE = flags.DEFINE_enum("site", "resid_post", SITES, "Hook site.")
 _OUT = flags.DEFINE_string("out", None, "Folder of the shard store to write.")
 _TEXT_GLOB = flags.DEFINE_string("text_glob", "", "Text files to read (** allowed); empty: the standard "
                                  "library's docstrings, then its source.")
-_CONTEXT = flags.DEFINE_integer("context_length", 128, "Tokens per text (longer texts are truncated).", lower_bound=2)
+_CONTEXT = flags.DEFINE_integer("context_length", 128, "Tokens per text: long paragraphs are cut into windows of "
+                                "3·context_length characters; the rare longer window is truncated.", lower_bound=2)
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Texts per forward pass.", lower_bound=1)
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 1_000_000, "Stop after this many activation rows.", lower_bound=1)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "float16", "bfloat16"], "Storage dtype of the shards.")
@@ -40,7 +41,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         model = load_text_model(_MODEL.value)
-        texts = corpus.text_files(_TEXT_GLOB.value) if _TEXT_GLOB.value else corpus.stdlib_text()
+        texts = harvest.corpus_texts(_TEXT_GLOB.value, _CONTEXT.value)
         harvest.harvest(model, texts, layer=_LAYER.value, site=_SITE.value, out_dir=_OUT.value,
                         context_length=_CONTEXT.value, batch_size=_BATCH.value, max_tokens=_MAX_TOKENS.value,
                         dtype=_DTYPE.value, drop_special=not _KEEP_SPECIAL.value)

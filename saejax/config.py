@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.site = "resid_post"  # attn_out | mlp_out | resid_post
     c.model.context_length = 128
     c.model.max_tokens = 200_000  # activation rows to harvest (into data.path, default DIR/activations)
-    c.model.text_glob = ""  # text files to harvest from; "" = the Python standard library's docstrings
+    c.model.text_glob = ""  # text files to harvest from; "" = the Python standard library's docstrings and source
     c.model.eval_texts = 300  # held-out texts (every 10th) for the splice evaluation after training
     c.model.dashboard_latents = 32  # feature dashboards (DIR/dashboards) for this many latents; 0 = none
 
