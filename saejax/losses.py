@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from saejax import activations, batch_axis, metrics
+from saejax import sae as sae_lib
 from saejax.errors import ConfigError
 
 Coefficient = float | Callable[[jax.Array], jax.Array]
@@ -243,11 +244,13 @@ def activation_balance(coeff: Coefficient) -> LossTerm:
     return stateless(term)
 
 
-def auxk(coeff: Coefficient, k_aux: int, dead_steps: int) -> LossTerm:
+def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_at=None) -> LossTerm:
     """AuxK (Gao et al. 2024): the k_aux largest pre-activations among dead latents (silent for
     `dead_steps` steps) reconstruct the main reconstruction's residual e = x - x̂:
     λ · mean_b ||e - ê||² · min(1, n_dead / k), k = min(k_aux, d_sae), zero (and skipped) when no
     latent is dead.
+    pre_acts_at: the SAE's `pre_acts_at` (sparse TopK SAEs, whose pre_acts carry no gradient): the
+    selected pre-activations then get their gradient through it, sparse like the SAE's own.
     State: steps since each latent last fired [d_sae] int32."""
     schedule = as_schedule(coeff, "loss.auxk")
     if k_aux <= 0 or dead_steps <= 0:
@@ -256,7 +259,7 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int) -> LossTerm:
     def init(sae):
         return jnp.zeros((sae.d_sae,), jnp.int32)
 
-    def aux_loss(params, residual, pre_acts, dead):
+    def aux_loss(params, x, residual, pre_acts, dead):
         k = min(k_aux, pre_acts.shape[-1])
         dead_pre = jnp.where(dead, pre_acts, -jnp.inf)
         z_aux = activations.topk(dead_pre, k)
@@ -264,11 +267,24 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int) -> LossTerm:
         scale = jnp.minimum(1.0, jnp.sum(dead) / k)
         return scale * squared_error(residual, z_aux @ params["W_dec"])
 
+    def sparse_aux_loss(params, x, residual, pre_acts, dead):
+        k = min(k_aux, pre_acts.shape[-1])
+        candidates, indices = jax.lax.top_k(jnp.where(dead, pre_acts, -jnp.inf), k)
+        values = jnp.where(jnp.isfinite(candidates), jax.nn.relu(pre_acts_at(params, x, pre_acts, indices)), 0.0)
+        z_aux = sae_lib.scatter_rows(values, indices, pre_acts.shape[-1])
+        scale = jnp.minimum(1.0, jnp.sum(dead) / k)
+        return scale * squared_error(residual, z_aux @ params["W_dec"])
+
     def apply(params, x, out, steps_since_fired, step):
         dead = steps_since_fired >= dead_steps
         residual = jax.lax.stop_gradient(x - out.x_hat)
+        sparse = "indices" in out.aux
+        if sparse and pre_acts_at is None:
+            raise ConfigError("this SAE takes the sparse TopK path, whose pre_acts carry no gradient: build the "
+                              "AuxK term with pre_acts_at=sae.pre_acts_at (loss_from_config does)")
         loss = jax.lax.cond(
-            dead.any(), aux_loss, lambda *_: jnp.zeros((), jnp.float32), params, residual, out.pre_acts, dead
+            dead.any(), sparse_aux_loss if sparse else aux_loss, lambda *_: jnp.zeros((), jnp.float32),
+            params, x, residual, out.pre_acts, dead,
         )
         return {"auxk": schedule(step) * loss}, metrics.update_steps_since_fired(steps_since_fired, out.z)
 
@@ -315,7 +331,7 @@ def loss_from_config(loss_config, sae) -> LossTerm:
     if c.auxk:
         if arch == "mlp":
             raise ConfigError("loss.auxk decodes through W_dec; sae.arch='mlp' has none")
-        terms.append(auxk(c.auxk, c.auxk_k or max(1, sae.d_in // 2), c.dead_steps))
+        terms.append(auxk(c.auxk, c.auxk_k or max(1, sae.d_in // 2), c.dead_steps, sae.pre_acts_at))
     if c.balance:
         terms.append(activation_balance(c.balance))
     for field in ("mse", "l1", "tanh", "kl", "l0", "auxk", "balance", "target_l0_coeff"):

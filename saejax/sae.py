@@ -16,6 +16,14 @@ An `SAE` is a NamedTuple of pure functions built by `make_sae`; nothing is hidde
     out = sae.forward(params, x)              # SAEOutput(x_hat, z, pre_acts, aux)
     z = sae.encode(params, x)                 # inference latents [B, d_sae]
     x_hat = sae.decode(params, z)             # [B, d_in]
+
+Sparse TopK (``make_sae("topk", ..., sparse=True)``, chosen by default when d_sae ≥ SPARSE_MIN_RATIO·k):
+the training forward decodes from the k selected rows of W_dec by gather instead of a dense
+[B, d_sae] x [d_sae, d_in] matmul, and the backward touches only the selected latents' rows of W_dec
+and columns of W_enc (scatter-adds), so only the encoder's forward matmul stays dense. Loss and
+gradients equal the dense path's up to float rounding (tests/test_sparse_topk.py). Its `pre_acts`
+carry no gradient; a loss term that needs pre-activation gradients (AuxK) takes them through
+`sae.pre_acts_at`, which has the same sparse backward.
 """
 
 import functools
@@ -26,12 +34,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from saejax import activations
+from saejax import activations, latent_axis
 from saejax.errors import ConfigError, DataError
 
 Params = dict[str, Any]
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka", "mlp")
+# sparse="auto" picks the sparse TopK path when d_sae >= SPARSE_MIN_RATIO * k (see BUILD_NOTES, issue 8).
+SPARSE_MIN_RATIO = 64
 TIEABLE = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 # The running mean of BatchTopK's smallest selected activation becomes an EMA after this many steps.
 THRESHOLD_WINDOW = 100
@@ -43,7 +53,8 @@ class SAEOutput(NamedTuple):
     x_hat: [B, d_in] reconstruction.  z: [B, d_sae] latents.
     pre_acts: [B, d_sae] encoder pre-activations (gated: the magnitude path).
     aux: architecture extras: gated "gate_pre" [B, d_sae]; batchtopk/matryoshka "min_selected" [];
-      matryoshka "prefix_x_hats" (one [B, d_in] reconstruction per nested prefix).
+      matryoshka "prefix_x_hats" (one [B, d_in] reconstruction per nested prefix); sparse topk
+      "values" [B, k] (the ReLU'd selected activations) and "indices" [B, k] int32.
     """
 
     x_hat: jax.Array
@@ -59,7 +70,10 @@ class SAE(NamedTuple):
     encode(params, x) -> z [B, d_sae] (inference mode).  decode(params, z) -> x_hat [B, d_in].
     latent_axes: for each param key, the axis indexing latents (None: no latent axis).
     buffers: param keys not trained by the optimizer but set by update_buffers(params, out, step).
-    hparams: the options the SAE was built with (k, bandwidth, prefixes, ...).
+    hparams: the options the SAE was built with (k, bandwidth, prefixes, sparse, ...).
+    pre_acts_at: sparse SAEs only (else None): (params, x [B, d_in], pre_acts [B, d_sae], indices
+      [B, n]) -> the pre-activations at `indices`, [B, n], with a gradient that reaches W_enc, b_enc
+      and b_dec through scatter-adds over the n latents of each row (`selected_pre_acts`).
     """
 
     arch: str
@@ -73,6 +87,7 @@ class SAE(NamedTuple):
     latent_axes: Mapping[str, int | None]
     buffers: tuple[str, ...]
     update_buffers: Callable[[Params, SAEOutput, jax.Array], Params]
+    pre_acts_at: Callable[..., jax.Array] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +141,62 @@ def linear_decode(params: Params, z: jax.Array, dtype: str) -> jax.Array:
     return matmul(z, params["W_dec"], dtype) + params["b_dec"]
 
 
+# ---------------------------------------------------------------------------------------------
+# Sparse TopK building blocks: only the k selected latents of each row are touched.
+
+
+@jax.custom_vjp
+def selected_pre_acts(x: jax.Array, b_dec: jax.Array, w_enc: jax.Array, b_enc: jax.Array, pre_acts: jax.Array,
+                      indices: jax.Array) -> jax.Array:
+    """((x - b_dec) @ w_enc + b_enc) at `indices`, read from the already computed `pre_acts`.
+
+    x [B, d], b_dec [d], w_enc [d, F], b_enc [F], pre_acts [B, F] (no gradient flows into it),
+    indices [B, n] int -> [B, n]. The backward is sparse: with g [B, n],
+    dW_enc[:, i] = Σ_{(b, j): indices[b, j] = i} g[b, j] (x_b - b_dec), db_enc the same sum of g,
+    db_dec = -db_enc @ W_encᵀ: scatter-adds of B·n rows instead of a [d, B] x [B, F] matmul.
+    """
+    return jnp.take_along_axis(pre_acts, indices, axis=1)
+
+
+def _selected_pre_acts_fwd(x, b_dec, w_enc, b_enc, pre_acts, indices):
+    return selected_pre_acts(x, b_dec, w_enc, b_enc, pre_acts, indices), (x - b_dec, w_enc, pre_acts, indices)
+
+
+def _selected_pre_acts_bwd(residuals, g):
+    centered, w_enc, pre_acts, indices = residuals
+    flat = indices.reshape(-1)
+    d_b_enc = jnp.zeros(w_enc.shape[1], g.dtype).at[flat].add(g.reshape(-1))
+    rows = (g[:, :, None] * centered[:, None, :]).reshape(flat.shape[0], -1)  # [B·n, d]
+    d_w_enc = jnp.zeros(w_enc.shape[::-1], g.dtype).at[flat].add(rows).T  # scatter into [F, d] rows
+    d_b_dec = -(d_b_enc @ w_enc.T)
+    d_x = jnp.einsum("bn,bnd->bd", g, w_enc.T[indices])  # dead code under jit when x is data
+    return d_x, d_b_dec, d_w_enc, d_b_enc, jnp.zeros_like(pre_acts), None
+
+
+selected_pre_acts.defvjp(_selected_pre_acts_fwd, _selected_pre_acts_bwd)
+
+
+def linear_pre_acts_at(params: Params, x: jax.Array, pre_acts: jax.Array, indices: jax.Array) -> jax.Array:
+    """`selected_pre_acts` of a linear encoder's params (W_enc or tied W_dec.T). [B, n]"""
+    return selected_pre_acts(x, params["b_dec"], encoder_weight(params), params["b_enc"],
+                             jax.lax.stop_gradient(pre_acts), indices)
+
+
+def sparse_decode(params: Params, values: jax.Array, indices: jax.Array, dtype: str) -> jax.Array:
+    """Σ_j values[b, j] · W_dec[indices[b, j]] + b_dec by gathering k rows of W_dec per row:
+    values [B, k], indices [B, k] -> [B, d_in]. Autodiff turns the gather into a scatter-add of
+    B·k rows for dW_dec."""
+    rows = params["W_dec"][indices]  # [B, k, d_in]
+    out = jnp.einsum("bk,bkd->bd", values.astype(dtype), rows.astype(dtype), preferred_element_type=jnp.float32)
+    return out + params["b_dec"]
+
+
+def scatter_rows(values: jax.Array, indices: jax.Array, width: int) -> jax.Array:
+    """Dense [B, width] with values [B, k] at indices [B, k], zeros elsewhere (differentiable in values)."""
+    rows = jnp.arange(values.shape[0])[:, None]
+    return jnp.zeros((values.shape[0], width), values.dtype).at[rows, indices].set(values)
+
+
 def random_unit_rows(key: jax.Array, rows: int, cols: int) -> jax.Array:
     """[rows, cols] with i.i.d. random directions as unit-norm rows."""
     w = jax.random.normal(key, (rows, cols), jnp.float32)
@@ -158,6 +229,15 @@ def _encode_relu(params, x, train, *, dtype, leak):
 def _encode_topk(params, x, train, *, dtype, k):
     pre = linear_pre_acts(params, x, dtype) + params["b_enc"]
     return activations.topk(pre, k), pre, {}
+
+
+def _encode_topk_sparse(params, x, train, *, dtype, k):
+    """TopK with the selection read off pre-activations that carry no gradient; the selected values
+    get theirs through `selected_pre_acts` (sparse). aux holds the values and indices for decoding."""
+    pre = jax.lax.stop_gradient(linear_pre_acts(params, x, dtype) + params["b_enc"])
+    _, indices = jax.lax.top_k(pre, k)
+    values = jax.nn.relu(linear_pre_acts_at(params, x, pre, indices))
+    return scatter_rows(values, indices, pre.shape[1]), pre, {"values": values, "indices": indices}
 
 
 def _encode_batchtopk(params, x, train, *, dtype, k):
@@ -247,6 +327,12 @@ def _forward(encode_fn, decode_fn, params, x, train=True):
     return SAEOutput(decode_fn(params, z), z, pre, aux)
 
 
+def _forward_sparse(encode_fn, dtype, params, x, train=True):
+    """TopK forward decoding from the k selected rows of W_dec (aux "values"/"indices")."""
+    z, pre, aux = encode_fn(params, x, train)
+    return SAEOutput(sparse_decode(params, aux["values"], aux["indices"], dtype), z, pre, aux)
+
+
 def _forward_matryoshka(encode_fn, dtype, prefixes, params, x, train=True):
     """Decode prefix by prefix: aux["prefix_x_hats"][i] uses latents [0, prefixes[i]) only."""
     z, pre, aux = encode_fn(params, x, train)
@@ -300,11 +386,17 @@ def make_sae(
     dec_init_norm: float = 0.1,
     unit_norm_decoder: bool = True,
     dtype: str = "float32",
+    sparse: bool | str = "auto",
 ) -> SAE:
-    """Build an architecture (see module docstring). Raises ConfigError on bad options."""
+    """Build an architecture (see module docstring). Raises ConfigError on bad options.
+
+    sparse: topk only: True decodes and back-propagates through the k selected latents only,
+    False uses dense matmuls, "auto" picks sparse when d_sae >= SPARSE_MIN_RATIO · k.
+    """
     prefixes = tuple(matryoshka_prefixes) if matryoshka_prefixes else default_prefixes(d_sae)
     _validate(arch, d_in, d_sae, k, tied, prefixes, dtype, jumprelu_bandwidth, jumprelu_init_threshold)
-    hparams = dict(k=k, leak=leak, tied=tied, bandwidth=jumprelu_bandwidth, dtype=dtype)
+    sparse = _resolve_sparse(sparse, arch, d_sae, k)
+    hparams = dict(k=k, leak=leak, tied=tied, bandwidth=jumprelu_bandwidth, dtype=dtype, sparse=sparse)
 
     linear_init = functools.partial(
         init_linear, d_in=d_in, d_sae=d_sae, tied=tied, dec_init_norm=dec_init_norm,
@@ -354,6 +446,12 @@ def make_sae(
     if arch == "matryoshka":
         hparams["prefixes"] = prefixes
         forward_impl = functools.partial(_forward_matryoshka, encode_fn, dtype, prefixes)
+    elif sparse:
+        sparse_forward = functools.partial(_forward_sparse, functools.partial(_encode_topk_sparse, dtype=dtype, k=k), dtype)
+        dense_forward = functools.partial(_forward, encode_fn, decode_fn)
+
+        def forward_impl(params, x, train=True):  # dense when the latents are split over a mesh
+            return (dense_forward if latent_axis.sharded_mesh() is not None else sparse_forward)(params, x, train)
     else:
         forward_impl = functools.partial(_forward, encode_fn, decode_fn)
 
@@ -367,7 +465,19 @@ def make_sae(
 
     buffers = ("threshold",) if arch in ("batchtopk", "matryoshka") else ()
     update = _update_running_threshold if buffers else _no_buffers
-    return SAE(arch, d_in, d_sae, hparams, init, forward, encode, decode_fn, latent_axes, buffers, update)
+    return SAE(arch, d_in, d_sae, hparams, init, forward, encode, decode_fn, latent_axes, buffers, update,
+               linear_pre_acts_at if sparse else None)
+
+
+def _resolve_sparse(sparse: bool | str, arch: str, d_sae: int, k: int) -> bool:
+    """sparse=True/False/"auto" -> whether this SAE takes the sparse TopK path."""
+    if sparse == "auto":
+        return arch == "topk" and d_sae >= SPARSE_MIN_RATIO * k
+    if not isinstance(sparse, bool):
+        raise ConfigError(f"sae.sparse={sparse!r} must be True, False or 'auto'")
+    if sparse and arch != "topk":
+        raise ConfigError(f"sae.sparse=True is for sae.arch='topk', not {arch!r}")
+    return sparse
 
 
 def _int_list(text: str, field: str) -> tuple[int, ...]:
@@ -375,6 +485,16 @@ def _int_list(text: str, field: str) -> tuple[int, ...]:
         return tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
     except ValueError:
         raise ConfigError(f"{field}={text!r} must be comma-separated integers, e.g. '64,256,1024'") from None
+
+
+def _sparse_setting(text) -> bool | str:
+    """sae.sparse from a config: "auto" | "true" | "false" (booleans accepted too)."""
+    if isinstance(text, bool):
+        return text
+    setting = {"auto": "auto", "true": True, "false": False}.get(str(text).lower())
+    if setting is None:
+        raise ConfigError(f"sae.sparse={text!r} must be 'auto', 'true' or 'false'")
+    return setting
 
 
 def sae_from_config(sae_config, d_in: int, unit_norm_decoder: bool = True) -> SAE:
@@ -393,4 +513,5 @@ def sae_from_config(sae_config, d_in: int, unit_norm_decoder: bool = True) -> SA
         dec_init_norm=sae_config.dec_init_norm,
         unit_norm_decoder=unit_norm_decoder,
         dtype=sae_config.dtype,
+        sparse=_sparse_setting(sae_config.get("sparse", "auto")),
     )

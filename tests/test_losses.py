@@ -574,7 +574,8 @@ def test_config_builds_each_requested_term():
 def test_config_auxk_k_zero_means_half_of_d_in(monkeypatch):
     seen = []
     real = L.auxk
-    monkeypatch.setattr(L, "auxk", lambda coeff, k_aux, dead_steps: seen.append(k_aux) or real(coeff, k_aux, dead_steps))
+    monkeypatch.setattr(L, "auxk", lambda coeff, k_aux, dead_steps, *rest:
+                        seen.append(k_aux) or real(coeff, k_aux, dead_steps, *rest))
     L.loss_from_config(_cfg(auxk=0.1, auxk_k=0), make_sae("topk", D_IN, D_SAE, k=2))
     L.loss_from_config(_cfg(auxk=0.1, auxk_k=3), make_sae("topk", D_IN, D_SAE, k=2))
     assert seen == [max(1, D_IN // 2), 3]

@@ -1,0 +1,135 @@
+"""The sparse TopK path (issue 8): the same loss and gradients as the dense path, AuxK included, a
+compiled step with no dense decoder matmul, and the automatic choice between the two."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import saejax
+from saejax import losses
+from saejax import sae as sae_lib
+from saejax.config import base_config
+from saejax.errors import ConfigError
+
+D_IN, D_SAE, K, B = 24, 256, 4, 64
+
+
+def _pair(**kw):
+    return (sae_lib.make_sae("topk", D_IN, D_SAE, k=K, sparse=False, **kw),
+            sae_lib.make_sae("topk", D_IN, D_SAE, k=K, sparse=True, **kw))
+
+
+def _params(sae, seed=0):
+    params = sae.init(jax.random.key(seed))
+    keys = jax.random.split(jax.random.key(seed + 1), 2)
+    params["b_dec"] = 0.1 * jax.random.normal(keys[0], (D_IN,))
+    params["b_enc"] = 0.1 * jax.random.normal(keys[1], (D_SAE,))
+    return params
+
+
+def _x(seed=2):
+    return jax.random.normal(jax.random.key(seed), (B, D_IN))
+
+
+def _loss_and_grads(sae, params, x, dead_latents):
+    """mse + L1 (so z's gradient is exercised too) + AuxK with `dead_latents` marked dead."""
+    loss = losses.chain(losses.mse(), losses.l1(0.3), losses.auxk(0.5, 8, 10, sae.pre_acts_at))
+    state = loss.init(sae)
+    state = (state[0], state[1], state[2].at[:dead_latents].set(100))
+
+    def total(params):
+        terms, _ = loss.apply(params, x, sae.forward(params, x), state, jnp.asarray(0))
+        return losses.total(terms), terms
+
+    return jax.jit(jax.value_and_grad(total, has_aux=True))(params)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("dead_latents", [0, 200])
+def test_sparse_path_has_the_dense_loss_and_gradients(tied, dead_latents):
+    dense, sparse = _pair(tied=tied)
+    params, x = _params(dense), _x()
+    (loss_d, terms_d), grads_d = _loss_and_grads(dense, params, x, dead_latents)
+    (loss_s, terms_s), grads_s = _loss_and_grads(sparse, params, x, dead_latents)
+    assert (terms_d["auxk"] > 0) == (dead_latents > 0)
+    np.testing.assert_allclose(loss_s, loss_d, rtol=1e-6)
+    for name in grads_d:
+        scale = float(jnp.abs(grads_d[name]).max())
+        assert scale > 0, name
+        np.testing.assert_allclose(grads_s[name], grads_d[name], rtol=0, atol=2e-6 * scale, err_msg=name)
+    out_d, out_s = dense.forward(params, x), sparse.forward(params, x)
+    np.testing.assert_allclose(out_s.x_hat, out_d.x_hat, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out_s.z, out_d.z)
+    assert out_s.aux["indices"].shape == (B, K)
+
+
+def test_sparse_training_follows_the_dense_trajectory():
+    dense, sparse = _pair()
+    x = np.asarray(_x())
+    finals = []
+    for sae in (dense, sparse):
+        loss = losses.chain(losses.mse(), losses.auxk(1 / 32, 8, 3, sae.pre_acts_at))
+        optimizer = saejax.make_optimizer(optax.adam(1e-3), sae)
+        state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), x)
+        step = saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer, dead_steps=3))
+        for i in range(8):
+            state, logged = step(state, jnp.asarray(np.roll(x, i, axis=0)))
+        finals.append((state.params, logged))
+    (p_d, m_d), (p_s, m_s) = finals
+    assert float(m_d["loss/auxk"]) > 0  # some latents died after 3 steps, so AuxK was active
+    for name in p_d:
+        np.testing.assert_allclose(p_s[name], p_d[name], rtol=0, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(m_s["loss"], m_d["loss"], rtol=1e-5)
+
+
+def _dot_shapes(step, state, x):
+    """The operand shapes of every dot in the compiled step's HLO."""
+    hlo = step.lower(state, x).compile().as_text()
+    return re.findall(r"= f32\[([\d,]*)\]\{[^}]*\} dot\(", hlo)
+
+
+def test_the_compiled_sparse_step_has_no_dense_decoder_or_encoder_backward_matmul():
+    """Dense step: encoder forward, decoder forward, dW_dec, dz and dW_enc are [B, F]-sized dots.
+    Sparse: only the encoder forward is; everything else touches k latents per row."""
+    d_sae, k, b = 2048, 8, 128
+    shapes = {}
+    for sparse in (False, True):
+        sae = sae_lib.make_sae("topk", D_IN, d_sae, k=k, sparse=sparse)
+        loss = losses.chain(losses.mse(), losses.auxk(1 / 32, 16, 100, sae.pre_acts_at))
+        optimizer = saejax.make_optimizer(optax.adam(1e-3), sae)
+        x = np.asarray(jax.random.normal(jax.random.key(0), (b, D_IN)))
+        state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), x)
+        step = saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer))
+        shapes[sparse] = _dot_shapes(step, state, jnp.asarray(x))
+    big = {f"{b},{d_sae}", f"{D_IN},{d_sae}", f"{d_sae},{D_IN}"}  # dots with a [B, F] or [d, F] output
+    dense, sparse = (sum(s in big for s in shapes[v]) for v in (False, True))
+    # both have AuxK's backward (dz_aux, dW_dec) in a cond branch taken only when latents are dead;
+    # dense adds dW_dec, dz and dW_enc to the encoder forward, sparse has the encoder forward only
+    assert dense >= 6 and sparse <= 3, shapes
+
+
+def test_auto_choice_and_bad_settings():
+    assert sae_lib.make_sae("topk", 512, 8192, k=32).hparams["sparse"] is True
+    assert sae_lib.make_sae("topk", 512, 1024, k=32).hparams["sparse"] is False
+    assert sae_lib.make_sae("relu", 512, 8192).hparams["sparse"] is False
+    assert sae_lib.make_sae("topk", 512, 1024, k=32, sparse=True).pre_acts_at is not None
+    with pytest.raises(ConfigError, match="sae.sparse=True is for sae.arch='topk'"):
+        sae_lib.make_sae("relu", 16, 64, sparse=True)
+    config = base_config()
+    config.sae.arch, config.sae.d_sae, config.sae.sparse = "topk", 64, "maybe"
+    with pytest.raises(ConfigError, match="sae.sparse='maybe'"):
+        sae_lib.sae_from_config(config.sae, 16)
+    config.sae.sparse = "true"
+    assert sae_lib.sae_from_config(config.sae, 16).hparams["sparse"] is True
+
+
+def test_auxk_without_pre_acts_at_on_a_sparse_sae_is_refused():
+    _, sparse = _pair()
+    params, x = _params(sparse), _x()
+    loss = losses.chain(losses.mse(), losses.auxk(0.5, 8, 10))
+    with pytest.raises(ConfigError, match="pre_acts_at"):
+        loss.apply(params, x, sparse.forward(params, x), loss.init(sparse), jnp.asarray(0))
