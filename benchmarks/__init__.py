@@ -1,6 +1,8 @@
 """Speed and memory benchmarks; each module writes results/NAME.{json,md} (see BUILD_NOTES.md).
 
-Shared pieces: `median_seconds` / `time_steps` (timing), `relu_l1_setup` (the saejax step most
+The suite: ``python -m benchmarks.run`` (step times, FLOP/s against the same-run matmul rate,
+memory, scaling with d_sae and batch, bf16, the PyTorch peers). Shared pieces: `median_seconds` /
+`time_steps` (timing), `numpy_matmul_rate` (the limit), `relu_l1_setup` (the saejax step most
 benchmarks compare against) and `write_results`.
 """
 
@@ -49,6 +51,23 @@ def relu_l1_setup(d_in: int, d_sae: int, x):
     optimizer = saejax.make_optimizer(optax.adam(1e-4), sae)
     state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), np.asarray(x[:1024]))
     return saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer)), state
+
+
+def numpy_matmul_rate(b: int, d: int, f: int, repeats: int) -> dict:
+    """numpy f32 FLOP/s on the step's three matmul shapes, into preallocated outputs."""
+    rng = np.random.default_rng(0)
+    x, w_enc, z = (rng.standard_normal(s, dtype=np.float32) for s in [(b, d), (d, f), (b, f)])
+    w_dec, x_t = np.ascontiguousarray(w_enc.T), np.ascontiguousarray(x.T)
+    shapes = {
+        "[B,d]x[d,F]": (x, w_enc, np.empty((b, f), np.float32)),
+        "[B,F]x[F,d]": (z, w_dec, np.empty((b, d), np.float32)),
+        "[d,B]x[B,F]": (x_t, z, np.empty((d, f), np.float32)),
+    }
+    seconds = {name: median_seconds(lambda a=a, w=w, o=o: np.matmul(a, w, out=o), repeats)
+               for name, (a, w, o) in shapes.items()}
+    flops = 2.0 * b * d * f
+    rates = {name: flops / s for name, s in seconds.items()}
+    return {"per_shape_flops_per_s": rates, "flops_per_s": 3 * flops / sum(seconds.values())}
 
 
 def write_results(out_dir: str | Path, name: str, result: dict, table: list[str]) -> None:

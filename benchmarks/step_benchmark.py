@@ -20,30 +20,13 @@ import optax
 from absl import app, flags
 
 import saejax
-from benchmarks import median_seconds, relu_l1_setup, time_steps, write_results
+from benchmarks import numpy_matmul_rate, relu_l1_setup, time_steps, write_results
 
 _D_IN = flags.DEFINE_integer("d_in", 512, "Input width d.")
 _D_SAE = flags.DEFINE_integer("d_sae", 8192, "Dictionary size F.")
 _BATCH = flags.DEFINE_integer("batch", 4096, "Batch size B.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repetitions (the median is reported).")
 _OUT = flags.DEFINE_string("out", str(Path(__file__).parent / "results"), "Output directory.")
-
-
-def numpy_matmul_rate(b: int, d: int, f: int, repeats: int) -> dict:
-    """numpy f32 FLOP/s on the step's three matmul shapes, into preallocated outputs."""
-    rng = np.random.default_rng(0)
-    x, w_enc, z = (rng.standard_normal(s, dtype=np.float32) for s in [(b, d), (d, f), (b, f)])
-    w_dec, x_t = np.ascontiguousarray(w_enc.T), np.ascontiguousarray(x.T)
-    shapes = {
-        "[B,d]x[d,F]": (x, w_enc, np.empty((b, f), np.float32)),
-        "[B,F]x[F,d]": (z, w_dec, np.empty((b, d), np.float32)),
-        "[d,B]x[B,F]": (x_t, z, np.empty((d, f), np.float32)),
-    }
-    seconds = {name: median_seconds(lambda a=a, w=w, o=o: np.matmul(a, w, out=o), repeats)
-               for name, (a, w, o) in shapes.items()}
-    flops = 2.0 * b * d * f
-    rates = {name: flops / s for name, s in seconds.items()}
-    return {"per_shape_flops_per_s": rates, "flops_per_s": 3 * flops / sum(seconds.values())}
 
 
 def plain_encoder_relu_step(d_in: int, d_sae: int):

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
+from saejax import selection
+
 _AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("saejax_batch_axis", default=None)
 
 
@@ -78,11 +80,11 @@ def kth_largest(values: jax.Array, k: int) -> jax.Array:
     Under pmap: each replica's own k largest (at most all of its n), all-gathered, and the k-th
     largest of those, which is exact, since the global top k hold at most k of any replica's."""
     name = axis_name()
-    local_top = jax.lax.top_k(values, k if name is None else min(k, values.shape[0]))[0]
+    local_top = selection.largest(values, k if name is None else min(k, values.shape[0]))
     if name is None:
         return local_top[-1]
     gathered = jax.lax.all_gather(local_top, name).reshape(-1)
-    return jax.lax.top_k(gathered, k)[0][-1]
+    return selection.largest(gathered, k)[-1]
 
 
 def mean_gradients(grads):

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
+from saejax import selection
+
 _MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("saejax_latent_mesh", default=None)
 DATA, MODEL = "data", "model"
 
@@ -73,12 +75,12 @@ def kth_largest(values: jax.Array, n: int) -> jax.Array:
     model-sharded mesh: each shard's n largest, all-gathered over both axes, then the n-th."""
     mesh = sharded_mesh()
     if mesh is None:
-        return jax.lax.top_k(values.reshape(-1), n)[0][-1]
+        return selection.largest(values.reshape(-1), n)[-1]
 
     def shard(x):
-        local = jax.lax.top_k(x.reshape(-1), min(n, x.size))[0]
+        local = selection.largest(x.reshape(-1), min(n, x.size))
         gathered = jax.lax.all_gather(local, (DATA, MODEL), tiled=True)
-        nth = jax.lax.top_k(gathered, n)[0][-1]
+        nth = selection.largest(gathered, n)[-1]
         return jax.lax.pmax(nth, (DATA, MODEL))  # equal on every device already; now provably so
 
     return jax.shard_map(shard, mesh=mesh, in_specs=P(DATA, MODEL), out_specs=P())(jax.lax.stop_gradient(values))

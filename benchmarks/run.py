@@ -1,0 +1,389 @@
+r"""The performance suite (issue 8): one command, JSON + a markdown table + a scaling plot.
+
+    python -m benchmarks.run [--sections=limits,steps,scaling,precision,peers] [--repeats=5] [--quick]
+
+Sections (each timed in this one process, medians, so that ratios compare like with like):
+- limits: the matmul rate this machine reaches on the step's own shapes: numpy f32 into preallocated
+  outputs (on CPU, the ceiling) and jax.jit(jnp.matmul) in f32 and bf16 (on GPU/TPU, the ceiling).
+- steps: train-step time of relu+L1, topk (sparse and dense), batchtopk and jumprelu at each size,
+  with FLOP/s counted as the 10·B·d·F FLOPs a minimal dense step needs, that rate as a fraction of
+  the limit, and XLA's memory for the step (arguments + outputs + scratch).
+- scaling: step time over d_sae = 2^12…2^16 (batch 1024) and over batch = 2^8…2^12 (d_sae 8192) for
+  relu, topk dense and topk sparse, plus the decoder alone (forward + backward, dense matmul vs
+  gather/scatter-add): results/scaling.png.
+- precision: sae.dtype=bfloat16 (bf16 matmul inputs, f32 accumulation and master params) against
+  float32: step time, and the held-out FVU of the same training run (experiments/train.py on the
+  default image-patch config, relu and topk).
+- peers: PyTorch 2.13 CPU reference steps (SAELens' own training step; a plain module, eager and
+  torch.compile) against saejax on the same SAE, sizes and optimizer (Adam), timed in alternating
+  rounds; ratio = peer time / saejax time. Needs torch and sae-lens (the `test` extra).
+
+Writes OUT/suite.json, OUT/suite.md and OUT/scaling.png (OUT: benchmarks/results). --quick runs
+tiny sizes in about a minute (the test suite runs it); the full suite takes ~25 min on 2 CPU cores.
+The process applies `saejax.runtime.tune_malloc()` first, as experiments/train.py does.
+"""
+
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from saejax import runtime
+
+runtime.tune_malloc()  # before jax allocates anything, as in experiments/train.py
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import saejax  # noqa: E402
+from benchmarks import median_seconds, numpy_matmul_rate, time_steps, write_results  # noqa: E402
+from saejax import losses  # noqa: E402
+from saejax import sae as sae_lib  # noqa: E402
+
+SECTIONS = ("limits", "steps", "scaling", "precision", "peers")
+_SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Which sections to run ({', '.join(SECTIONS)}).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions per measurement (medians are reported).")
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes: checks that every section runs, in about a minute.")
+_OUT = flags.DEFINE_string("out", str(Path(__file__).parent / "results"), "Output directory.")
+
+ROOT = Path(__file__).resolve().parents[1]
+K = 32
+FULL = {
+    "sizes": [(512, 8192, 4096), (512, 32768, 4096)],  # (d_in, d_sae, batch)
+    "d_saes": [2**12, 2**13, 2**14, 2**15, 2**16], "scaling_batch": 1024,
+    "batches": [2**8, 2**9, 2**10, 2**11, 2**12], "scaling_d_sae": 8192,
+    "peer_sizes": [("relu", (512, 8192, 4096)), ("topk", (512, 8192, 4096)), ("topk", (512, 32768, 4096))],
+    "compile_peers_up_to": 8192, "precision_steps": 2000, "precision_archs": ("relu", "topk"),
+}
+QUICK = {
+    "sizes": [(64, 2048, 256)], "d_saes": [2**10, 2**11], "scaling_batch": 128,
+    "batches": [64, 128], "scaling_d_sae": 2048,
+    "peer_sizes": [("relu", (64, 2048, 256)), ("topk", (64, 2048, 256))],
+    "compile_peers_up_to": 0, "precision_steps": 30, "precision_archs": ("relu",),
+}
+VARIANTS = {  # name -> (arch, make_sae options)
+    "relu": ("relu", {}), "topk sparse": ("topk", {"sparse": True}), "topk dense": ("topk", {"sparse": False}),
+    "batchtopk": ("batchtopk", {}), "jumprelu": ("jumprelu", {}),
+}
+
+
+def random_batch(b: int, d: int, seed: int = 1) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((b, d), dtype=np.float32))
+
+
+def saejax_setup(arch: str, d: int, f: int, x: jax.Array, **sae_options):
+    """(compiled step, initial state, its memory analysis) of saejax's train step for `arch`:
+    MSE + L1 5.0 (relu), + AuxK 1/32 (topk, batchtopk), + L0 1e-3 (jumprelu); Adam 1e-4."""
+    sae = saejax.make_sae(arch, d, f, k=K, **sae_options)
+    terms = [losses.mse()]
+    if arch == "relu":
+        terms.append(losses.l1(5.0))
+    elif arch in ("topk", "batchtopk"):
+        terms.append(losses.auxk(1 / 32, d // 2, 1000, sae.pre_acts_at))
+    elif arch == "jumprelu":
+        terms.append(losses.jumprelu_l0(1e-3, sae.hparams["bandwidth"]))
+    loss = losses.chain(*terms)
+    optimizer = saejax.make_optimizer(optax.adam(1e-4), sae)
+    state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), np.asarray(x[:1024]))
+    compiled = saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer)).lower(state, x).compile()
+    return compiled, state, compiled.memory_analysis()
+
+
+def memory_mib(analysis) -> dict:
+    """XLA's buffer sizes for a compiled step, MiB (None where the backend does not say)."""
+    if analysis is None:
+        return {}
+    mib = 2.0**20
+    total = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
+             + analysis.temp_size_in_bytes)
+    return {"arguments_mib": analysis.argument_size_in_bytes / mib, "scratch_mib": analysis.temp_size_in_bytes / mib,
+            "total_mib": total / mib}
+
+
+def time_variant(name: str, d: int, f: int, b: int, repeats: int, **extra) -> dict:
+    arch, options = VARIANTS[name]
+    x = random_batch(b, d)
+    step, state, analysis = saejax_setup(arch, d, f, x, **options, **extra)
+    seconds = time_steps(step, state, x, repeats, warmup=1)
+    return {"variant": name, "d_in": d, "d_sae": f, "batch": b, "step_s": seconds,
+            "flops_per_s_on_10BdF": 10.0 * b * d * f / seconds, **memory_mib(analysis)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections.
+
+
+def jax_matmul_rate(b: int, d: int, f: int, dtype: str, repeats: int) -> float:
+    """FLOP/s of jit(jnp.matmul) [B, d] x [d, F] in `dtype` with f32 accumulation."""
+    a = random_batch(b, d).astype(dtype)
+    w = random_batch(d, f, seed=2).astype(dtype)
+    matmul = jax.jit(lambda a, w: jnp.matmul(a, w, preferred_element_type=jnp.float32))
+    return 2.0 * b * d * f / median_seconds(lambda: matmul(a, w).block_until_ready(), repeats)
+
+
+def limits(plan: dict, repeats: int) -> dict:
+    out = {}
+    for d, f, b in plan["sizes"]:
+        out[f"{d}x{f}x{b}"] = {
+            "numpy_f32": numpy_matmul_rate(b, d, f, repeats)["flops_per_s"],
+            "jax_f32": jax_matmul_rate(b, d, f, "float32", repeats),
+            "jax_bf16": jax_matmul_rate(b, d, f, "bfloat16", repeats),
+        }
+    return out
+
+
+def limit_for(result: dict, d: int, f: int, b: int, dtype: str = "float32") -> float | None:
+    """The ceiling a step is compared with: numpy's f32 rate on CPU, jax's own rate elsewhere."""
+    rates = result.get("limits", {}).get(f"{d}x{f}x{b}")
+    if not rates:
+        return None
+    if jax.default_backend() == "cpu" and dtype == "float32":
+        return rates["numpy_f32"]
+    return rates["jax_bf16" if dtype == "bfloat16" else "jax_f32"]
+
+
+def steps(plan: dict, repeats: int, result: dict) -> list[dict]:
+    rows = []
+    for d, f, b in plan["sizes"]:
+        for name in VARIANTS:
+            row = time_variant(name, d, f, b, repeats)
+            limit = limit_for(result, d, f, b)
+            row["fraction_of_limit"] = row["flops_per_s_on_10BdF"] / limit if limit else None
+            rows.append(row)
+            print(f"steps: {name} d_in={d} d_sae={f} batch={b}: {row['step_s']:.3f} s", flush=True)
+    return rows
+
+
+def decoder_only_seconds(d: int, f: int, b: int, sparse: bool, repeats: int) -> float:
+    """Forward + backward of the decoder alone (gradients for W_dec and the latents) for a batch whose
+    latents are K per row: dense [B, F] x [F, d] matmul or gather / scatter-add of K rows."""
+    w_dec = random_batch(f, d, seed=3)
+    keys = jax.random.split(jax.random.key(0), 2)
+    indices = jax.random.randint(keys[0], (b, K), 0, f)
+    values = jax.random.uniform(keys[1], (b, K))
+    target = random_batch(b, d)
+
+    def loss(w_dec, values):
+        params = {"W_dec": w_dec, "b_dec": jnp.zeros(d)}
+        if sparse:
+            x_hat = sae_lib.sparse_decode(params, values, indices, "float32")
+        else:
+            x_hat = sae_lib.linear_decode(params, sae_lib.scatter_rows(values, indices, f), "float32")
+        return jnp.sum(jnp.square(x_hat - target))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return median_seconds(lambda: jax.block_until_ready(grad(w_dec, values)), repeats, warmup=1)
+
+
+def scaling(plan: dict, repeats: int) -> dict:
+    d, b, f = 512 if not _QUICK.value else 64, plan["scaling_batch"], plan["scaling_d_sae"]
+    over_d_sae, over_batch = [], []
+    for f_i in plan["d_saes"]:
+        for name in ("relu", "topk dense", "topk sparse"):
+            over_d_sae.append(time_variant(name, d, f_i, b, repeats))
+        for sparse in (False, True):
+            over_d_sae.append({"variant": f"decoder only ({'sparse' if sparse else 'dense'})", "d_in": d,
+                               "d_sae": f_i, "batch": b, "step_s": decoder_only_seconds(d, f_i, b, sparse, repeats)})
+        print(f"scaling: d_sae={f_i} done", flush=True)
+    for b_i in plan["batches"]:
+        for name in ("relu", "topk sparse"):
+            over_batch.append(time_variant(name, d, f, b_i, repeats))
+    return {"over_d_sae": over_d_sae, "over_batch": over_batch}
+
+
+def train_fvu(dtype: str, arch: str, steps_: int) -> dict:
+    """Held-out eval of experiments/train.py on the default image-patch config with sae.dtype=`dtype`."""
+    extra = ["--config.sae.arch=topk", "--config.sae.k=16", "--config.loss.l1=0"] if arch == "topk" else []
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), f"--workdir={workdir}",
+                        f"--config.sae.dtype={dtype}", f"--config.train.steps={steps_}", "--config.log.progress=False",
+                        *extra], check=True, capture_output=True, cwd=ROOT)
+        seconds = time.perf_counter() - start
+        evaluation = json.loads((Path(workdir) / "summary.json").read_text())["eval"]
+    return {"arch": arch, "dtype": dtype, "steps": steps_, "fvu": evaluation["fvu"], "l0": evaluation["l0"],
+            "run_s": seconds}
+
+
+def precision(plan: dict, repeats: int, result: dict) -> dict:
+    d, f, b = plan["sizes"][0]
+    timing = []
+    for dtype in ("float32", "bfloat16"):
+        for name in ("relu", "topk sparse"):
+            row = time_variant(name, d, f, b, repeats, dtype=dtype)
+            limit = limit_for(result, d, f, b, dtype)
+            row.update(dtype=dtype, fraction_of_limit=row["flops_per_s_on_10BdF"] / limit if limit else None)
+            timing.append(row)
+    runs = [train_fvu(dtype, arch, plan["precision_steps"]) for arch in plan["precision_archs"]
+            for dtype in ("float32", "bfloat16")]
+    return {"timing": timing, "training": runs}
+
+
+def peers(plan: dict, repeats: int) -> dict:
+    try:
+        import torch  # noqa: PLC0415
+
+        from benchmarks import torch_reference  # noqa: PLC0415
+    except ImportError as e:
+        return {"skipped": f"PyTorch not installed ({e}); pip install -e '.[test]'"}
+    rows = []
+    for arch, (d, f, b) in plan["peer_sizes"]:
+        x = random_batch(b, d)
+        x_torch = torch.from_numpy(np.asarray(x).copy())
+        step, state, _ = saejax_setup(arch, d, f, x)
+        holder = [state]
+
+        def saejax_step(step=step, x=x):
+            holder[0], out = step(holder[0], x)
+            jax.block_until_ready(out)
+
+        contenders = {"saejax": saejax_step,
+                      "SAELens training step": torch_reference.saelens_step(arch, d, f, x_torch, k=K),
+                      "PyTorch plain, eager": torch_reference.plain_step(arch, d, f, x_torch, k=K)}
+        if f <= plan["compile_peers_up_to"]:
+            contenders["PyTorch plain, torch.compile"] = torch_reference.plain_step(arch, d, f, x_torch, k=K,
+                                                                                    compile=True)
+        times = {name: [] for name in contenders}
+        for name, fn in contenders.items():  # warm-up (and compilation) outside the timed rounds
+            fn(), fn()
+        for _ in range(repeats):  # alternating rounds: the machine's drift hits every contender alike
+            for name, fn in contenders.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        medians = {name: float(np.median(t)) for name, t in times.items()}
+        for name, seconds in medians.items():
+            rows.append({"arch": arch, "d_in": d, "d_sae": f, "batch": b, "contender": name, "step_s": seconds,
+                         "peer_over_saejax": seconds / medians["saejax"]})
+        print(f"peers: {arch} d_sae={f}: " + ", ".join(f"{n} {s:.3f} s" for n, s in medians.items()), flush=True)
+    return {"rows": rows, "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+
+def plot_scaling(scaling_result: dict, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, x_key in ((axes[0], "over_d_sae", "d_sae"), (axes[1], "over_batch", "batch")):
+        rows = scaling_result[key]
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            mine = [r for r in rows if r["variant"] == variant]
+            ax.plot([r[x_key] for r in mine], [r["step_s"] for r in mine], "o-" if "decoder" not in variant else "s--",
+                    label=variant)
+        xs = sorted({r[x_key] for r in rows})
+        first = min(r["step_s"] for r in rows if r[x_key] == xs[0] and r["variant"] == "relu")
+        ax.plot(xs, [first * x / xs[0] for x in xs], ":", color="gray", label="linear (from relu)")
+        ax.set(xscale="log", yscale="log", xlabel=x_key, ylabel="seconds per step")
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    first = scaling_result["over_d_sae"][0]
+    axes[0].set_title(f"step time vs d_sae (d_in {first['d_in']}, batch {first['batch']})")
+    first = scaling_result["over_batch"][0]
+    axes[1].set_title(f"step time vs batch (d_in {first['d_in']}, d_sae {first['d_sae']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _gflops(rate) -> str:
+    return f"{rate / 1e9:.1f}" if rate else "–"
+
+
+def _fraction(value) -> str:
+    return f"{value:.1%}" if value is not None else "–"
+
+
+def markdown(result: dict) -> list[str]:
+    lines = [f"saejax benchmark suite · {result['machine']} · backend {result['backend']} · jax {result['jax']} · "
+             f"medians of {result['repeats']}", ""]
+    if "limits" in result:
+        lines += ["Matmul limit, same run ([B,d]x[d,F] etc.; GFLOP/s)", "",
+                  "| d_in×d_sae×batch | numpy f32 | jax f32 | jax bf16 |", "|---|---|---|---|"]
+        lines += [f"| {key} | {_gflops(r['numpy_f32'])} | {_gflops(r['jax_f32'])} | {_gflops(r['jax_bf16'])} |"
+                  for key, r in result["limits"].items()]
+        lines.append("")
+    if "steps" in result:
+        lines += ["Train steps (Adam; FLOP/s counted as 10·B·d·F, the minimal dense step)", "",
+                  "| variant | d_in | d_sae | batch | step (s) | GFLOP/s | of limit | XLA memory (MiB) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['d_in']} | {r['d_sae']} | {r['batch']} | {r['step_s']:.3f} | "
+                  f"{_gflops(r['flops_per_s_on_10BdF'])} | {_fraction(r['fraction_of_limit'])} | "
+                  f"{r.get('total_mib', 0):.0f} |" for r in result["steps"]]
+        lines.append("")
+    for title, key in (("Scaling with d_sae", "over_d_sae"), ("Scaling with batch", "over_batch")):
+        if "scaling" in result:
+            lines += [f"{title} (step seconds; scaling.png)", "", "| variant | d_in | d_sae | batch | step (s) |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {r['variant']} | {r['d_in']} | {r['d_sae']} | {r['batch']} | {r['step_s']:.4f} |"
+                      for r in result["scaling"][key]]
+            lines.append("")
+    if "precision" in result:
+        lines += ["bf16 matmuls (f32 accumulation and master params) vs f32", "",
+                  "| variant | dtype | d_sae | batch | step (s) | of limit |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['dtype']} | {r['d_sae']} | {r['batch']} | {r['step_s']:.3f} | "
+                  f"{_fraction(r['fraction_of_limit'])} |" for r in result["precision"]["timing"]]
+        lines += ["", "| training run (image patches) | dtype | steps | held-out FVU | L0 |", "|---|---|---|---|---|"]
+        lines += [f"| {r['arch']} | {r['dtype']} | {r['steps']} | {r['fvu']:.4f} | {r['l0']:.1f} |"
+                  for r in result["precision"]["training"]]
+        lines.append("")
+    if "peers" in result:
+        if "skipped" in result["peers"]:
+            lines += [f"Peers: skipped ({result['peers']['skipped']})", ""]
+        else:
+            lines += [f"PyTorch peers (torch {result['peers']['torch']}, {result['peers']['torch_threads']} threads; "
+                      "alternating rounds)", "", "| arch | d_sae | batch | contender | step (s) | × saejax's time |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {r['arch']} | {r['d_sae']} | {r['batch']} | {r['contender']} | {r['step_s']:.3f} | "
+                      f"{r['peer_over_saejax']:.2f} |" for r in result["peers"]["rows"]]
+            lines.append("")
+    return lines
+
+
+def main(argv):
+    del argv
+    unknown = set(_SECTIONS.value) - set(SECTIONS)
+    if unknown:
+        raise app.UsageError(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    plan, repeats = (QUICK if _QUICK.value else FULL), _REPEATS.value
+    out = Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"machine": platform.processor() or platform.machine(), "backend": jax.default_backend(),
+              "devices": [str(d) for d in jax.devices()], "jax": jax.__version__, "numpy": np.__version__,
+              "repeats": repeats, "quick": _QUICK.value, "malloc_tuned": runtime.tune_malloc()}
+    start = time.perf_counter()
+    for section in SECTIONS:
+        if section not in _SECTIONS.value:
+            continue
+        if section == "limits":
+            result["limits"] = limits(plan, repeats)
+        elif section == "steps":
+            result["steps"] = steps(plan, repeats, result)
+        elif section == "scaling":
+            result["scaling"] = scaling(plan, max(3, repeats // 2))
+            plot_scaling(result["scaling"], out / "scaling.png")
+        elif section == "precision":
+            result["precision"] = precision(plan, repeats, result)
+        elif section == "peers":
+            result["peers"] = peers(plan, repeats)
+        print(f"{section}: done at {time.perf_counter() - start:.0f} s", flush=True)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["seconds"] = time.perf_counter() - start
+    write_results(out, "suite", result, markdown(result))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,42 @@
+"""The benchmark suite runs end to end (tiny sizes) and writes its JSON, table and plot; the malloc
+tuning of the training entry point applies once and can be turned off. Speed itself is measured by
+`python -m benchmarks.run`, never asserted here."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from saejax import runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_suite_writes_every_section(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--repeats=1", f"--out={tmp_path}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    assert {"limits", "steps", "scaling", "precision", "peers"} <= suite.keys()
+    assert {r["variant"] for r in suite["steps"]} == {"relu", "topk sparse", "topk dense", "batchtopk", "jumprelu"}
+    assert all(r["step_s"] > 0 and r["total_mib"] > 0 for r in suite["steps"])
+    assert {r["dtype"] for r in suite["precision"]["training"]} == {"float32", "bfloat16"}
+    assert all(0 <= r["fvu"] < 2 for r in suite["precision"]["training"])
+    if "skipped" not in suite["peers"]:
+        assert {"saejax", "SAELens training step", "PyTorch plain, eager"} <= {r["contender"] for r in suite["peers"]["rows"]}
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
+    assert "| relu |" in (tmp_path / "suite.md").read_text()
+
+
+def test_tune_malloc_is_idempotent_and_can_be_turned_off():
+    """In subprocesses: the settings are process-wide and should not leak into the test session."""
+    code = "from saejax import runtime; print(runtime.tune_malloc(), runtime.tune_malloc())"
+    env = {k: v for k, v in os.environ.items() if k != runtime.DISABLE_ENV}
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    linux = str(sys.platform.startswith("linux"))
+    assert on.stdout.split() == [linux, linux]
+    off = subprocess.run([sys.executable, "-c", code], env={**env, runtime.DISABLE_ENV: "1"},
+                         capture_output=True, text=True, check=True)
+    assert off.stdout.split() == ["False", "False"]
