@@ -286,7 +286,7 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_at=None) -> L
             dead.any(), sparse_aux_loss if sparse else aux_loss, lambda *_: jnp.zeros((), jnp.float32),
             params, x, residual, out.pre_acts, dead,
         )
-        return {"auxk": schedule(step) * loss}, metrics.update_steps_since_fired(steps_since_fired, out.z)
+        return {"auxk": schedule(step) * loss}, metrics.reset_fired(steps_since_fired, metrics.fired_latents(out))
 
     return LossTerm(init, apply)
 

@@ -102,8 +102,32 @@ def update_steps_since_fired(counter: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarra
 
     counter: [d_sae] int32; z: [..., d_sae]. Returns [d_sae] of counter's dtype.
     """
-    fired = batch_axis.any_row((z != 0).reshape(-1, z.shape[-1]))
+    return reset_fired(counter, batch_axis.any_row((z != 0).reshape(-1, z.shape[-1])))
+
+
+def fired_latents(out) -> jnp.ndarray:
+    """Which latents are non-zero in any row of the batch (all replicas), from an `SAEOutput`.
+
+    Sparse TopK outputs are read from their k values per row (aux "values"/"indices"), so the
+    dense z [B, d_sae] need not be built. Returns [d_sae] bool.
+    """
+    if "indices" in out.aux:
+        values, indices = out.aux["values"], out.aux["indices"]
+        local = jnp.zeros(out.z.shape[-1], bool).at[indices.reshape(-1)].max((values != 0).reshape(-1))
+        return batch_axis.any_row(local[None])
+    return batch_axis.any_row((out.z != 0).reshape(-1, out.z.shape[-1]))
+
+
+def reset_fired(counter: jnp.ndarray, fired: jnp.ndarray) -> jnp.ndarray:
+    """`update_steps_since_fired` given the fired latents [d_sae] bool (`fired_latents`)."""
     return jnp.where(fired, jnp.zeros_like(counter), counter + 1)
+
+
+def output_l0(out) -> jnp.ndarray:
+    """`l0` of an `SAEOutput`'s latents (sparse TopK: from its k values per row). Returns []."""
+    if "indices" in out.aux:
+        return batch_axis.mean(jnp.sum(out.aux["values"] != 0, axis=-1, dtype=jnp.float32))
+    return l0(out.z)
 
 
 def dead_fraction(counter: jnp.ndarray, window: int) -> jnp.ndarray:

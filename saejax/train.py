@@ -214,7 +214,7 @@ def abstract_train_state(sae: SAE, loss: losses.LossTerm, optimizer: optax.Gradi
 def step_metrics(x: jax.Array, out, steps_since_fired: jax.Array, dead_steps: int) -> dict[str, jax.Array]:
     """Sparsity and fidelity of one batch: L0, FVU, cosine similarity, dead fraction."""
     return {
-        "l0": metrics.l0(out.z),
+        "l0": metrics.output_l0(out),
         "fvu": metrics.fvu(x, out.x_hat),
         "cos_sim": metrics.cosine_similarity(x, out.x_hat),
         "dead_fraction": metrics.dead_fraction(steps_since_fired, dead_steps),
@@ -247,7 +247,7 @@ def make_train_step(
         params = sae.update_buffers(params, out, state.step)
         if constrain:
             params = normalize_decoder_rows(params)
-        fired = metrics.update_steps_since_fired(state.steps_since_fired, out.z)
+        fired = metrics.reset_fired(state.steps_since_fired, metrics.fired_latents(out))
         new_state = TrainState(state.step + 1, params, opt_state, loss_state, fired, state.norm_scale)
         logged = {"loss": value, **{f"loss/{name}": v for name, v in terms.items()}}
         return new_state, {**logged, **step_metrics(x, out, fired, dead_steps)}

@@ -78,8 +78,12 @@ def test_sparse_training_follows_the_dense_trajectory():
         step = saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer, dead_steps=3))
         for i in range(8):
             state, logged = step(state, jnp.asarray(np.roll(x, i, axis=0)))
-        finals.append((state.params, logged))
-    (p_d, m_d), (p_s, m_s) = finals
+        finals.append((state, logged))
+    (s_d, m_d), (s_s, m_s) = finals
+    p_d, p_s = s_d.params, s_s.params
+    np.testing.assert_array_equal(s_s.steps_since_fired, s_d.steps_since_fired)  # read off the sparse values
+    np.testing.assert_array_equal(s_s.loss_state[1], s_d.loss_state[1])  # AuxK's own counters
+    assert float(m_s["l0"]) == float(m_d["l0"]) and float(m_s["dead_fraction"]) == float(m_d["dead_fraction"])
     assert float(m_d["loss/auxk"]) > 0  # some latents died after 3 steps, so AuxK was active
     for name in p_d:
         np.testing.assert_allclose(p_s[name], p_d[name], rtol=0, atol=1e-5, err_msg=name)
