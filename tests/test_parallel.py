@@ -41,11 +41,13 @@ _EQUIVALENCE = textwrap.dedent("""
     results = {}
     # SGD shows a wrongly scaled gradient at once (Adam would hide it); one Adam case for its sharded moments
     cases = {"relu": dict(l1=1.0), "relu adam": dict(l1=1.0), "topk": dict(auxk=1 / 32, dead_steps=2),
+             "topk sparse": dict(auxk=1 / 32, dead_steps=2),
              "jumprelu": dict(l0=0.01), "batchtopk": dict(auxk=1 / 32, dead_steps=2),
              "relu kl balance": dict(l1=0.0, kl=0.1, balance=0.1)}
     for name, terms in cases.items():
         c = saejax.base_config()
         c.sae.arch, c.sae.d_sae, c.sae.k = name.split()[0], 64, 4
+        c.sae.sparse = "true" if "sparse" in name else "auto"
         c.loss.l1 = 0.0
         for key, value in terms.items():
             c.loss[key] = value
@@ -113,7 +115,7 @@ def run_on_eight_devices(tmp_path, script_text: str):
 
 def test_pmap_and_mesh_steps_match_the_single_device_run(tmp_path):
     results = run_on_eight_devices(tmp_path, _EQUIVALENCE)
-    assert len(results) == 6 * 4
+    assert len(results) == 7 * 4
     for name, r in results.items():
         assert r["rel"] < 1e-5, (name, r)  # params, optimizer state, loss-term state
         assert r["same_ints"], name  # step and dead-latent counters
