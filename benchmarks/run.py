@@ -15,8 +15,10 @@ Sections (each timed in this one process, medians, so that ratios compare like w
   float32: step time, and the held-out FVU of the same training run (experiments/train.py on the
   default image-patch config, relu and topk).
 - peers: PyTorch 2.13 CPU reference steps (SAELens' own training step; a plain module, eager and
-  torch.compile) against saejax on the same SAE, sizes and optimizer (Adam), timed in alternating
-  rounds; ratio = peer time / saejax time. Needs torch and sae-lens (the `test` extra).
+  torch.compile) against saejax on the same SAE, sizes and optimizer (Adam), each in a fresh process
+  (benchmarks/peer_step.py), in alternating rounds; ratio = peer time / saejax time. Needs torch
+  and sae-lens (the `test` extra). In one process, torch's threads slowed saejax's TopK step at
+  d_sae 32768 from 1.9 s to 4.4 s, hence the separate processes.
 
 Writes OUT/suite.json, OUT/suite.md and OUT/scaling.png (OUT: benchmarks/results). --quick runs
 tiny sizes in about a minute (the test suite runs it); the full suite takes ~25 min on 2 CPU cores.
@@ -32,25 +34,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from saejax import runtime
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
 
-runtime.tune_malloc()  # before jax allocates anything, as in experiments/train.py
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-import saejax  # noqa: E402
-from benchmarks import median_seconds, numpy_matmul_rate, time_steps, write_results  # noqa: E402
-from saejax import losses  # noqa: E402
-from saejax import sae as sae_lib  # noqa: E402
+import saejax
+from benchmarks import median_seconds, numpy_matmul_rate, time_steps, write_results
+from saejax import losses, runtime
+from saejax import sae as sae_lib
 
 SECTIONS = ("limits", "steps", "scaling", "precision", "peers")
 _SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Which sections to run ({', '.join(SECTIONS)}).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions per measurement (medians are reported).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes: checks that every section runs, in about a minute.")
+_PEERS_MALLOC = flags.DEFINE_enum("peers_malloc", "tuned", ["tuned", "default"], "peers: every contender's process "
+                                  "with saejax.runtime.tune_malloc() (tuned: equal conditions) or glibc's defaults.")
 _OUT = flags.DEFINE_string("out", str(Path(__file__).parent / "results"), "Output directory.")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,44 +226,37 @@ def precision(plan: dict, repeats: int, result: dict) -> dict:
     return {"timing": timing, "training": runs}
 
 
+CONTENDERS = {"saejax": "saejax", "saelens": "SAELens training step", "plain": "PyTorch plain, eager",
+              "compiled": "PyTorch plain, torch.compile"}
+
+
+def peer_seconds(contender: str, arch: str, d: int, f: int, b: int, steps_: int, malloc: str) -> float:
+    """Median step seconds of one contender in a fresh process (benchmarks/peer_step.py)."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.peer_step", f"--contender={contender}", f"--arch={arch}",
+                             f"--d_in={d}", f"--d_sae={f}", f"--batch={b}", f"--steps={steps_}", f"--malloc={malloc}"],
+                            cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["step_s"]
+
+
 def peers(plan: dict, repeats: int) -> dict:
     try:
+        import sae_lens  # noqa: F401, PLC0415
         import torch  # noqa: PLC0415
-
-        from benchmarks import torch_reference  # noqa: PLC0415
     except ImportError as e:
-        return {"skipped": f"PyTorch not installed ({e}); pip install -e '.[test]'"}
-    rows = []
+        return {"skipped": f"PyTorch or sae-lens not installed ({e}); pip install -e '.[test]'"}
+    rows, rounds = [], max(1, min(3, repeats))
     for arch, (d, f, b) in plan["peer_sizes"]:
-        x = random_batch(b, d)
-        x_torch = torch.from_numpy(np.asarray(x).copy())
-        step, state, _ = saejax_setup(arch, d, f, x)
-        holder = [state]
-
-        def saejax_step(step=step, x=x):
-            holder[0], out = step(holder[0], x)
-            jax.block_until_ready(out)
-
-        contenders = {"saejax": saejax_step,
-                      "SAELens training step": torch_reference.saelens_step(arch, d, f, x_torch, k=K),
-                      "PyTorch plain, eager": torch_reference.plain_step(arch, d, f, x_torch, k=K)}
-        if f <= plan["compile_peers_up_to"]:
-            contenders["PyTorch plain, torch.compile"] = torch_reference.plain_step(arch, d, f, x_torch, k=K,
-                                                                                    compile=True)
-        times = {name: [] for name in contenders}
-        for name, fn in contenders.items():  # warm-up (and compilation) outside the timed rounds
-            fn(), fn()
-        for _ in range(repeats):  # alternating rounds: the machine's drift hits every contender alike
-            for name, fn in contenders.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        medians = {name: float(np.median(t)) for name, t in times.items()}
-        for name, seconds in medians.items():
-            rows.append({"arch": arch, "d_in": d, "d_sae": f, "batch": b, "contender": name, "step_s": seconds,
-                         "peer_over_saejax": seconds / medians["saejax"]})
-        print(f"peers: {arch} d_sae={f}: " + ", ".join(f"{n} {s:.3f} s" for n, s in medians.items()), flush=True)
-    return {"rows": rows, "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+        contenders = [c for c in CONTENDERS if c != "compiled" or f <= plan["compile_peers_up_to"]]
+        times = {c: [] for c in contenders}
+        for _ in range(rounds):  # alternating rounds of fresh processes: drift hits every contender alike
+            for c in contenders:
+                times[c].append(peer_seconds(c, arch, d, f, b, repeats, _PEERS_MALLOC.value))
+        medians = {c: float(np.median(t)) for c, t in times.items()}
+        for c, seconds in medians.items():
+            rows.append({"arch": arch, "d_in": d, "d_sae": f, "batch": b, "contender": CONTENDERS[c], "step_s": seconds,
+                         "peer_over_saejax": seconds / medians["saejax"], "rounds": times[c]})
+        print(f"peers: {arch} d_sae={f}: " + ", ".join(f"{c} {s:.3f} s" for c, s in medians.items()), flush=True)
+    return {"rows": rows, "torch": torch.__version__, "malloc": _PEERS_MALLOC.value, "rounds": rounds}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,8 +337,8 @@ def markdown(result: dict) -> list[str]:
         if "skipped" in result["peers"]:
             lines += [f"Peers: skipped ({result['peers']['skipped']})", ""]
         else:
-            lines += [f"PyTorch peers (torch {result['peers']['torch']}, {result['peers']['torch_threads']} threads; "
-                      "alternating rounds)", "", "| arch | d_sae | batch | contender | step (s) | × saejax's time |",
+            lines += [f"PyTorch peers (torch {result['peers']['torch']}; each contender in its own process, malloc "
+                      f"{result['peers']['malloc']}; median of {result['peers']['rounds']} alternating rounds)", "", "| arch | d_sae | batch | contender | step (s) | × saejax's time |",
                       "|---|---|---|---|---|---|"]
             lines += [f"| {r['arch']} | {r['d_sae']} | {r['batch']} | {r['contender']} | {r['step_s']:.3f} | "
                       f"{r['peer_over_saejax']:.2f} |" for r in result["peers"]["rows"]]
@@ -358,12 +351,13 @@ def main(argv):
     unknown = set(_SECTIONS.value) - set(SECTIONS)
     if unknown:
         raise app.UsageError(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    malloc_tuned = runtime.tune_malloc()  # before the first computation, as in experiments/train.py
     plan, repeats = (QUICK if _QUICK.value else FULL), _REPEATS.value
     out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": platform.processor() or platform.machine(), "backend": jax.default_backend(),
               "devices": [str(d) for d in jax.devices()], "jax": jax.__version__, "numpy": np.__version__,
-              "repeats": repeats, "quick": _QUICK.value, "malloc_tuned": runtime.tune_malloc()}
+              "repeats": repeats, "quick": _QUICK.value, "malloc_tuned": malloc_tuned}
     start = time.perf_counter()
     for section in SECTIONS:
         if section not in _SECTIONS.value:
