@@ -41,7 +41,7 @@ Params = dict[str, Any]
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka", "mlp")
 # sparse="auto" picks the sparse TopK path when d_sae >= SPARSE_MIN_RATIO * k (see BUILD_NOTES, issue 8).
-SPARSE_MIN_RATIO = 64
+SPARSE_MIN_RATIO = 256
 TIEABLE = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 # The running mean of BatchTopK's smallest selected activation becomes an EMA after this many steps.
 THRESHOLD_WINDOW = 100
