@@ -2,8 +2,8 @@
 
 The suite: ``python -m benchmarks.run`` (step times, FLOP/s against the same-run matmul rate,
 memory, scaling with d_sae and batch, bf16, the PyTorch peers). Shared pieces: `median_seconds` /
-`time_steps` (timing), `numpy_matmul_rate` (the limit), `relu_l1_setup` (the saejax step most
-benchmarks compare against) and `write_results`.
+`time_steps` (timing), `numpy_matmul_rate` (the limit), `train_setup` / `relu_l1_setup` (saejax's
+steps, and the one most benchmarks compare against) and `write_results`.
 """
 
 import json
@@ -43,14 +43,27 @@ def time_steps(step, state, batch, repeats: int, warmup: int = 2) -> float:
     return median_seconds(one, repeats, warmup)
 
 
-def relu_l1_setup(d_in: int, d_sae: int, x):
-    """(jitted saejax ReLU + L1 (5.0) Adam (1e-4) train step, its initial state) for batches x [B, d_in];
-    b_dec and the normalisation come from the first 1024 rows of x."""
-    sae = saejax.make_sae("relu", d_in, d_sae)
-    loss = losses.chain(losses.mse(), losses.l1(5.0))
+def train_setup(arch: str, d_in: int, d_sae: int, x, **sae_options):
+    """(jitted saejax train step, its initial state) for batches x [B, d_in] of `arch` (k = 32):
+    MSE + L1 5.0 (relu), + AuxK 1/32 (topk, batchtopk), + L0 1e-3 (jumprelu); Adam 1e-4. b_dec and
+    the normalisation come from the first 1024 rows of x."""
+    sae = saejax.make_sae(arch, d_in, d_sae, **sae_options)
+    terms = [losses.mse()]
+    if arch == "relu":
+        terms.append(losses.l1(5.0))
+    elif arch in ("topk", "batchtopk"):
+        terms.append(losses.auxk(1 / 32, d_in // 2, 1000, sae.pre_acts_at))
+    elif arch == "jumprelu":
+        terms.append(losses.jumprelu_l0(1e-3, sae.hparams["bandwidth"]))
+    loss = losses.chain(*terms)
     optimizer = saejax.make_optimizer(optax.adam(1e-4), sae)
     state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), np.asarray(x[:1024]))
     return saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer)), state
+
+
+def relu_l1_setup(d_in: int, d_sae: int, x):
+    """`train_setup` of the ReLU + L1 step most benchmarks compare against."""
+    return train_setup("relu", d_in, d_sae, x)
 
 
 def numpy_matmul_rate(b: int, d: int, f: int, repeats: int) -> dict:

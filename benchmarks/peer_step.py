@@ -29,13 +29,12 @@ def main(argv):
     import numpy as np  # noqa: PLC0415
 
     from benchmarks import median_seconds  # noqa: PLC0415
+    from benchmarks.run import K, saejax_setup  # noqa: PLC0415
 
     d, f, b = _D_IN.value, _D_SAE.value, _BATCH.value
     x = np.random.default_rng(1).standard_normal((b, d), dtype=np.float32)
     if _CONTENDER.value == "saejax":
         import jax  # noqa: PLC0415
-
-        from benchmarks.run import K, saejax_setup  # noqa: PLC0415
 
         batch = jax.numpy.asarray(x)
         step, state, _ = saejax_setup(_ARCH.value, d, f, batch)
@@ -49,12 +48,11 @@ def main(argv):
 
         from benchmarks import torch_reference  # noqa: PLC0415
 
-        k = 32
         x_torch = torch.from_numpy(x)
         if _CONTENDER.value == "saelens":
-            one = torch_reference.saelens_step(_ARCH.value, d, f, x_torch, k=k)
+            one = torch_reference.saelens_step(_ARCH.value, d, f, x_torch, k=K)
         else:
-            one = torch_reference.plain_step(_ARCH.value, d, f, x_torch, k=k, compile=_CONTENDER.value == "compiled")
+            one = torch_reference.plain_step(_ARCH.value, d, f, x_torch, k=K, compile=_CONTENDER.value == "compiled")
     print(json.dumps({"step_s": median_seconds(one, _STEPS.value, warmup=2)}), flush=True)
 
 

@@ -37,12 +37,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags
 
-import saejax
-from benchmarks import median_seconds, numpy_matmul_rate, time_steps, write_results
-from saejax import losses, runtime
+from benchmarks import median_seconds, numpy_matmul_rate, time_steps, train_setup, write_results
+from saejax import runtime
 from saejax import sae as sae_lib
 
 SECTIONS = ("limits", "steps", "scaling", "precision", "peers")
@@ -79,20 +77,9 @@ def random_batch(b: int, d: int, seed: int = 1) -> jax.Array:
 
 
 def saejax_setup(arch: str, d: int, f: int, x: jax.Array, **sae_options):
-    """(compiled step, initial state, its memory analysis) of saejax's train step for `arch`:
-    MSE + L1 5.0 (relu), + AuxK 1/32 (topk, batchtopk), + L0 1e-3 (jumprelu); Adam 1e-4."""
-    sae = saejax.make_sae(arch, d, f, k=K, **sae_options)
-    terms = [losses.mse()]
-    if arch == "relu":
-        terms.append(losses.l1(5.0))
-    elif arch in ("topk", "batchtopk"):
-        terms.append(losses.auxk(1 / 32, d // 2, 1000, sae.pre_acts_at))
-    elif arch == "jumprelu":
-        terms.append(losses.jumprelu_l0(1e-3, sae.hparams["bandwidth"]))
-    loss = losses.chain(*terms)
-    optimizer = saejax.make_optimizer(optax.adam(1e-4), sae)
-    state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), np.asarray(x[:1024]))
-    compiled = saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer)).lower(state, x).compile()
+    """(compiled step, initial state, its memory analysis) of `benchmarks.train_setup` for `arch`, k = K."""
+    step, state = train_setup(arch, d, f, x, k=K, **sae_options)
+    compiled = step.lower(state, x).compile()
     return compiled, state, compiled.memory_analysis()
 
 

@@ -24,11 +24,11 @@ import numpy as np
 
 from saejax import checkpoint, downstream, export, train
 from saejax.downstream import linear_probe_accuracy, roc_auc
+from saejax.errors import DataError
+from saejax.sae import sae_from_config
 
 __all__ = ["load", "encode", "reconstruct", "feature_density", "dead_latents", "top_activating", "pca_fvu",
            "linear_probe_accuracy", "roc_auc"]
-from saejax.errors import DataError
-from saejax.sae import sae_from_config
 
 EXPORT_CONFIG = "saejax_config.json"
 

@@ -116,24 +116,23 @@ HELD_OUT_EVERY = 10
 CHARS_PER_TOKEN = 3  # texts are cut into windows of CHARS_PER_TOKEN · context_length characters
 
 
-def corpus_texts(text_glob: str, context_length: int) -> Iterable[str]:
+def corpus_texts(text_glob: str, context_length: int, held_out: bool | None = None) -> Iterable[str]:
     """The paragraphs of `text_glob`'s files (or, with "", of the standard library's docstrings and
     source), long ones cut into windows that fit `context_length` tokens (~3.4 characters per token
-    for Gemma on the standard library, ~4 for English prose: under 3 % of windows are truncated)."""
+    for Gemma on the standard library, ~4 for English prose: under 3 % of windows are truncated).
+    held_out=True keeps only every HELD_OUT_EVERY-th paragraph, False all the others, None all."""
     from saejax.models import corpus  # noqa: PLC0415
 
     texts = corpus.text_files(text_glob) if text_glob else corpus.stdlib_text()
+    if held_out is not None:  # whole paragraphs are held out, before they are cut into windows
+        texts = (text for i, text in enumerate(texts) if (i % HELD_OUT_EVERY == 0) == held_out)
     return corpus.windows(texts, CHARS_PER_TOKEN * context_length)
 
 
 def run_texts(model_config, held_out: bool) -> Iterable[str]:
     """The run's texts (`corpus_texts` of model.text_glob) without (or, with `held_out`, only) the
     windows of every HELD_OUT_EVERY-th paragraph, which the splice evaluation uses."""
-    from saejax.models import corpus  # noqa: PLC0415
-
-    texts = corpus.text_files(model_config.text_glob) if model_config.text_glob else corpus.stdlib_text()
-    kept = (text for i, text in enumerate(texts) if (i % HELD_OUT_EVERY == 0) == held_out)
-    return corpus.windows(kept, CHARS_PER_TOKEN * model_config.context_length)
+    return corpus_texts(model_config.text_glob, model_config.context_length, held_out)
 
 
 def prepare_run(config, workdir: Path):

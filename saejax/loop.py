@@ -268,12 +268,12 @@ def splice_evaluation(config, workdir: Path, text_model, sae: SAE, state: train.
     dashboards of `model.dashboard_latents` latents in workdir/dashboards."""
     params = export.fold_norm_scale(state.params, float(state.norm_scale))  # act on raw activations
     m = config.model
-    report = splice.evaluate(text_model, sae, params, harvest.run_texts(m, held_out=True), layer=m.layer,
-                             site=m.site, context_length=m.context_length, max_texts=m.eval_texts)
+    texts = list(itertools.islice(harvest.run_texts(m, held_out=True), m.eval_texts))
+    report = splice.evaluate(text_model, sae, params, texts, layer=m.layer, site=m.site,
+                             context_length=m.context_length, max_texts=m.eval_texts)
     if m.dashboard_latents:
-        dashboards.write(text_model, sae, params, harvest.run_texts(m, held_out=True), layer=m.layer, site=m.site,
-                         out_dir=workdir / "dashboards", n_latents=m.dashboard_latents,
-                         max_texts=m.eval_texts, context_length=m.context_length)
+        dashboards.write(text_model, sae, params, texts, layer=m.layer, site=m.site, out_dir=workdir / "dashboards",
+                         n_latents=m.dashboard_latents, max_texts=m.eval_texts, context_length=m.context_length)
     return {f"splice/{key}": value for key, value in report.items()}
 
 

@@ -20,6 +20,7 @@ Reductions: per-row sums over d_in or d_sae, then the mean over the batch (as SA
 literature write ||x - x̂||² + λ Σ_i |z_i|).
 """
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -259,19 +260,20 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_at=None) -> L
     def init(sae):
         return jnp.zeros((sae.d_sae,), jnp.int32)
 
-    def aux_loss(params, x, residual, pre_acts, dead):
-        k = min(k_aux, pre_acts.shape[-1])
+    def dead_latents_top_k(params, x, pre_acts, dead, k, sparse):
+        """The k largest ReLU'd pre-activations among dead latents, zeros elsewhere: [B, d_sae]. Sparse:
+        their gradient goes through `pre_acts_at` (pre_acts carry none); dense: through pre_acts."""
         dead_pre = jnp.where(dead, pre_acts, -jnp.inf)
-        z_aux = activations.topk(dead_pre, k)
-        z_aux = jnp.where(jnp.isfinite(z_aux), z_aux, 0.0)
-        scale = jnp.minimum(1.0, jnp.sum(dead) / k)
-        return scale * squared_error(residual, z_aux @ params["W_dec"])
-
-    def sparse_aux_loss(params, x, residual, pre_acts, dead):
-        k = min(k_aux, pre_acts.shape[-1])
-        candidates, indices = jax.lax.top_k(jnp.where(dead, pre_acts, -jnp.inf), k)
+        if not sparse:
+            z_aux = activations.topk(dead_pre, k)
+            return jnp.where(jnp.isfinite(z_aux), z_aux, 0.0)
+        candidates, indices = jax.lax.top_k(dead_pre, k)
         values = jnp.where(jnp.isfinite(candidates), jax.nn.relu(pre_acts_at(params, x, pre_acts, indices)), 0.0)
-        z_aux = sae_lib.scatter_rows(values, indices, pre_acts.shape[-1])
+        return sae_lib.scatter_rows(values, indices, pre_acts.shape[-1])
+
+    def aux_loss(params, x, residual, pre_acts, dead, sparse):
+        k = min(k_aux, pre_acts.shape[-1])
+        z_aux = dead_latents_top_k(params, x, pre_acts, dead, k, sparse)
         scale = jnp.minimum(1.0, jnp.sum(dead) / k)
         return scale * squared_error(residual, z_aux @ params["W_dec"])
 
@@ -283,7 +285,7 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_at=None) -> L
             raise ConfigError("this SAE takes the sparse TopK path, whose pre_acts carry no gradient: build the "
                               "AuxK term with pre_acts_at=sae.pre_acts_at (loss_from_config does)")
         loss = jax.lax.cond(
-            dead.any(), sparse_aux_loss if sparse else aux_loss, lambda *_: jnp.zeros((), jnp.float32),
+            dead.any(), functools.partial(aux_loss, sparse=sparse), lambda *_: jnp.zeros((), jnp.float32),
             params, x, residual, out.pre_acts, dead,
         )
         return {"auxk": schedule(step) * loss}, metrics.reset_fired(steps_since_fired, metrics.fired_latents(out))

@@ -159,18 +159,19 @@ def selected_pre_acts(x: jax.Array, b_dec: jax.Array, w_enc: jax.Array, b_enc: j
 
 
 def _selected_pre_acts_fwd(x, b_dec, w_enc, b_enc, pre_acts, indices):
-    return selected_pre_acts(x, b_dec, w_enc, b_enc, pre_acts, indices), (x - b_dec, w_enc, pre_acts, indices)
+    return selected_pre_acts(x, b_dec, w_enc, b_enc, pre_acts, indices), (x - b_dec, w_enc, indices)
 
 
 def _selected_pre_acts_bwd(residuals, g):
-    centered, w_enc, pre_acts, indices = residuals
+    centered, w_enc, indices = residuals
     flat = indices.reshape(-1)
     d_b_enc = jnp.zeros(w_enc.shape[1], g.dtype).at[flat].add(g.reshape(-1))
     rows = (g[:, :, None] * centered[:, None, :]).reshape(flat.shape[0], -1)  # [B·n, d]
     d_w_enc = jnp.zeros(w_enc.shape[::-1], g.dtype).at[flat].add(rows).T  # scatter into [F, d] rows
     d_b_dec = -(d_b_enc @ w_enc.T)
     d_x = jnp.einsum("bn,bnd->bd", g, w_enc.T[indices])  # dead code under jit when x is data
-    return d_x, d_b_dec, d_w_enc, d_b_enc, jnp.zeros_like(pre_acts), None
+    d_pre_acts = jnp.zeros((g.shape[0], w_enc.shape[1]), g.dtype)  # pre_acts carry no gradient
+    return d_x, d_b_dec, d_w_enc, d_b_enc, d_pre_acts, None
 
 
 selected_pre_acts.defvjp(_selected_pre_acts_fwd, _selected_pre_acts_bwd)
@@ -443,17 +444,17 @@ def make_sae(
 
         latent_axes = {"b_dec": None}
 
+    dense_forward = functools.partial(_forward, encode_fn, decode_fn)
     if arch == "matryoshka":
         hparams["prefixes"] = prefixes
         forward_impl = functools.partial(_forward_matryoshka, encode_fn, dtype, prefixes)
     elif sparse:
         sparse_forward = functools.partial(_forward_sparse, functools.partial(_encode_topk_sparse, dtype=dtype, k=k), dtype)
-        dense_forward = functools.partial(_forward, encode_fn, decode_fn)
 
         def forward_impl(params, x, train=True):  # dense when the latents are split over a mesh
             return (dense_forward if latent_axis.sharded_mesh() is not None else sparse_forward)(params, x, train)
     else:
-        forward_impl = functools.partial(_forward, encode_fn, decode_fn)
+        forward_impl = dense_forward
 
     def forward(params, x, train=True):
         _check_width(x, d_in)

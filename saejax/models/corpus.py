@@ -63,23 +63,23 @@ def text_files(pattern: str) -> Iterator[str]:
             yield from paragraphs(f.read())
 
 
-def _stdlib_files() -> list[tuple[str, str]]:
-    """(path, path relative to the stdlib) of its .py files, sorted; tests, idlelib, lib2to3 and
-    site-packages left out."""
+def _stdlib_files() -> list[str]:
+    """Paths of the standard library's .py files, sorted; tests, idlelib, lib2to3 and site-packages
+    left out."""
     root = sysconfig.get_paths()["stdlib"]
     files = []
     for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
         relative = os.path.relpath(path, root)
         if "site-packages" in relative or relative.startswith(("test", "idlelib", "lib2to3")) or "/test" in relative:
             continue
-        files.append((path, relative))
+        files.append(path)
     return files
 
 
 def stdlib_text() -> Iterator[str]:
     """The standard library's docstrings (`stdlib_docstrings`), then its source files' paragraphs."""
     yield from stdlib_docstrings()
-    for path, _ in _stdlib_files():
+    for path in _stdlib_files():
         with open(path, encoding="utf-8", errors="replace") as f:
             yield from paragraphs(f.read())
 
@@ -87,7 +87,7 @@ def stdlib_text() -> Iterator[str]:
 def stdlib_docstrings() -> Iterator[str]:
     """Paragraphs of the module, class and function docstrings of the standard library's .py files
     (read with `ast`, nothing imported; test packages and site-packages left out)."""
-    for path, _ in _stdlib_files():
+    for path in _stdlib_files():
         try:
             with open(path, encoding="utf-8") as f:
                 tree = ast.parse(f.read())
