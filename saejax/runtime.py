@@ -7,6 +7,11 @@ step page-faults its scratch memory in again: 6-11 % of a dense step on the 2-co
 large blocks, no trimming), which is what ``GLIBC_TUNABLES=glibc.malloc.arena_max=1:
 glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...`` does, but from inside Python. The price: the
 process keeps its peak heap size until it exits, which a training run does anyway.
+
+The trim threshold is mallopt's -1, which glibc reads as SIZE_MAX (never trim). The largest positive
+int, 2**31 - 1, let glibc return any free block past 2 GiB at the top of the heap: a step whose
+scratch passes 2 GiB (a sparse TopK step at d_sae 32768, batch 4096, with AuxK: 3.3 GiB) faulted
+470-640k pages in again on every step, 1.8-2.5 GiB (BUILD_NOTES, "Performance suite").
 """
 
 import ctypes
@@ -33,6 +38,6 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):  # musl and other libcs have no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    settings = [(_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)]
+    settings = [(_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)]  # -1: SIZE_MAX
     _done = all(mallopt(param, value) == 1 for param, value in settings)
     return _done

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from saejax import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +42,24 @@ def test_tune_malloc_is_idempotent_and_can_be_turned_off():
     off = subprocess.run([sys.executable, "-c", code], env={**env, runtime.DISABLE_ENV: "1"},
                          capture_output=True, text=True, check=True)
     assert off.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_tune_malloc_keeps_a_freed_block_over_2_gib():
+    """A step's scratch past 2 GiB (d_sae 32768, batch 4096) must stay in the heap when freed: a trim
+    threshold capped at INT_MAX returned it to the system, and the next step faulted it in again."""
+    code = """if True:
+        import ctypes
+        from saejax import runtime
+        assert runtime.tune_malloc()
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+        block = libc.malloc(3 << 30)  # never touched: no page is faulted in
+        top = libc.sbrk(0)
+        libc.free(ctypes.c_void_p(block))
+        print(block < top, libc.sbrk(0) == top)  # from the heap, and the heap did not shrink
+    """
+    env = {k: v for k, v in os.environ.items() if k != runtime.DISABLE_ENV}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "True"]
