@@ -43,21 +43,33 @@ def time_steps(step, state, batch, repeats: int, warmup: int = 2) -> float:
     return median_seconds(one, repeats, warmup)
 
 
-def train_setup(arch: str, d_in: int, d_sae: int, x, **sae_options):
+AUXK_DEAD_STEPS = 1000
+
+
+def train_setup(arch: str, d_in: int, d_sae: int, x, dead_fraction: float = 0.0, **sae_options):
     """(jitted saejax train step, its initial state) for batches x [B, d_in] of `arch` (k = 32):
     MSE + L1 5.0 (relu), + AuxK 1/32 (topk, batchtopk), + L0 1e-3 (jumprelu); Adam 1e-4. b_dec and
-    the normalisation come from the first 1024 rows of x."""
+    the normalisation come from the first 1024 rows of x. dead_fraction (AuxK archs): that share of
+    the latents starts dead (silent for AUXK_DEAD_STEPS steps) and stays dead (encoder bias -1000), so
+    AuxK runs on every step, as through most of a long run; otherwise nothing is dead for 1000 steps."""
     sae = saejax.make_sae(arch, d_in, d_sae, **sae_options)
     terms = [losses.mse()]
     if arch == "relu":
         terms.append(losses.l1(5.0))
     elif arch in ("topk", "batchtopk"):
-        terms.append(losses.auxk(1 / 32, d_in // 2, 1000, sae.pre_acts_at))
+        terms.append(losses.auxk(1 / 32, d_in // 2, AUXK_DEAD_STEPS, sae.pre_acts_of))
     elif arch == "jumprelu":
         terms.append(losses.jumprelu_l0(1e-3, sae.hparams["bandwidth"]))
+    if dead_fraction and arch not in ("topk", "batchtopk"):
+        raise ValueError(f"dead_fraction is for the AuxK archs (topk, batchtopk), not {arch!r}")
     loss = losses.chain(*terms)
     optimizer = saejax.make_optimizer(optax.adam(1e-4), sae)
     state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), np.asarray(x[:1024]))
+    if dead_fraction:  # dead from the first step, and kept dead by a very negative encoder bias
+        n_dead = int(dead_fraction * d_sae)
+        mse_state, counters = state.loss_state
+        params = {**state.params, "b_enc": state.params["b_enc"].at[:n_dead].set(-1e3)}
+        state = state._replace(params=params, loss_state=(mse_state, counters.at[:n_dead].set(AUXK_DEAD_STEPS)))
     return saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer)), state
 
 

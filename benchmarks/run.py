@@ -5,7 +5,8 @@ r"""The performance suite (issue 8): one command, JSON + a markdown table + a sc
 Sections (each timed in this one process, medians, so that ratios compare like with like):
 - limits: the matmul rate this machine reaches on the step's own shapes: numpy f32 into preallocated
   outputs (on CPU, the ceiling) and jax.jit(jnp.matmul) in f32 and bf16 (on GPU/TPU, the ceiling).
-- steps: train-step time of relu+L1, topk (sparse and dense), batchtopk and jumprelu at each size,
+- steps: train-step time of relu+L1, topk (sparse and dense; sparse also with 5 % and 20 % of the
+  latents dead, so that AuxK runs as it does through most of a long run), batchtopk and jumprelu at each size,
   with FLOP/s counted as the 10·B·d·F FLOPs a minimal dense step needs, that rate as a fraction of
   the limit, and XLA's memory for the step (arguments + outputs + scratch).
 - scaling: step time over d_sae = 2^12…2^16 (batch 1024) and over batch = 2^8…2^12 (d_sae 8192) for
@@ -66,8 +67,10 @@ QUICK = {
     "peer_sizes": [("relu", (64, 2048, 256)), ("topk", (64, 2048, 256))],
     "compile_peers_up_to": 0, "precision_steps": 30, "precision_archs": ("relu",),
 }
-VARIANTS = {  # name -> (arch, make_sae options)
+VARIANTS = {  # name -> (arch, train_setup options)
     "relu": ("relu", {}), "topk sparse": ("topk", {"sparse": True}), "topk dense": ("topk", {"sparse": False}),
+    "topk sparse, 5% dead": ("topk", {"sparse": True, "dead_fraction": 0.05}),
+    "topk sparse, 20% dead": ("topk", {"sparse": True, "dead_fraction": 0.2}),
     "batchtopk": ("batchtopk", {}), "jumprelu": ("jumprelu", {}),
 }
 

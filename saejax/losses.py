@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from saejax import activations, batch_axis, metrics
+from saejax import activations, batch_axis, latent_axis, metrics
 from saejax import sae as sae_lib
 from saejax.errors import ConfigError
 
@@ -245,49 +245,93 @@ def activation_balance(coeff: Coefficient) -> LossTerm:
     return stateless(term)
 
 
-def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_at=None) -> LossTerm:
+# AuxK encodes only the dead latents, gathered into a sub-dictionary of the smallest of these
+# capacities (fractions of d_sae, none under AUXK_MIN_CAPACITY latents; d_sae itself always) that
+# holds them all. See `auxk`.
+AUXK_CAPACITY_FRACTIONS = (1 / 16, 1 / 4)
+AUXK_MIN_CAPACITY = 512  # smaller dictionaries run AuxK whole: cheap, and one branch less to compile
+
+
+def auxk_capacities(d_sae: int) -> tuple[int, ...]:
+    """The sub-dictionary sizes AuxK can take, ascending; the last is d_sae (every latent)."""
+    if latent_axis.sharded_mesh() is not None:  # a gather across the latent shards undoes the split
+        return (d_sae,)
+    smaller = {int(d_sae * f) for f in AUXK_CAPACITY_FRACTIONS}
+    return tuple(sorted(c for c in smaller if AUXK_MIN_CAPACITY <= c < d_sae)) + (d_sae,)
+
+
+def switch_with_gradient(index: jax.Array, branches, params, *data) -> jax.Array:
+    """``lax.switch(index, branches, params, *data)`` for scalar-valued branches, differentiable in
+    params only (data gets no gradient). The branch taken computes its value and its params gradient
+    together (``jax.value_and_grad``), so a step pays for that branch alone. Differentiating a plain
+    `lax.switch` instead makes every branch also return the union of all branches' residuals: a
+    skipped AuxK then still filled [B, d_sae] arrays of zeros on every step."""
+
+    @jax.custom_vjp
+    def switch(index, params, *data):
+        return jax.lax.switch(index, branches, params, *data)
+
+    def forward(index, params, *data):
+        return jax.lax.switch(index, [jax.value_and_grad(b) for b in branches], params, *data)
+
+    def backward(grads, g):
+        return (None, jax.tree.map(lambda d: g * d, grads)) + (None,) * len(data)
+
+    switch.defvjp(forward, backward)
+    return switch(index, params, *data)
+
+
+def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_of=None) -> LossTerm:
     """AuxK (Gao et al. 2024): the k_aux largest pre-activations among dead latents (silent for
     `dead_steps` steps) reconstruct the main reconstruction's residual e = x - x̂:
-    λ · mean_b ||e - ê||² · min(1, n_dead / k), k = min(k_aux, d_sae), zero (and skipped) when no
-    latent is dead.
-    pre_acts_at: the SAE's `pre_acts_at` (sparse TopK SAEs, whose pre_acts carry no gradient): the
-    selected pre-activations then get their gradient through it, sparse like the SAE's own.
+    λ · mean_b ||e - ê||² · min(1, n_dead / k), k = min(k_aux, d_sae), zero when no latent is dead.
+
+    Cost follows the number of dead latents: the term gathers them (padded to the smallest of
+    `auxk_capacities(d_sae)` that holds them) into a sub-dictionary and encodes, selects and decodes
+    over it alone, [B, d_in] x [d_in, n] instead of [B, d_in] x [d_in, d_sae]; with none dead it
+    computes nothing. It never reads `SAEOutput.pre_acts`, so it works the same for dense and sparse
+    TopK SAEs.
+    pre_acts_of: the SAE's `pre_acts_of` (params, x, latents [n] or None) -> [B, n]; default: a
+    linear encoder's (x - b_dec) @ W_enc[:, latents] + b_enc[latents] in float32.
     State: steps since each latent last fired [d_sae] int32."""
     schedule = as_schedule(coeff, "loss.auxk")
     if k_aux <= 0 or dead_steps <= 0:
         raise ConfigError(f"loss.auxk_k={k_aux} and loss.dead_steps={dead_steps} must be > 0")
+    encode = pre_acts_of or functools.partial(sae_lib.linear_pre_acts_of, dtype="float32")
 
     def init(sae):
         return jnp.zeros((sae.d_sae,), jnp.int32)
 
-    def dead_latents_top_k(params, x, pre_acts, dead, k, sparse):
-        """The k largest ReLU'd pre-activations among dead latents, zeros elsewhere: [B, d_sae]. Sparse:
-        their gradient goes through `pre_acts_at` (pre_acts carry none); dense: through pre_acts."""
-        dead_pre = jnp.where(dead, pre_acts, -jnp.inf)
-        if not sparse:
-            z_aux = activations.topk(dead_pre, k)
-            return jnp.where(jnp.isfinite(z_aux), z_aux, 0.0)
-        candidates, indices = jax.lax.top_k(dead_pre, k)
-        values = jnp.where(jnp.isfinite(candidates), jax.nn.relu(pre_acts_at(params, x, pre_acts, indices)), 0.0)
-        return sae_lib.scatter_rows(values, indices, pre_acts.shape[-1])
+    def dead_latents_loss(capacity):
+        """The AuxK loss over a sub-dictionary of `capacity` latents holding every dead one."""
 
-    def aux_loss(params, x, residual, pre_acts, dead, sparse):
-        k = min(k_aux, pre_acts.shape[-1])
-        z_aux = dead_latents_top_k(params, x, pre_acts, dead, k, sparse)
-        scale = jnp.minimum(1.0, jnp.sum(dead) / k)
-        return scale * squared_error(residual, z_aux @ params["W_dec"])
+        def loss(params, x, residual, dead):
+            d_sae, n_dead = dead.shape[0], jnp.sum(dead)
+            if capacity == d_sae:  # no gather: mask the live latents instead
+                latents, usable = None, dead
+            else:
+                latents = jnp.nonzero(dead, size=capacity, fill_value=0)[0]
+                usable = jnp.arange(capacity) < n_dead  # the padding repeats latent 0
+            pre = jnp.where(usable, encode(params, x, latents), -jnp.inf)
+            z_aux = activations.topk(pre, min(k_aux, capacity))
+            z_aux = jnp.where(jnp.isfinite(z_aux), z_aux, 0.0)
+            w_dec = params["W_dec"] if latents is None else params["W_dec"][latents]
+            scale = jnp.minimum(1.0, n_dead / min(k_aux, d_sae))
+            return scale * squared_error(residual, z_aux @ w_dec)
+
+        return loss
 
     def apply(params, x, out, steps_since_fired, step):
+        if pre_acts_of is None and "b_enc" not in params:
+            raise ConfigError("AuxK's default encoder is linear (W_enc, b_enc); build the term with "
+                              "pre_acts_of=sae.pre_acts_of for this SAE (loss_from_config does)")
         dead = steps_since_fired >= dead_steps
+        capacities = auxk_capacities(dead.shape[0])
+        n_dead = jnp.sum(dead)
+        branch = jnp.where(n_dead == 0, 0, 1 + jnp.searchsorted(jnp.asarray(capacities), n_dead))
+        branches = [lambda *_: jnp.zeros((), jnp.float32)] + [dead_latents_loss(c) for c in capacities]
         residual = jax.lax.stop_gradient(x - out.x_hat)
-        sparse = "indices" in out.aux
-        if sparse and pre_acts_at is None:
-            raise ConfigError("this SAE takes the sparse TopK path, whose pre_acts carry no gradient: build the "
-                              "AuxK term with pre_acts_at=sae.pre_acts_at (loss_from_config does)")
-        loss = jax.lax.cond(
-            dead.any(), functools.partial(aux_loss, sparse=sparse), lambda *_: jnp.zeros((), jnp.float32),
-            params, x, residual, out.pre_acts, dead,
-        )
+        loss = switch_with_gradient(branch, branches, params, x, residual, dead)
         return {"auxk": schedule(step) * loss}, metrics.reset_fired(steps_since_fired, metrics.fired_latents(out))
 
     return LossTerm(init, apply)
@@ -333,7 +377,7 @@ def loss_from_config(loss_config, sae) -> LossTerm:
     if c.auxk:
         if arch == "mlp":
             raise ConfigError("loss.auxk decodes through W_dec; sae.arch='mlp' has none")
-        terms.append(auxk(c.auxk, c.auxk_k or max(1, sae.d_in // 2), c.dead_steps, sae.pre_acts_at))
+        terms.append(auxk(c.auxk, c.auxk_k or max(1, sae.d_in // 2), c.dead_steps, sae.pre_acts_of))
     if c.balance:
         terms.append(activation_balance(c.balance))
     for field in ("mse", "l1", "tanh", "kl", "l0", "auxk", "balance", "target_l0_coeff"):

@@ -22,8 +22,10 @@ the training forward decodes from the k selected rows of W_dec by gather instead
 [B, d_sae] x [d_sae, d_in] matmul, and the backward touches only the selected latents' rows of W_dec
 and columns of W_enc (scatter-adds), so only the encoder's forward matmul stays dense. Loss and
 gradients equal the dense path's up to float rounding (tests/test_sparse_topk.py). Its `pre_acts`
-carry no gradient; a loss term that needs pre-activation gradients (AuxK) takes them through
-`sae.pre_acts_at`, which has the same sparse backward.
+carry no gradient.
+
+`sae.pre_acts_of(params, x, latents)` computes the pre-activations of a subset of the latents only,
+with their gradient: AuxK encodes just the dead latents with it (`saejax.losses.auxk`).
 """
 
 import functools
@@ -71,9 +73,9 @@ class SAE(NamedTuple):
     latent_axes: for each param key, the axis indexing latents (None: no latent axis).
     buffers: param keys not trained by the optimizer but set by update_buffers(params, out, step).
     hparams: the options the SAE was built with (k, bandwidth, prefixes, sparse, ...).
-    pre_acts_at: sparse SAEs only (else None): (params, x [B, d_in], pre_acts [B, d_sae], indices
-      [B, n]) -> the pre-activations at `indices`, [B, n], with a gradient that reaches W_enc, b_enc
-      and b_dec through scatter-adds over the n latents of each row (`selected_pre_acts`).
+    pre_acts_of: (params, x [B, d_in], latents [n] int or None) -> the pre-activations
+      (`SAEOutput.pre_acts`) of those latents only, [B, n] (None: all, [B, d_sae]), differentiable
+      in params; None for the mlp SAE.
     """
 
     arch: str
@@ -87,7 +89,7 @@ class SAE(NamedTuple):
     latent_axes: Mapping[str, int | None]
     buffers: tuple[str, ...]
     update_buffers: Callable[[Params, SAEOutput, jax.Array], Params]
-    pre_acts_at: Callable[..., jax.Array] | None = None
+    pre_acts_of: Callable[..., jax.Array] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +136,22 @@ def encoder_weight(params: Params) -> jax.Array:
 def linear_pre_acts(params: Params, x: jax.Array, dtype: str) -> jax.Array:
     """(x - b_dec) @ W_enc, without any encoder bias. [B, d_in] -> [B, d_sae]."""
     return centered_matmul(x, params["b_dec"], encoder_weight(params), dtype)
+
+
+def linear_pre_acts_of(params: Params, x: jax.Array, latents: jax.Array | None, dtype: str) -> jax.Array:
+    """(x - b_dec) @ W_enc[:, latents] + b_enc[latents]: [B, d_in], latents [n] -> [B, n] (None: all).
+    Gathering n columns first costs B·d_in·n multiply-adds instead of B·d_in·d_sae."""
+    if latents is None:
+        return linear_pre_acts(params, x, dtype) + params["b_enc"]
+    w = params["W_enc"][:, latents] if "W_enc" in params else params["W_dec"][latents].T
+    return centered_matmul(x, params["b_dec"], w, dtype) + params["b_enc"][latents]
+
+
+def gated_pre_acts_of(params: Params, x: jax.Array, latents: jax.Array | None, dtype: str) -> jax.Array:
+    """The gated SAE's magnitude pre-activations of `latents` [n] (None: all): [B, d_in] -> [B, n]."""
+    every = slice(None) if latents is None else latents
+    shared = centered_matmul(x, params["b_dec"], params["W_enc"][:, every], dtype)
+    return shared * jnp.exp(params["r_mag"][every]) + params["b_mag"][every]
 
 
 def linear_decode(params: Params, z: jax.Array, dtype: str) -> jax.Array:
@@ -466,8 +484,10 @@ def make_sae(
 
     buffers = ("threshold",) if arch in ("batchtopk", "matryoshka") else ()
     update = _update_running_threshold if buffers else _no_buffers
+    pre_acts_of = None if arch == "mlp" else functools.partial(
+        gated_pre_acts_of if arch == "gated" else linear_pre_acts_of, dtype=dtype)
     return SAE(arch, d_in, d_sae, hparams, init, forward, encode, decode_fn, latent_axes, buffers, update,
-               linear_pre_acts_at if sparse else None)
+               pre_acts_of)
 
 
 def _resolve_sparse(sparse: bool | str, arch: str, d_sae: int, k: int) -> bool:

@@ -490,6 +490,67 @@ def test_auxk_gradient_reaches_only_dead_decoder_rows():
     np.testing.assert_allclose(grad_w, scale * (-2.0 / B) * z_aux.T @ (resid - recon), rtol=1e-4, atol=1e-6)
 
 
+def _auxk_dense_reference(sae, k_aux, dead):
+    """AuxK written the plain way: every latent encoded, the live ones masked, a dense decode."""
+
+    def value(params, x):
+        out = sae.forward(params, x)
+        pre = jnp.where(dead, sae.pre_acts_of(params, x, None), -jnp.inf)
+        z_aux = jnp.zeros_like(pre)
+        values, indices = jax.lax.top_k(pre, min(k_aux, sae.d_sae))
+        z_aux = z_aux.at[jnp.arange(pre.shape[0])[:, None], indices].set(jax.nn.relu(values))
+        z_aux = jnp.where(jnp.isfinite(z_aux), z_aux, 0.0)
+        residual = jax.lax.stop_gradient(x - out.x_hat)
+        scale = jnp.minimum(1.0, jnp.sum(dead) / min(k_aux, sae.d_sae))
+        return scale * jnp.mean(jnp.sum(jnp.square(residual - z_aux @ params["W_dec"]), -1))
+
+    return value
+
+
+@pytest.mark.parametrize("arch,tied", [("topk", False), ("topk", True), ("gated", False)])
+def test_auxk_over_the_dead_sub_dictionary_matches_the_dense_formula(arch, tied):
+    """d_sae 8192 has sub-dictionaries of 512 and 2048 latents besides the whole: 100, 1000 and 5000
+    dead latents take one each; the loss and every gradient equal the plain formula's."""
+    d_in, d_sae, k_aux = 8, 8192, 24
+    assert L.auxk_capacities(d_sae) == (512, 2048, 8192)
+    sae = make_sae(arch, d_in, d_sae, k=8, tied=tied, sparse=False)
+    params = _perturbed(sae, scale=0.2)
+    x = _x(3, batch=16, d=d_in)
+    term = L.auxk(1.0, k_aux, DEAD_STEPS, sae.pre_acts_of)
+
+    @jax.jit
+    def ours(p, counters):
+        return jax.value_and_grad(lambda p: term.apply(p, x, sae.forward(p, x), counters, 0)[0]["auxk"])(p)
+
+    @jax.jit
+    def reference(p, counters):
+        return jax.value_and_grad(_auxk_dense_reference(sae, k_aux, counters >= DEAD_STEPS))(p, x)
+
+    for n_dead in (0, 100, 1000, 5000, d_sae):
+        dead_ids = np.random.default_rng(n_dead).permutation(d_sae)[:n_dead]
+        counters = jnp.zeros(d_sae, jnp.int32).at[dead_ids].set(DEAD_STEPS)
+        (got, grads), (want, want_grads) = ours(params, counters), reference(params, counters)
+        assert (float(want) > 0) == (n_dead > 0), n_dead
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=str(n_dead))
+        for name in want_grads:
+            scale = float(jnp.abs(want_grads[name]).max())
+            np.testing.assert_allclose(grads[name], want_grads[name], rtol=0, atol=1e-5 * max(scale, 1e-6),
+                                       err_msg=f"{name}, {n_dead} dead")
+        live = np.setdiff1d(np.arange(d_sae), dead_ids)
+        assert not np.asarray(grads["W_dec"])[live].any(), n_dead  # only dead latents' rows move
+
+
+def test_auxk_default_encoder_is_linear_and_says_so():
+    gated = make_sae("gated", D_IN, D_SAE)
+    params = _perturbed(gated)
+    x = _x()
+    counters = jnp.full(D_SAE, DEAD_STEPS, jnp.int32)
+    with pytest.raises(ConfigError, match="pre_acts_of=sae.pre_acts_of"):
+        L.auxk(1.0, K_AUX, DEAD_STEPS).apply(params, x, gated.forward(params, x), counters, 0)
+    terms, _ = L.auxk(1.0, K_AUX, DEAD_STEPS, gated.pre_acts_of).apply(params, x, gated.forward(params, x), counters, 0)
+    assert float(terms["auxk"]) > 0
+
+
 def test_auxk_rejects_bad_sizes():
     with pytest.raises(ConfigError, match=r"loss\.auxk_k"):
         L.auxk(1.0, 0, 10)
