@@ -12,7 +12,7 @@ every device before a top-k, which undoes the memory saving of sharding the late
 
 The result is exact (the global top k hold at most k of any shard's entries), ties go to the lower
 latent index as on one device, and each device then writes only its own latents' entries.
-Outside `split_over`, or with a model axis of 1, these are plain ``lax.top_k``.
+Outside `split_over`, or with a model axis of 1, these are `selection.top_k` (``lax.top_k``, blockwise).
 """
 
 import contextlib
@@ -50,7 +50,7 @@ def topk(pre_acts: jax.Array, k: int, fill) -> jax.Array:
     elsewhere: [B, F]. Two-stage under a model-sharded mesh (see module docstring)."""
     mesh = sharded_mesh()
     if mesh is None:
-        values, indices = jax.lax.top_k(pre_acts, k)
+        values, indices = selection.top_k(pre_acts, k)
         rows = jnp.arange(pre_acts.shape[0])[:, None]
         return jnp.zeros_like(pre_acts).at[rows, indices].set(fill(values))
 

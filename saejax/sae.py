@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from saejax import activations, latent_axis
+from saejax import activations, latent_axis, selection
 from saejax.errors import ConfigError, DataError
 
 Params = dict[str, Any]
@@ -254,7 +254,7 @@ def _encode_topk_sparse(params, x, train, *, dtype, k):
     """TopK with the selection read off pre-activations that carry no gradient; the selected values
     get theirs through `selected_pre_acts` (sparse). aux holds the values and indices for decoding."""
     pre = jax.lax.stop_gradient(linear_pre_acts(params, x, dtype) + params["b_enc"])
-    _, indices = jax.lax.top_k(pre, k)
+    _, indices = selection.top_k(pre, k)
     values = jax.nn.relu(linear_pre_acts_at(params, x, pre, indices))
     return scatter_rows(values, indices, pre.shape[1]), pre, {"values": values, "indices": indices}
 
