@@ -32,6 +32,16 @@ def test_quick_suite_writes_every_section(tmp_path):
     assert "| relu |" in (tmp_path / "suite.md").read_text()
 
 
+def test_step_ab_times_one_variant_with_latents_kept_dead():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-m", "benchmarks.step_ab", "--d_in=16", "--d_sae=256", "--batch=32",
+                             "--dead_fraction=0.1", "--repeats=1", "--malloc=int_max_trim"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["d_sae"] == 256 and row["dead_fraction"] == 0.1 and row["step_s"] > 0 and row["faults_per_step"] >= 0
+
+
 def test_tune_malloc_is_idempotent_and_can_be_turned_off():
     """In subprocesses: the settings are process-wide and should not leak into the test session."""
     code = "from saejax import runtime; print(runtime.tune_malloc(), runtime.tune_malloc())"
