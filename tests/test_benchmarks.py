@@ -22,7 +22,8 @@ def test_quick_suite_writes_every_section(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     suite = json.loads((tmp_path / "suite.json").read_text())
     assert {"limits", "steps", "scaling", "precision", "peers"} <= suite.keys()
-    assert {r["variant"] for r in suite["steps"]} == {"relu", "topk sparse", "topk dense", "batchtopk", "jumprelu"}
+    assert {r["variant"] for r in suite["steps"]} == {"relu", "topk sparse", "topk dense", "topk sparse, 5% dead",
+                                                      "topk sparse, 20% dead", "batchtopk", "jumprelu"}
     assert all(r["step_s"] > 0 and r["total_mib"] > 0 for r in suite["steps"])
     assert {r["dtype"] for r in suite["precision"]["training"]} == {"float32", "bfloat16"}
     assert all(0 <= r["fvu"] < 2 for r in suite["precision"]["training"])
