@@ -147,11 +147,16 @@ def linear_pre_acts_of(params: Params, x: jax.Array, latents: jax.Array | None, 
     return centered_matmul(x, params["b_dec"], w, dtype) + params["b_enc"][latents]
 
 
+def gated_magnitude(params: Params, shared: jax.Array, latents=slice(None)) -> jax.Array:
+    """The gated SAE's magnitude path from the shared (x - b_dec) @ W_enc[:, latents] [B, n]:
+    rescaled by exp(r_mag) and shifted by b_mag, per latent. -> [B, n]"""
+    return shared * jnp.exp(params["r_mag"][latents]) + params["b_mag"][latents]
+
+
 def gated_pre_acts_of(params: Params, x: jax.Array, latents: jax.Array | None, dtype: str) -> jax.Array:
     """The gated SAE's magnitude pre-activations of `latents` [n] (None: all): [B, d_in] -> [B, n]."""
     every = slice(None) if latents is None else latents
-    shared = centered_matmul(x, params["b_dec"], params["W_enc"][:, every], dtype)
-    return shared * jnp.exp(params["r_mag"][every]) + params["b_mag"][every]
+    return gated_magnitude(params, centered_matmul(x, params["b_dec"], params["W_enc"][:, every], dtype), every)
 
 
 def linear_decode(params: Params, z: jax.Array, dtype: str) -> jax.Array:
@@ -240,20 +245,20 @@ def init_linear(key, d_in, d_sae, *, tied, dec_init_norm, unit_norm_decoder) -> 
 
 
 def _encode_relu(params, x, train, *, dtype, leak):
-    pre = linear_pre_acts(params, x, dtype) + params["b_enc"]
+    pre = linear_pre_acts_of(params, x, None, dtype)
     z = activations.leaky_relu(pre, leak) if leak else activations.relu(pre)
     return z, pre, {}
 
 
 def _encode_topk(params, x, train, *, dtype, k):
-    pre = linear_pre_acts(params, x, dtype) + params["b_enc"]
+    pre = linear_pre_acts_of(params, x, None, dtype)
     return activations.topk(pre, k), pre, {}
 
 
 def _encode_topk_sparse(params, x, train, *, dtype, k):
     """TopK with the selection read off pre-activations that carry no gradient; the selected values
     get theirs through `selected_pre_acts` (sparse). aux holds the values and indices for decoding."""
-    pre = jax.lax.stop_gradient(linear_pre_acts(params, x, dtype) + params["b_enc"])
+    pre = jax.lax.stop_gradient(linear_pre_acts_of(params, x, None, dtype))
     _, indices = selection.top_k(pre, k)
     values = jax.nn.relu(linear_pre_acts_at(params, x, pre, indices))
     return scatter_rows(values, indices, pre.shape[1]), pre, {"values": values, "indices": indices}
@@ -261,7 +266,7 @@ def _encode_topk_sparse(params, x, train, *, dtype, k):
 
 def _encode_batchtopk(params, x, train, *, dtype, k):
     """Training: BatchTopK over the batch. Inference: JumpReLU at the learned scalar threshold."""
-    pre = linear_pre_acts(params, x, dtype) + params["b_enc"]
+    pre = linear_pre_acts_of(params, x, None, dtype)
     if not train:
         return activations.relu(pre) * (pre > params["threshold"]), pre, {}
     z, min_selected = activations.batchtopk(pre, k)
@@ -269,7 +274,7 @@ def _encode_batchtopk(params, x, train, *, dtype, k):
 
 
 def _encode_jumprelu(params, x, train, *, dtype, bandwidth):
-    pre = linear_pre_acts(params, x, dtype) + params["b_enc"]
+    pre = linear_pre_acts_of(params, x, None, dtype)
     return activations.jumprelu(pre, params["threshold"], bandwidth), pre, {}
 
 
@@ -278,7 +283,7 @@ def _encode_gated(params, x, train, *, dtype):
     path sharing W_enc (rescaled by exp(r_mag)) decides how much."""
     shared = linear_pre_acts(params, x, dtype)
     gate_pre = shared + params["b_gate"]
-    mag_pre = shared * jnp.exp(params["r_mag"]) + params["b_mag"]
+    mag_pre = gated_magnitude(params, shared)
     z = (gate_pre > 0) * activations.relu(mag_pre)
     return z, mag_pre, {"gate_pre": gate_pre}
 
