@@ -248,7 +248,7 @@ def activation_balance(coeff: Coefficient) -> LossTerm:
 # AuxK encodes only the dead latents, gathered into a sub-dictionary of the smallest of these
 # capacities (fractions of d_sae, none under AUXK_MIN_CAPACITY latents; d_sae itself always) that
 # holds them all. See `auxk`.
-AUXK_CAPACITY_FRACTIONS = (1 / 16, 1 / 4)
+AUXK_CAPACITY_FRACTIONS = (1 / 16, 1 / 4, 1 / 2)
 AUXK_MIN_CAPACITY = 512  # smaller dictionaries run AuxK whole: cheap, and one branch less to compile
 
 

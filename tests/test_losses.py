@@ -509,10 +509,10 @@ def _auxk_dense_reference(sae, k_aux, dead):
 
 @pytest.mark.parametrize("arch,tied", [("topk", False), ("topk", True), ("gated", False)])
 def test_auxk_over_the_dead_sub_dictionary_matches_the_dense_formula(arch, tied):
-    """d_sae 8192 has sub-dictionaries of 512 and 2048 latents besides the whole: 100, 1000 and 5000
-    dead latents take one each; the loss and every gradient equal the plain formula's."""
+    """d_sae 8192 has sub-dictionaries of 512, 2048 and 4096 latents besides the whole: 100, 1000,
+    3000 and 5000 dead latents take one each; the loss and every gradient equal the plain formula's."""
     d_in, d_sae, k_aux = 8, 8192, 24
-    assert L.auxk_capacities(d_sae) == (512, 2048, 8192)
+    assert L.auxk_capacities(d_sae) == (512, 2048, 4096, 8192)
     sae = make_sae(arch, d_in, d_sae, k=8, tied=tied, sparse=False)
     params = _perturbed(sae, scale=0.2)
     x = _x(3, batch=16, d=d_in)
@@ -526,7 +526,7 @@ def test_auxk_over_the_dead_sub_dictionary_matches_the_dense_formula(arch, tied)
     def reference(p, counters):
         return jax.value_and_grad(_auxk_dense_reference(sae, k_aux, counters >= DEAD_STEPS))(p, x)
 
-    for n_dead in (0, 100, 1000, 5000, d_sae):
+    for n_dead in (0, 100, 1000, 3000, 5000, d_sae):
         dead_ids = np.random.default_rng(n_dead).permutation(d_sae)[:n_dead]
         counters = jnp.zeros(d_sae, jnp.int32).at[dead_ids].set(DEAD_STEPS)
         (got, grads), (want, want_grads) = ours(params, counters), reference(params, counters)
