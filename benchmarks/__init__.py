@@ -2,7 +2,7 @@
 
 The suite: ``python -m benchmarks.run`` (step times, FLOP/s against the same-run matmul rate,
 memory, scaling with d_sae and batch, bf16, the PyTorch peers). Shared pieces: `median_seconds` /
-`time_steps` (timing), `numpy_matmul_rate` (the limit), `train_setup` / `relu_l1_setup` (saejax's
+`time_steps` (timing), `numpy_matmul_rate` (the limit), `paired_step_and_limit` (a step's fraction of it), `train_setup` / `relu_l1_setup` (saejax's
 steps, and the one most benchmarks compare against) and `write_results`.
 """
 
@@ -78,8 +78,9 @@ def relu_l1_setup(d_in: int, d_sae: int, x):
     return train_setup("relu", d_in, d_sae, x)
 
 
-def numpy_matmul_rate(b: int, d: int, f: int, repeats: int) -> dict:
-    """numpy f32 FLOP/s on the step's three matmul shapes, into preallocated outputs."""
+def numpy_matmuls(b: int, d: int, f: int) -> dict:
+    """The dense step's three matmul shapes as numpy f32 calls into preallocated outputs:
+    {name: zero-argument function}, each 2·B·d·F FLOPs."""
     rng = np.random.default_rng(0)
     x, w_enc, z = (rng.standard_normal(s, dtype=np.float32) for s in [(b, d), (d, f), (b, f)])
     w_dec, x_t = np.ascontiguousarray(w_enc.T), np.ascontiguousarray(x.T)
@@ -88,11 +89,50 @@ def numpy_matmul_rate(b: int, d: int, f: int, repeats: int) -> dict:
         "[B,F]x[F,d]": (z, w_dec, np.empty((b, d), np.float32)),
         "[d,B]x[B,F]": (x_t, z, np.empty((d, f), np.float32)),
     }
-    seconds = {name: median_seconds(lambda a=a, w=w, o=o: np.matmul(a, w, out=o), repeats)
-               for name, (a, w, o) in shapes.items()}
+    return {name: (lambda a=a, w=w, o=o: np.matmul(a, w, out=o)) for name, (a, w, o) in shapes.items()}
+
+
+def numpy_matmul_rate(b: int, d: int, f: int, repeats: int) -> dict:
+    """numpy f32 FLOP/s on the step's three matmul shapes, into preallocated outputs."""
+    seconds = {name: median_seconds(fn, repeats) for name, fn in numpy_matmuls(b, d, f).items()}
     flops = 2.0 * b * d * f
     rates = {name: flops / s for name, s in seconds.items()}
     return {"per_shape_flops_per_s": rates, "flops_per_s": 3 * flops / sum(seconds.values())}
+
+
+def paired_step_and_limit(step, state, batch, d_sae: int, repeats: int, warmup: int = 1) -> dict:
+    """A dense [B, d] -> [B, F] step against numpy's f32 matmul rate, measured in alternation: each of
+    `repeats` rounds times one step, then numpy's three matmul shapes once each. This machine's speed
+    drifts by ±15 % over minutes, so a limit measured at another time can move a step's fraction of
+    it by as much; a ratio per round cancels the drift. batch [B, d], F = d_sae.
+    -> {"step_s": median step seconds, "limit_flops_per_s": median numpy rate over the rounds,
+        "fraction_of_limit": median over rounds of (10·B·d·F / step seconds) / numpy rate}"""
+    b, d = batch.shape
+    holder = [state]
+
+    def one():
+        new_state, out = step(holder[0], batch)
+        jax.block_until_ready(out)
+        holder[0] = new_state
+
+    for _ in range(warmup):
+        one()
+    f = d_sae
+    matmuls = numpy_matmuls(b, d, f)
+    for fn in matmuls.values():
+        fn()
+    step_s, limits = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        one()
+        step_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for fn in matmuls.values():
+            fn()
+        limits.append(3 * 2.0 * b * d * f / (time.perf_counter() - start))
+    fractions = [10.0 * b * d * f / s / limit for s, limit in zip(step_s, limits)]
+    return {"step_s": statistics.median(step_s), "limit_flops_per_s": statistics.median(limits),
+            "fraction_of_limit": statistics.median(fractions)}
 
 
 def write_results(out_dir: str | Path, name: str, result: dict, table: list[str]) -> None:

@@ -1,6 +1,6 @@
 r"""The performance suite (issue 8): one command, JSON + a markdown table + a scaling plot.
 
-    python -m benchmarks.run [--sections=limits,steps,scaling,precision,peers] [--repeats=5] [--quick]
+    python -m benchmarks.run [--sections=limits,steps,scaling,precision,peers] [--repeats=5] [--plan=full|quick|gpu]
 
 Sections (each timed in this one process, medians, so that ratios compare like with like):
 - limits: the matmul rate this machine reaches on the step's own shapes: numpy f32 into preallocated
@@ -8,7 +8,10 @@ Sections (each timed in this one process, medians, so that ratios compare like w
 - steps: train-step time of relu+L1, topk (sparse and dense; sparse also with 5 % and 20 % of the
   latents dead, so that AuxK runs as it does through most of a long run), batchtopk and jumprelu at each size,
   with FLOP/s counted as the 10·B·d·F FLOPs a minimal dense step needs, that rate as a fraction of
-  the limit, and XLA's memory for the step (arguments + outputs + scratch).
+  the limit, and XLA's memory for the step (arguments + outputs + scratch). On CPU in f32 the
+  fraction is paired: each timed step alternates with numpy's three matmuls on the same shapes, and
+  the median of the per-round ratios is reported, so the machine's drift cancels (±15 % over minutes
+  here); elsewhere the fraction uses the limits section's rate.
 - scaling: step time over d_sae = 2^12…2^16 (batch 1024) and over batch = 2^8…2^12 (d_sae 8192) for
   relu, topk dense and topk sparse, plus the decoder alone (forward + backward, dense matmul vs
   gather/scatter-add): results/scaling.png.
@@ -21,8 +24,14 @@ Sections (each timed in this one process, medians, so that ratios compare like w
   and sae-lens (the `test` extra). In one process, torch's threads slowed saejax's TopK step at
   d_sae 32768 from 1.9 s to 4.4 s, hence the separate processes.
 
-Writes OUT/suite.json, OUT/suite.md and OUT/scaling.png (OUT: benchmarks/results). --quick runs
-tiny sizes in about a minute (the test suite runs it); the full suite takes ~25 min on 2 CPU cores.
+Writes OUT/suite.json, OUT/suite.md and OUT/scaling.png (OUT: benchmarks/results). Plans: full
+(d_in 512; ~20 min on 2 CPU cores), quick (tiny sizes, about two minutes; the test suite runs it;
+--quick is the same) and gpu (issue 8's accelerator sizes: d_in 2304, d_sae 16384 and 65536, batch
+4096, every step in f32 and bf16, each against jax's own matmul rate in its dtype; with
+--peak_tflops the bf16 rows also get MFU against that nominal peak). On an accelerator:
+
+    python -m benchmarks.run --plan=gpu --sections=limits,steps,scaling --peak_tflops=989 --out=DIR
+
 The process applies `saejax.runtime.tune_malloc()` first, as experiments/train.py does.
 """
 
@@ -40,14 +49,19 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks import median_seconds, numpy_matmul_rate, time_steps, train_setup, write_results
+from benchmarks import (median_seconds, numpy_matmul_rate, paired_step_and_limit, time_steps, train_setup,
+                        write_results)
 from saejax import runtime
 from saejax import sae as sae_lib
 
 SECTIONS = ("limits", "steps", "scaling", "precision", "peers")
 _SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Which sections to run ({', '.join(SECTIONS)}).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions per measurement (medians are reported).")
-_QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes: checks that every section runs, in about a minute.")
+_QUICK = flags.DEFINE_bool("quick", False, "Same as --plan=quick.")
+_PLAN = flags.DEFINE_enum("plan", "full", ["full", "quick", "gpu"], "Sizes: full (CPU, d_in 512), quick (tiny: "
+                          "checks that every section runs) or gpu (d_in 2304, d_sae 16384/65536, f32 and bf16).")
+_PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "The device's nominal dense bf16 peak (TFLOP/s; H100/H200 "
+                                  "SXM: 989); when set, bf16 step rows also report MFU against it.")
 _PEERS_MALLOC = flags.DEFINE_enum("peers_malloc", "tuned", ["tuned", "default"], "peers: every contender's process "
                                   "with saejax.runtime.tune_malloc() (tuned: equal conditions) or glibc's defaults.")
 _OUT = flags.DEFINE_string("out", str(Path(__file__).parent / "results"), "Output directory.")
@@ -56,17 +70,24 @@ ROOT = Path(__file__).resolve().parents[1]
 K = 32
 FULL = {
     "sizes": [(512, 8192, 4096), (512, 32768, 4096)],  # (d_in, d_sae, batch)
+    "step_dtypes": ("float32",), "scaling_d_in": 512,
     "d_saes": [2**12, 2**13, 2**14, 2**15, 2**16], "scaling_batch": 1024,
     "batches": [2**8, 2**9, 2**10, 2**11, 2**12], "scaling_d_sae": 8192,
     "peer_sizes": [("relu", (512, 8192, 4096)), ("topk", (512, 8192, 4096)), ("topk", (512, 32768, 4096))],
     "compile_peers_up_to": 8192, "precision_steps": 2000, "precision_archs": ("relu", "topk"),
 }
 QUICK = {
-    "sizes": [(64, 2048, 256)], "d_saes": [2**10, 2**11], "scaling_batch": 128,
+    "sizes": [(64, 2048, 256)], "step_dtypes": ("float32", "bfloat16"), "scaling_d_in": 64,
+    "d_saes": [2**10, 2**11], "scaling_batch": 128,
     "batches": [64, 128], "scaling_d_sae": 2048,
     "peer_sizes": [("relu", (64, 2048, 256)), ("topk", (64, 2048, 256))],
     "compile_peers_up_to": 0, "precision_steps": 30, "precision_archs": ("relu",),
 }
+GPU = {  # issue 8, point 5: MFU at d_in 2304, d_sae 16384 / 65536, batch 4096, f32 and bf16
+    **FULL, "sizes": [(2304, 16384, 4096), (2304, 65536, 4096)], "step_dtypes": ("float32", "bfloat16"),
+    "scaling_batch": 4096, "batches": [2**10, 2**11, 2**12, 2**13, 2**14],
+}
+PLANS = {"full": FULL, "quick": QUICK, "gpu": GPU}
 VARIANTS = {  # name -> (arch, train_setup options)
     "relu": ("relu", {}), "topk sparse": ("topk", {"sparse": True}), "topk dense": ("topk", {"sparse": False}),
     "topk sparse, 5% dead": ("topk", {"sparse": True, "dead_fraction": 0.05}),
@@ -97,13 +118,18 @@ def memory_mib(analysis) -> dict:
             "total_mib": total / mib}
 
 
-def time_variant(name: str, d: int, f: int, b: int, repeats: int, **extra) -> dict:
+def time_variant(name: str, d: int, f: int, b: int, repeats: int, paired: bool = True, **extra) -> dict:
+    """One variant's step: median seconds, FLOP/s on 10·B·d·F, XLA memory and (paired, on CPU in f32)
+    its fraction of numpy's matmul rate measured in alternation with it (`paired_step_and_limit`)."""
     arch, options = VARIANTS[name]
     x = random_batch(b, d)
     step, state, analysis = saejax_setup(arch, d, f, x, **options, **extra)
-    seconds = time_steps(step, state, x, repeats, warmup=1)
-    return {"variant": name, "d_in": d, "d_sae": f, "batch": b, "step_s": seconds,
-            "flops_per_s_on_10BdF": 10.0 * b * d * f / seconds, **memory_mib(analysis)}
+    row = {"variant": name, "d_in": d, "d_sae": f, "batch": b}
+    if paired and jax.default_backend() == "cpu" and extra.get("dtype", "float32") == "float32":
+        row.update(paired_step_and_limit(step, state, x, f, repeats), limit="numpy f32, paired")
+    else:
+        row["step_s"] = time_steps(step, state, x, repeats, warmup=1)
+    return {**row, "flops_per_s_on_10BdF": 10.0 * b * d * f / row["step_s"], **memory_mib(analysis)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,7 +148,7 @@ def limits(plan: dict, repeats: int) -> dict:
     out = {}
     for d, f, b in plan["sizes"]:
         out[f"{d}x{f}x{b}"] = {
-            "numpy_f32": numpy_matmul_rate(b, d, f, repeats)["flops_per_s"],
+            "numpy_f32": numpy_matmul_rate(b, d, f, repeats)["flops_per_s"] if jax.default_backend() == "cpu" else None,
             "jax_f32": jax_matmul_rate(b, d, f, "float32", repeats),
             "jax_bf16": jax_matmul_rate(b, d, f, "bfloat16", repeats),
         }
@@ -142,12 +168,16 @@ def limit_for(result: dict, d: int, f: int, b: int, dtype: str = "float32") -> f
 def steps(plan: dict, repeats: int, result: dict) -> list[dict]:
     rows = []
     for d, f, b in plan["sizes"]:
-        for name in VARIANTS:
-            row = time_variant(name, d, f, b, repeats)
-            limit = limit_for(result, d, f, b)
-            row["fraction_of_limit"] = row["flops_per_s_on_10BdF"] / limit if limit else None
-            rows.append(row)
-            print(f"steps: {name} d_in={d} d_sae={f} batch={b}: {row['step_s']:.3f} s", flush=True)
+        for dtype in plan["step_dtypes"]:
+            for name in VARIANTS:
+                row = {**time_variant(name, d, f, b, repeats, dtype=dtype), "dtype": dtype}
+                if "fraction_of_limit" not in row:  # not paired: the limits section's rate
+                    limit = limit_for(result, d, f, b, dtype)
+                    row["fraction_of_limit"] = row["flops_per_s_on_10BdF"] / limit if limit else None
+                if dtype == "bfloat16" and _PEAK_TFLOPS.value:
+                    row["mfu"] = row["flops_per_s_on_10BdF"] / (_PEAK_TFLOPS.value * 1e12)
+                rows.append(row)
+                print(f"steps: {name} {dtype} d_in={d} d_sae={f} batch={b}: {row['step_s']:.3f} s", flush=True)
     return rows
 
 
@@ -173,18 +203,18 @@ def decoder_only_seconds(d: int, f: int, b: int, sparse: bool, repeats: int) -> 
 
 
 def scaling(plan: dict, repeats: int) -> dict:
-    d, b, f = 512 if not _QUICK.value else 64, plan["scaling_batch"], plan["scaling_d_sae"]
+    d, b, f = plan["scaling_d_in"], plan["scaling_batch"], plan["scaling_d_sae"]
     over_d_sae, over_batch = [], []
     for f_i in plan["d_saes"]:
         for name in ("relu", "topk dense", "topk sparse"):
-            over_d_sae.append(time_variant(name, d, f_i, b, repeats))
+            over_d_sae.append(time_variant(name, d, f_i, b, repeats, paired=False))
         for sparse in (False, True):
             over_d_sae.append({"variant": f"decoder only ({'sparse' if sparse else 'dense'})", "d_in": d,
                                "d_sae": f_i, "batch": b, "step_s": decoder_only_seconds(d, f_i, b, sparse, repeats)})
         print(f"scaling: d_sae={f_i} done", flush=True)
     for b_i in plan["batches"]:
         for name in ("relu", "topk sparse"):
-            over_batch.append(time_variant(name, d, f, b_i, repeats))
+            over_batch.append(time_variant(name, d, f, b_i, repeats, paired=False))
     return {"over_d_sae": over_d_sae, "over_batch": over_batch}
 
 
@@ -208,8 +238,10 @@ def precision(plan: dict, repeats: int, result: dict) -> dict:
     for dtype in ("float32", "bfloat16"):
         for name in ("relu", "topk sparse"):
             row = time_variant(name, d, f, b, repeats, dtype=dtype)
-            limit = limit_for(result, d, f, b, dtype)
-            row.update(dtype=dtype, fraction_of_limit=row["flops_per_s_on_10BdF"] / limit if limit else None)
+            if "fraction_of_limit" not in row:
+                limit = limit_for(result, d, f, b, dtype)
+                row["fraction_of_limit"] = row["flops_per_s_on_10BdF"] / limit if limit else None
+            row["dtype"] = dtype
             timing.append(row)
     runs = [train_fvu(dtype, arch, plan["precision_steps"]) for arch in plan["precision_archs"]
             for dtype in ("float32", "bfloat16")]
@@ -300,12 +332,13 @@ def markdown(result: dict) -> list[str]:
                   for key, r in result["limits"].items()]
         lines.append("")
     if "steps" in result:
-        lines += ["Train steps (Adam; FLOP/s counted as 10·B·d·F, the minimal dense step)", "",
-                  "| variant | d_in | d_sae | batch | step (s) | GFLOP/s | of limit | XLA memory (MiB) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['variant']} | {r['d_in']} | {r['d_sae']} | {r['batch']} | {r['step_s']:.3f} | "
-                  f"{_gflops(r['flops_per_s_on_10BdF'])} | {_fraction(r['fraction_of_limit'])} | "
-                  f"{r.get('total_mib', 0):.0f} |" for r in result["steps"]]
+        lines += ["Train steps (Adam; FLOP/s counted as 10·B·d·F, the minimal dense step; on CPU f32, \"of limit\" is "
+                  "the median per-round ratio to numpy's matmul rate timed in alternation with the step)", "",
+                  "| variant | dtype | d_in | d_sae | batch | step (s) | GFLOP/s | of limit | MFU | XLA memory (MiB) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r.get('dtype', 'float32')} | {r['d_in']} | {r['d_sae']} | {r['batch']} | "
+                  f"{r['step_s']:.3f} | {_gflops(r['flops_per_s_on_10BdF'])} | {_fraction(r['fraction_of_limit'])} | "
+                  f"{_fraction(r.get('mfu'))} | {r.get('total_mib', 0):.0f} |" for r in result["steps"]]
         lines.append("")
     for title, key in (("Scaling with d_sae", "over_d_sae"), ("Scaling with batch", "over_batch")):
         if "scaling" in result:
@@ -342,12 +375,13 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     malloc_tuned = runtime.tune_malloc()  # before the first computation, as in experiments/train.py
-    plan, repeats = (QUICK if _QUICK.value else FULL), _REPEATS.value
+    plan_name = "quick" if _QUICK.value else _PLAN.value
+    plan, repeats = PLANS[plan_name], _REPEATS.value
     out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": platform.processor() or platform.machine(), "backend": jax.default_backend(),
               "devices": [str(d) for d in jax.devices()], "jax": jax.__version__, "numpy": np.__version__,
-              "repeats": repeats, "quick": _QUICK.value, "malloc_tuned": malloc_tuned}
+              "repeats": repeats, "plan": plan_name, "quick": plan_name == "quick", "malloc_tuned": malloc_tuned}
     start = time.perf_counter()
     for section in SECTIONS:
         if section not in _SECTIONS.value:

@@ -17,14 +17,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_quick_suite_writes_every_section(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--repeats=1", f"--out={tmp_path}"],
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--repeats=1", "--peak_tflops=1",
+                             f"--out={tmp_path}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     suite = json.loads((tmp_path / "suite.json").read_text())
     assert {"limits", "steps", "scaling", "precision", "peers"} <= suite.keys()
+    assert suite["plan"] == "quick" and {r["dtype"] for r in suite["steps"]} == {"float32", "bfloat16"}
     assert {r["variant"] for r in suite["steps"]} == {"relu", "topk sparse", "topk dense", "topk sparse, 5% dead",
                                                       "topk sparse, 20% dead", "batchtopk", "jumprelu"}
     assert all(r["step_s"] > 0 and r["total_mib"] > 0 for r in suite["steps"])
+    # on CPU in f32 each step's fraction of numpy's rate comes from rounds alternating the two; bf16
+    # steps are compared with jax's bf16 matmul rate and, given a nominal peak, get an MFU
+    f32, bf16 = ([r for r in suite["steps"] if r["dtype"] == t] for t in ("float32", "bfloat16"))
+    assert all(r["limit"] == "numpy f32, paired" and r["fraction_of_limit"] > 0 for r in f32)
+    assert all("limit" not in r and r["fraction_of_limit"] > 0 and r["mfu"] > 0 for r in bf16)
     assert {r["dtype"] for r in suite["precision"]["training"]} == {"float32", "bfloat16"}
     assert all(0 <= r["fvu"] < 2 for r in suite["precision"]["training"])
     if "skipped" not in suite["peers"]:
