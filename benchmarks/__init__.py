@@ -2,7 +2,7 @@
 
 The suite: ``python -m benchmarks.run`` (step times, FLOP/s against the same-run matmul rate,
 memory, scaling with d_sae and batch, bf16, the PyTorch peers). Shared pieces: `median_seconds` /
-`time_steps` (timing), `numpy_matmul_rate` (the limit), `paired_step_and_limit` (a step's fraction of it), `train_setup` / `relu_l1_setup` (saejax's
+`time_steps` (timing), `numpy_matmul_rate` (the limit), `paired_step_and_limit` (a step's fraction of it), `paired_speedup` (two steps' ratio), `train_setup` / `relu_l1_setup` (saejax's
 steps, and the one most benchmarks compare against) and `write_results`.
 """
 
@@ -133,6 +133,27 @@ def paired_step_and_limit(step, state, batch, d_sae: int, repeats: int, warmup: 
     fractions = [10.0 * b * d * f / s / limit for s, limit in zip(step_s, limits)]
     return {"step_s": statistics.median(step_s), "limit_flops_per_s": statistics.median(limits),
             "fraction_of_limit": statistics.median(fractions)}
+
+
+def paired_speedup(slow, fast, batch, repeats: int, warmup: int = 1) -> dict:
+    """How many times faster `fast` is than `slow`, each a (jitted step, state) pair taking the same
+    batch, timed in alternation: `repeats` rounds of one step of each, the median of the per-round
+    ratios reported (drift over the run hits both alike).
+    -> {"slow_s", "fast_s": median seconds, "speedup": median of slow_s / fast_s per round}"""
+    holders = [list(slow), list(fast)]
+
+    def one(holder):
+        start = time.perf_counter()
+        holder[1], out = holder[0](holder[1], batch)
+        jax.block_until_ready(out)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        for holder in holders:
+            one(holder)
+    rounds = [(one(holders[0]), one(holders[1])) for _ in range(repeats)]
+    return {"slow_s": statistics.median(r[0] for r in rounds), "fast_s": statistics.median(r[1] for r in rounds),
+            "speedup": statistics.median(r[0] / r[1] for r in rounds)}
 
 
 def write_results(out_dir: str | Path, name: str, result: dict, table: list[str]) -> None:

@@ -1,6 +1,6 @@
 r"""The performance suite (issue 8): one command, JSON + a markdown table + a scaling plot.
 
-    python -m benchmarks.run [--sections=limits,steps,scaling,precision,peers] [--repeats=5] [--plan=full|quick|gpu]
+    python -m benchmarks.run [--sections=limits,steps,speedups,scaling,precision,peers] [--repeats=5] [--plan=full|quick|gpu]
 
 Sections (each timed in this one process, medians, so that ratios compare like with like):
 - limits: the matmul rate this machine reaches on the step's own shapes: numpy f32 into preallocated
@@ -12,6 +12,9 @@ Sections (each timed in this one process, medians, so that ratios compare like w
   fraction is paired: each timed step alternates with numpy's three matmuls on the same shapes, and
   the median of the per-round ratios is reported, so the machine's drift cancels (±15 % over minutes
   here); elsewhere the fraction uses the limits section's rate.
+- speedups: the sparse TopK step against the dense relu and dense TopK steps of the same size,
+  timed in alternation (one step of each per round, median of the per-round ratios): issue 8's
+  "TopK ≥ 4× the dense relu step" without the drift between rows of the steps table.
 - scaling: step time over d_sae = 2^12…2^16 (batch 1024) and over batch = 2^8…2^12 (d_sae 8192) for
   relu, topk dense and topk sparse, plus the decoder alone (forward + backward, dense matmul vs
   gather/scatter-add): results/scaling.png.
@@ -49,12 +52,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks import (median_seconds, numpy_matmul_rate, paired_step_and_limit, time_steps, train_setup,
-                        write_results)
+from benchmarks import (median_seconds, numpy_matmul_rate, paired_speedup, paired_step_and_limit, time_steps,
+                        train_setup, write_results)
 from saejax import runtime
 from saejax import sae as sae_lib
 
-SECTIONS = ("limits", "steps", "scaling", "precision", "peers")
+SECTIONS = ("limits", "steps", "speedups", "scaling", "precision", "peers")
 _SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Which sections to run ({', '.join(SECTIONS)}).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions per measurement (medians are reported).")
 _QUICK = flags.DEFINE_bool("quick", False, "Same as --plan=quick.")
@@ -178,6 +181,24 @@ def steps(plan: dict, repeats: int, result: dict) -> list[dict]:
                     row["mfu"] = row["flops_per_s_on_10BdF"] / (_PEAK_TFLOPS.value * 1e12)
                 rows.append(row)
                 print(f"steps: {name} {dtype} d_in={d} d_sae={f} batch={b}: {row['step_s']:.3f} s", flush=True)
+    return rows
+
+
+SPEEDUP_PAIRS = [("relu", "topk sparse"), ("topk dense", "topk sparse"), ("relu", "topk sparse, 5% dead")]
+
+
+def speedups(plan: dict, repeats: int) -> list[dict]:
+    """(slow, fast) variant pairs of SPEEDUP_PAIRS at each size in f32, timed in alternation."""
+    rows = []
+    for d, f, b in plan["sizes"]:
+        x = random_batch(b, d)
+        for slow, fast in SPEEDUP_PAIRS:
+            pair = [saejax_setup(VARIANTS[name][0], d, f, x, **VARIANTS[name][1])[:2] for name in (slow, fast)]
+            row = {"slow": slow, "fast": fast, "d_in": d, "d_sae": f, "batch": b,
+                   **paired_speedup(pair[0], pair[1], x, repeats)}
+            del pair
+            rows.append(row)
+            print(f"speedups: {fast} vs {slow} d_sae={f}: {row['speedup']:.2f}x", flush=True)
     return rows
 
 
@@ -340,6 +361,13 @@ def markdown(result: dict) -> list[str]:
                   f"{r['step_s']:.3f} | {_gflops(r['flops_per_s_on_10BdF'])} | {_fraction(r['fraction_of_limit'])} | "
                   f"{_fraction(r.get('mfu'))} | {r.get('total_mib', 0):.0f} |" for r in result["steps"]]
         lines.append("")
+    if "speedups" in result:
+        lines += ["Speed-ups, timed in alternation (median of per-round ratios)", "",
+                  "| faster step | than | d_in | d_sae | batch | its step (s) | the other's (s) | speed-up |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['fast']} | {r['slow']} | {r['d_in']} | {r['d_sae']} | {r['batch']} | {r['fast_s']:.3f} | "
+                  f"{r['slow_s']:.3f} | {r['speedup']:.2f}× |" for r in result["speedups"]]
+        lines.append("")
     for title, key in (("Scaling with d_sae", "over_d_sae"), ("Scaling with batch", "over_batch")):
         if "scaling" in result:
             lines += [f"{title} (step seconds; scaling.png)", "", "| variant | d_in | d_sae | batch | step (s) |",
@@ -390,6 +418,8 @@ def main(argv):
             result["limits"] = limits(plan, repeats)
         elif section == "steps":
             result["steps"] = steps(plan, repeats, result)
+        elif section == "speedups":
+            result["speedups"] = speedups(plan, repeats)
         elif section == "scaling":
             result["scaling"] = scaling(plan, max(3, repeats // 2))
             plot_scaling(result["scaling"], out / "scaling.png")

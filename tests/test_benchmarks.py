@@ -22,7 +22,8 @@ def test_quick_suite_writes_every_section(tmp_path):
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     suite = json.loads((tmp_path / "suite.json").read_text())
-    assert {"limits", "steps", "scaling", "precision", "peers"} <= suite.keys()
+    assert {"limits", "steps", "speedups", "scaling", "precision", "peers"} <= suite.keys()
+    assert all(r["speedup"] > 0 and r["fast_s"] > 0 for r in suite["speedups"])
     assert suite["plan"] == "quick" and {r["dtype"] for r in suite["steps"]} == {"float32", "bfloat16"}
     assert {r["variant"] for r in suite["steps"]} == {"relu", "topk sparse", "topk dense", "topk sparse, 5% dead",
                                                       "topk sparse, 20% dead", "batchtopk", "jumprelu"}
