@@ -46,10 +46,12 @@ def sharded_mesh() -> Mesh | None:
 
 
 def topk(pre_acts: jax.Array, k: int, fill) -> jax.Array:
-    """Each row's k largest entries of `pre_acts` [B, F] passed through `fill(values)`, zeros
-    elsewhere: [B, F]. Two-stage under a model-sharded mesh (see module docstring)."""
+    """Each row's k largest entries of `pre_acts` [B, F] passed through `fill(values)` (elementwise),
+    zeros elsewhere: [B, F]. Two-stage under a model-sharded mesh (see module docstring)."""
     mesh = sharded_mesh()
     if mesh is None:
+        if k >= selection.MIN_RADIX_SHARE * pre_acts.shape[1]:  # k a large share of the row: radix select
+            return jnp.where(selection.top_k_mask(pre_acts, k), fill(pre_acts), 0.0).astype(pre_acts.dtype)
         values, indices = selection.top_k(pre_acts, k)
         rows = jnp.arange(pre_acts.shape[0])[:, None]
         return jnp.zeros_like(pre_acts).at[rows, indices].set(fill(values))

@@ -1,5 +1,6 @@
-"""saejax.selection: lax.top_k exactly (values, indices, ties, gradients), blockwise on wide rows, and
-compiled as XLA's TopK, never as a full sort of the operand."""
+"""saejax.selection: lax.top_k exactly (values, indices, ties, gradients), blockwise on wide rows, by
+radix select where k is a large share of the row, and compiled as XLA's TopK, never as a full sort
+of the operand."""
 
 import re
 
@@ -44,6 +45,45 @@ def test_top_k_gradient_is_lax_top_k_gradient():
     got = jax.grad(lambda x: jnp.sum(selection.top_k(x, 8)[0] * weights))(x)
     want = jax.grad(lambda x: jnp.sum(jax.lax.top_k(x, 8)[0] * weights))(x)
     np.testing.assert_array_equal(got, want)
+
+
+def _lax_top_k_mask(x, k):
+    indices = jax.lax.top_k(x, k)[1]
+    return np.asarray(jnp.zeros(x.shape, bool).at[jnp.arange(x.shape[0])[:, None], indices].set(True))
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "masked", "signed zeros"])
+@pytest.mark.parametrize("width,k", [(4096, 16), (4096, 256), (512, 200), (512, 512)])
+def test_top_k_mask_selects_what_lax_top_k_selects(kind, width, k):
+    """Radix select (k >= width/16) and the indices path pick the same entries as lax.top_k, ties to
+    the lower index; -0.0 ranks below 0.0, as in XLA's TopK."""
+    x = _wide_rows("normal" if kind == "signed zeros" else kind)[:, :width]
+    if kind == "signed zeros":  # a row of zeros of both signs, and zeros right at the k-th place
+        x = jnp.where(jnp.arange(width) % 3 == 0, 0.0, jnp.where(jnp.arange(width) % 3 == 1, -0.0, x))
+        x = x.at[0].set(jnp.where(jnp.arange(width) % 2 == 0, 0.0, -0.0))
+    masked = kind == "masked" and k > 0.05 * width
+    if masked:  # fewer finite entries than k: the -inf entries fill up the k, lower indices first
+        assert int(jnp.isfinite(x).sum(-1).min()) < k
+    got = np.asarray(jax.jit(selection.top_k_mask, static_argnums=1)(x, k))
+    np.testing.assert_array_equal(got, _lax_top_k_mask(x, k))
+    assert (got.sum(-1) == k).all()
+
+
+def test_topk_activation_by_radix_select_matches_the_scatter_formula():
+    """activations.topk with k a large share of the row (AuxK's k_aux over a small sub-dictionary)
+    takes the radix path; its values and gradient are lax.top_k's."""
+    x = jax.random.normal(jax.random.key(4), (8, 1024)) + jnp.round(jax.random.normal(jax.random.key(5), (8, 1024)))
+    k = 256
+    assert k >= selection.MIN_RADIX_SHARE * x.shape[1]
+
+    def reference(x):
+        values, indices = jax.lax.top_k(x, k)
+        return jnp.zeros_like(x).at[jnp.arange(x.shape[0])[:, None], indices].set(jax.nn.relu(values))
+
+    weights = jax.random.normal(jax.random.key(6), x.shape)
+    np.testing.assert_array_equal(activations.topk(x, k), reference(x))
+    got = jax.grad(lambda x: jnp.sum(activations.topk(x, k) * weights))(x)
+    np.testing.assert_array_equal(got, jax.grad(lambda x: jnp.sum(reference(x) * weights))(x))
 
 
 def _sorts_and_topks(fn, x):
