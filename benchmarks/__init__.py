@@ -2,8 +2,9 @@
 
 The suite: ``python -m benchmarks.run`` (step times, FLOP/s against the same-run matmul rate,
 memory, scaling with d_sae and batch, bf16, the PyTorch peers). Shared pieces: `median_seconds` /
-`time_steps` (timing), `numpy_matmul_rate` (the limit), `paired_step_and_limit` (a step's fraction of it), `paired_speedup` (two steps' ratio), `train_setup` / `relu_l1_setup` (saejax's
-steps, and the one most benchmarks compare against) and `write_results`.
+`time_steps` (timing), `numpy_matmul_rate` (the limit), `paired_step_and_limit` (a step's
+fraction of it) and `paired_speedup` (two steps' ratio), both timed in alternation, `train_setup` /
+`relu_l1_setup` (saejax's steps, and the one most benchmarks compare against) and `write_results`.
 """
 
 import json
@@ -107,7 +108,7 @@ def paired_step_and_limit(step, state, batch, d_sae: int, repeats: int, warmup: 
     it by as much; a ratio per round cancels the drift. batch [B, d], F = d_sae.
     -> {"step_s": median step seconds, "limit_flops_per_s": median numpy rate over the rounds,
         "fraction_of_limit": median over rounds of (10·B·d·F / step seconds) / numpy rate}"""
-    b, d = batch.shape
+    (b, d), f = batch.shape, d_sae
     holder = [state]
 
     def one():
@@ -117,7 +118,6 @@ def paired_step_and_limit(step, state, batch, d_sae: int, repeats: int, warmup: 
 
     for _ in range(warmup):
         one()
-    f = d_sae
     matmuls = numpy_matmuls(b, d, f)
     for fn in matmuls.values():
         fn()

@@ -28,7 +28,7 @@ Sections (each timed in this one process, medians, so that ratios compare like w
   d_sae 32768 from 1.9 s to 4.4 s, hence the separate processes.
 
 Writes OUT/suite.json, OUT/suite.md and OUT/scaling.png (OUT: benchmarks/results). Plans: full
-(d_in 512; ~20 min on 2 CPU cores), quick (tiny sizes, about two minutes; the test suite runs it;
+(d_in 512; 20–26 min on 2 CPU cores), quick (tiny sizes, about two minutes; the test suite runs it;
 --quick is the same) and gpu (issue 8's accelerator sizes: d_in 2304, d_sae 16384 and 65536, batch
 4096, every step in f32 and bf16, each against jax's own matmul rate in its dtype; with
 --peak_tflops the bf16 rows also get MFU against that nominal peak). On an accelerator:
