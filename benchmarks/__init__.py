@@ -2,7 +2,7 @@
 
 The suite: ``python -m benchmarks.run`` (step times, FLOP/s against the same-run matmul rate,
 memory, scaling with d_sae and batch, bf16, the PyTorch peers). Shared pieces: `median_seconds` /
-`time_steps` (timing), `numpy_matmul_rate` (the limit), `paired_step_and_limit` (a step's
+`time_steps` / `step_runner` (timing), `numpy_matmul_rate` (the limit), `paired_step_and_limit` (a step's
 fraction of it) and `paired_speedup` (two steps' ratio), both timed in alternation, `train_setup` /
 `relu_l1_setup` (saejax's steps, and the one most benchmarks compare against) and `write_results`.
 """
@@ -20,28 +20,35 @@ import saejax
 from saejax import losses
 
 
+def seconds(fn) -> float:
+    """Wall time of one call of fn()."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
     """Median wall time of `repeats` calls of fn() after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(seconds(fn) for _ in range(repeats))
+
+
+def step_runner(step, state, batch):
+    """A zero-argument function that runs `step(state, batch) -> (state, out)` once, waits for out
+    and keeps the new state for the next call (the step may donate the old one)."""
+    holder = [state]
+
+    def one():
+        holder[0], out = step(holder[0], batch)
+        jax.block_until_ready(out)
+
+    return one
 
 
 def time_steps(step, state, batch, repeats: int, warmup: int = 2) -> float:
     """Median seconds of `step(state, batch) -> (state, out)`, threading the state through."""
-    holder = [state]
-
-    def one():
-        new_state, out = step(holder[0], batch)
-        jax.block_until_ready(out)
-        holder[0] = new_state
-
-    return median_seconds(one, repeats, warmup)
+    return median_seconds(step_runner(step, state, batch), repeats, warmup)
 
 
 AUXK_DEAD_STEPS = 1000
@@ -109,27 +116,20 @@ def paired_step_and_limit(step, state, batch, d_sae: int, repeats: int, warmup: 
     -> {"step_s": median step seconds, "limit_flops_per_s": median numpy rate over the rounds,
         "fraction_of_limit": median over rounds of (10·B·d·F / step seconds) / numpy rate}"""
     (b, d), f = batch.shape, d_sae
-    holder = [state]
+    one = step_runner(step, state, batch)
+    matmuls = numpy_matmuls(b, d, f)
 
-    def one():
-        new_state, out = step(holder[0], batch)
-        jax.block_until_ready(out)
-        holder[0] = new_state
+    def all_matmuls():
+        for fn in matmuls.values():
+            fn()
 
     for _ in range(warmup):
         one()
-    matmuls = numpy_matmuls(b, d, f)
-    for fn in matmuls.values():
-        fn()
+    all_matmuls()
     step_s, limits = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        one()
-        step_s.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        for fn in matmuls.values():
-            fn()
-        limits.append(3 * 2.0 * b * d * f / (time.perf_counter() - start))
+        step_s.append(seconds(one))
+        limits.append(3 * 2.0 * b * d * f / seconds(all_matmuls))
     fractions = [10.0 * b * d * f / s / limit for s, limit in zip(step_s, limits)]
     return {"step_s": statistics.median(step_s), "limit_flops_per_s": statistics.median(limits),
             "fraction_of_limit": statistics.median(fractions)}
@@ -140,18 +140,11 @@ def paired_speedup(slow, fast, batch, repeats: int, warmup: int = 1) -> dict:
     batch, timed in alternation: `repeats` rounds of one step of each, the median of the per-round
     ratios reported (drift over the run hits both alike).
     -> {"slow_s", "fast_s": median seconds, "speedup": median of slow_s / fast_s per round}"""
-    holders = [list(slow), list(fast)]
-
-    def one(holder):
-        start = time.perf_counter()
-        holder[1], out = holder[0](holder[1], batch)
-        jax.block_until_ready(out)
-        return time.perf_counter() - start
-
+    slow_step, fast_step = step_runner(*slow, batch), step_runner(*fast, batch)
     for _ in range(warmup):
-        for holder in holders:
-            one(holder)
-    rounds = [(one(holders[0]), one(holders[1])) for _ in range(repeats)]
+        slow_step()
+        fast_step()
+    rounds = [(seconds(slow_step), seconds(fast_step)) for _ in range(repeats)]
     return {"slow_s": statistics.median(r[0] for r in rounds), "fast_s": statistics.median(r[1] for r in rounds),
             "speedup": statistics.median(r[0] / r[1] for r in rounds)}
 

@@ -28,7 +28,7 @@ def main(argv):
         runtime.tune_malloc()
     import numpy as np  # noqa: PLC0415
 
-    from benchmarks import median_seconds  # noqa: PLC0415
+    from benchmarks import median_seconds, step_runner  # noqa: PLC0415
     from benchmarks.run import K, saejax_setup  # noqa: PLC0415
 
     d, f, b = _D_IN.value, _D_SAE.value, _BATCH.value
@@ -38,11 +38,7 @@ def main(argv):
 
         batch = jax.numpy.asarray(x)
         step, state, _ = saejax_setup(_ARCH.value, d, f, batch)
-        holder = [state]
-
-        def one():
-            holder[0], out = step(holder[0], batch)
-            jax.block_until_ready(out)
+        one = step_runner(step, state, batch)
     else:
         import torch  # noqa: PLC0415
 
