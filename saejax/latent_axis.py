@@ -50,7 +50,7 @@ def topk(pre_acts: jax.Array, k: int, fill) -> jax.Array:
     zeros elsewhere: [B, F]. Two-stage under a model-sharded mesh (see module docstring)."""
     mesh = sharded_mesh()
     if mesh is None:
-        if k >= selection.MIN_RADIX_SHARE * pre_acts.shape[1]:  # k a large share of the row: radix select
+        if selection.radix_is_faster(pre_acts.shape[1], k):
             return jnp.where(selection.top_k_mask(pre_acts, k), fill(pre_acts), 0.0).astype(pre_acts.dtype)
         values, indices = selection.top_k(pre_acts, k)
         rows = jnp.arange(pre_acts.shape[0])[:, None]

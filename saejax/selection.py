@@ -34,6 +34,12 @@ MAX_CANDIDATE_SHARE = 1 / 8
 MIN_RADIX_SHARE = 1 / 16
 
 
+def radix_is_faster(width: int, k: int) -> bool:
+    """Whether `top_k_mask` selects k of `width` entries by radix (k >= MIN_RADIX_SHARE · width)
+    rather than through `top_k`'s indices."""
+    return k >= MIN_RADIX_SHARE * width
+
+
 def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """``lax.top_k(x, k)``: the k largest entries along the last axis, descending, and their indices
     (ties to the lower index). x [..., F] -> values [..., k], indices [..., k] int32. Differentiable in
@@ -60,7 +66,7 @@ def top_k_mask(x: jax.Array, k: int) -> jax.Array:
     x [..., F] -> bool [..., F]; no gradient (use it to mask x)."""
     width = x.shape[-1]
     x = jax.lax.stop_gradient(x)
-    if k < MIN_RADIX_SHARE * width:
+    if not radix_is_faster(width, k):
         indices = top_k(x, k)[1]
         return jnp.put_along_axis(jnp.zeros(x.shape, bool), indices, True, axis=-1, inplace=False)
     keys = _ordered_keys(x.astype(jnp.float32))
