@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from saejax import activations, latent_axis, selection
+from saejax import activations, latent_axis, layout, selection
 from saejax.errors import ConfigError, DataError
 
 Params = dict[str, Any]
@@ -105,7 +105,7 @@ def matmul(a: jax.Array, b: jax.Array, dtype: str) -> jax.Array:
 def centered_matmul(x: jax.Array, b: jax.Array, w: jax.Array, dtype: str) -> jax.Array:
     """(x - b) @ w: [B, d], [d], [d, F] -> [B, F] float32.
 
-    Its gradient for b is -(Σ_batch g) @ wᵀ, a [F]x[F, d] product, where autodiff would form the
+    Its gradient for b is -w @ (Σ_batch g), a [d, F]x[F] product, where autodiff would form the
     [B, F]x[F, d] product g @ wᵀ and then sum it: this saves a fifth of a dense SAE step's FLOPs.
     The x cotangent (unused for data) is dead code that XLA removes under jit.
     """
@@ -120,7 +120,7 @@ def _centered_matmul_fwd(x, b, w, dtype):
 def _centered_matmul_bwd(dtype, residuals, g):
     centered, w = residuals
     d_centered = matmul(g, w.T, dtype)
-    d_b = -matmul(g.sum(0), w.T, "float32")
+    d_b = -matmul(w, g.sum(0), "float32")  # [d, F] x [F]: no transposed copy of w
     d_w = matmul(centered.T, g, dtype)
     return d_centered.astype(centered.dtype), d_b.astype(centered.dtype), d_w
 
@@ -159,51 +159,86 @@ def gated_pre_acts_of(params: Params, x: jax.Array, latents: jax.Array | None, d
     return gated_magnitude(params, centered_matmul(x, params["b_dec"], params["W_enc"][:, every], dtype), every)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def decoder_matmul(z: jax.Array, w: jax.Array, dtype: str) -> jax.Array:
+    """z @ w: [B, F], [F, d] -> [B, d] float32, as `matmul`.
+
+    Its gradient for w, zᵀ g [F, d], is computed as (gᵀ z)ᵀ: XLA-CPU runs the [d, B] x [B, F]
+    product ~10 % faster than the [F, B] x [B, d] one autodiff forms (0.19 vs 0.22 s at batch 4096,
+    d 512, F 8192, the same bits), and `layout.transpose` lays the result out as w is.
+    """
+    return matmul(z, w, dtype)
+
+
+def _decoder_matmul_fwd(z, w, dtype):
+    return matmul(z, w, dtype), (z, w)
+
+
+def _decoder_matmul_bwd(dtype, residuals, g):
+    z, w = residuals
+    d_z = matmul(g, w.T, dtype)
+    d_w = layout.transpose(matmul(g.T, z, dtype))
+    return d_z.astype(z.dtype), d_w.astype(w.dtype)
+
+
+decoder_matmul.defvjp(_decoder_matmul_fwd, _decoder_matmul_bwd)
+
+
 def linear_decode(params: Params, z: jax.Array, dtype: str) -> jax.Array:
     """z @ W_dec + b_dec. [B, d_sae] -> [B, d_in]."""
-    return matmul(z, params["W_dec"], dtype) + params["b_dec"]
+    return decoder_matmul(z, params["W_dec"], dtype) + params["b_dec"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Sparse TopK building blocks: only the k selected latents of each row are touched.
 
 
-@jax.custom_vjp
-def selected_pre_acts(x: jax.Array, b_dec: jax.Array, w_enc: jax.Array, b_enc: jax.Array, pre_acts: jax.Array,
-                      indices: jax.Array) -> jax.Array:
-    """((x - b_dec) @ w_enc + b_enc) at `indices`, read from the already computed `pre_acts`.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def selected_pre_acts(x: jax.Array, b_dec: jax.Array, w: jax.Array, b_enc: jax.Array, selected: jax.Array,
+                      indices: jax.Array, latent_major: bool = False) -> jax.Array:
+    """((x - b_dec) @ W_enc + b_enc) at `indices`, given as the already computed `selected` values.
 
-    x [B, d], b_dec [d], w_enc [d, F], b_enc [F], pre_acts [B, F] (no gradient flows into it),
-    indices [B, n] int -> [B, n]. The backward is sparse: with g [B, n],
+    x [B, d], b_dec [d], w: W_enc [d, F], or its transpose [F, d] when latent_major (a tied SAE's
+    W_dec), b_enc [F], selected [B, n] (those pre-activations, computed without gradient; none flows
+    into them), indices [B, n] int -> selected [B, n]. The backward is sparse: with g [B, n],
     dW_enc[:, i] = Σ_{(b, j): indices[b, j] = i} g[b, j] (x_b - b_dec), db_enc the same sum of g,
-    db_dec = -db_enc @ W_encᵀ: scatter-adds of B·n rows instead of a [d, B] x [B, F] matmul.
+    db_dec = -W_enc @ db_enc: scatter-adds of B·n rows instead of a [d, B] x [B, F] matmul. w's
+    gradient comes in w's own layout.
     """
-    return jnp.take_along_axis(pre_acts, indices, axis=1)
+    return selected
 
 
-def _selected_pre_acts_fwd(x, b_dec, w_enc, b_enc, pre_acts, indices):
-    return selected_pre_acts(x, b_dec, w_enc, b_enc, pre_acts, indices), (x - b_dec, w_enc, indices)
+def _selected_pre_acts_fwd(x, b_dec, w, b_enc, selected, indices, latent_major):
+    return selected, (x - b_dec, w, indices)
 
 
-def _selected_pre_acts_bwd(residuals, g):
-    centered, w_enc, indices = residuals
+def _selected_pre_acts_bwd(latent_major, residuals, g):
+    centered, w, indices = residuals
     flat = indices.reshape(-1)
-    d_b_enc = jnp.zeros(w_enc.shape[1], g.dtype).at[flat].add(g.reshape(-1))
+    w_rows = w if latent_major else w.T  # [F, d]
+    d_b_enc = jnp.zeros(w_rows.shape[0], g.dtype).at[flat].add(g.reshape(-1))
     rows = (g[:, :, None] * centered[:, None, :]).reshape(flat.shape[0], -1)  # [B·n, d]
-    d_w_enc = jnp.zeros(w_enc.shape[::-1], g.dtype).at[flat].add(rows).T  # scatter into [F, d] rows
-    d_b_dec = -(d_b_enc @ w_enc.T)
-    d_x = jnp.einsum("bn,bnd->bd", g, w_enc.T[indices])  # dead code under jit when x is data
-    d_pre_acts = jnp.zeros((g.shape[0], w_enc.shape[1]), g.dtype)  # pre_acts carry no gradient
-    return d_x, d_b_dec, d_w_enc, d_b_enc, d_pre_acts, None
+    d_rows = jnp.zeros(w_rows.shape, g.dtype).at[flat].add(rows)  # scatter whole rows into [F, d]
+    d_w = d_rows if latent_major else layout.transpose(d_rows)  # once, not in every optimizer pass
+    d_b_dec = -(d_b_enc @ w) if latent_major else -(w @ d_b_enc)
+    d_x = jnp.einsum("bn,bnd->bd", g, w_rows[indices])  # dead code under jit when x is data
+    return d_x, d_b_dec, d_w, d_b_enc, jnp.zeros_like(g), None  # `selected` carries no gradient
 
 
 selected_pre_acts.defvjp(_selected_pre_acts_fwd, _selected_pre_acts_bwd)
 
 
-def linear_pre_acts_at(params: Params, x: jax.Array, pre_acts: jax.Array, indices: jax.Array) -> jax.Array:
-    """`selected_pre_acts` of a linear encoder's params (W_enc or tied W_dec.T). [B, n]"""
-    return selected_pre_acts(x, params["b_dec"], encoder_weight(params), params["b_enc"],
-                             jax.lax.stop_gradient(pre_acts), indices)
+def linear_top_k(params: Params, x: jax.Array, k: int, dtype: str) -> tuple[jax.Array, jax.Array]:
+    """The k largest pre-activations of each row of a linear encoder (W_enc, or a tied SAE's
+    W_dec.T) and their latents, with the sparse gradient of `selected_pre_acts`:
+    x [B, d_in] -> values [B, k], indices [B, k]. The [B, d_sae] pre-activations are never held
+    whole (`selection.chunked_top_k`)."""
+    frozen = jax.lax.stop_gradient(params)
+    selected, indices = selection.chunked_top_k(lambda rows: linear_pre_acts_of(frozen, rows, None, dtype),
+                                                jax.lax.stop_gradient(x), k, params["b_enc"].shape[0])
+    tied = "W_enc" not in params
+    w = params["W_dec"] if tied else params["W_enc"]
+    return selected_pre_acts(x, params["b_dec"], w, params["b_enc"], selected, indices, tied), indices
 
 
 def sparse_decode(params: Params, values: jax.Array, indices: jax.Array, dtype: str) -> jax.Array:
@@ -258,9 +293,9 @@ def _encode_topk(params, x, train, *, dtype, k):
 def _encode_topk_sparse(params, x, train, *, dtype, k):
     """TopK with the selection read off pre-activations that carry no gradient; the selected values
     get theirs through `selected_pre_acts` (sparse). aux holds the values and indices for decoding."""
-    pre = jax.lax.stop_gradient(linear_pre_acts_of(params, x, None, dtype))
-    _, indices = selection.top_k(pre, k)
-    values = jax.nn.relu(linear_pre_acts_at(params, x, pre, indices))
+    selected, indices = linear_top_k(params, x, k, dtype)
+    values = jax.nn.relu(selected)
+    pre = jax.lax.stop_gradient(linear_pre_acts_of(params, x, None, dtype))  # only computed if read
     return scatter_rows(values, indices, pre.shape[1]), pre, {"values": values, "indices": indices}
 
 

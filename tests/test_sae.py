@@ -176,6 +176,32 @@ def test_centered_matmul_gradients_match_autodiff():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decoder_matmul_gradients_match_autodiff(dtype):
+    z = jax.nn.relu(jax.random.normal(jax.random.key(2), (32, D_SAE)))
+    w = jax.random.normal(jax.random.key(3), (D_SAE, D_IN))
+    g = jax.random.normal(jax.random.key(4), (32, D_IN))
+
+    def ours(z, w):
+        return jnp.sum(sae_lib.decoder_matmul(z, w, dtype) * g)
+
+    def plain(z, w):
+        return jnp.sum(sae_lib.matmul(z, w, dtype) * g)
+
+    def exact(z, w):
+        return jnp.sum(jnp.matmul(z, w, precision="highest") * g)
+
+    np.testing.assert_allclose(ours(z, w), plain(z, w), rtol=1e-6)
+    ours_grads, plain_grads = jax.jit(jax.grad(ours, (0, 1)))(z, w), jax.jit(jax.grad(plain, (0, 1)))(z, w)
+    for got, want, best in zip(ours_grads, plain_grads, jax.grad(exact, (0, 1))(z, w)):
+        assert got.dtype == want.dtype == jnp.float32
+        if dtype == "float32":
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        else:  # bf16 products, float32 sums; autodiff also rounds the gradient itself to bfloat16
+            assert float(jnp.abs(got - best).max()) <= float(jnp.abs(want - best).max())
+            np.testing.assert_allclose(got, best, rtol=0.02, atol=0.05)
+
+
 def test_bfloat16_compute_is_close_to_float32():
     params = _perturbed(_make("relu").init(jax.random.key(0)))
     f32 = _make("relu").forward(params, _x())

@@ -39,6 +39,26 @@ def test_top_k_is_lax_top_k(kind, k):
         np.testing.assert_array_equal(indices, want_indices)
 
 
+@pytest.mark.parametrize("kind", ["normal", "ties", "masked"])
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 5])
+def test_chunked_top_k_selects_what_top_k_of_the_whole_output_does(monkeypatch, kind, chunk_rows):
+    """Chunks of 1..5 of the 5 rows (3 rows: two chunks, the second padded); row_fn sees chunks only."""
+    x = _wide_rows(kind)
+    w = jax.random.normal(jax.random.key(4), (x.shape[1], x.shape[1] // 2))
+    monkeypatch.setattr(selection, "CHUNK_BYTES", chunk_rows * 4 * w.shape[1])
+    seen = []
+
+    def row_fn(rows):
+        seen.append(rows.shape[0])
+        return jnp.where(jnp.isfinite(rows[:, : w.shape[1]]), rows[:, : w.shape[1]], -jnp.inf) + rows @ w * 0
+
+    values, indices = jax.jit(lambda x: selection.chunked_top_k(row_fn, x, 16, w.shape[1]))(x)
+    want_values, want_indices = selection.top_k(row_fn(x), 16)
+    np.testing.assert_array_equal(indices, want_indices)
+    np.testing.assert_array_equal(values, want_values)
+    assert seen[0] == -(-5 // -(-5 // chunk_rows))  # balanced chunks of at most chunk_rows rows
+
+
 def test_top_k_gradient_is_lax_top_k_gradient():
     x = jax.random.normal(jax.random.key(3), (3, 2048))
     weights = jnp.arange(8.0)

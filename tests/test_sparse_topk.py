@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import saejax
-from saejax import losses
+from saejax import losses, selection
 from saejax import sae as sae_lib
 from saejax.config import base_config
 from saejax.errors import ConfigError
@@ -50,7 +50,12 @@ def _loss_and_grads(sae, params, x, dead_latents):
 
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("dead_latents", [0, 200])
-def test_sparse_path_has_the_dense_loss_and_gradients(tied, dead_latents):
+@pytest.mark.parametrize("chunk_rows", [None, 24])
+def test_sparse_path_has_the_dense_loss_and_gradients(monkeypatch, tied, dead_latents, chunk_rows):
+    """chunk_rows 24: the selection runs over 3 chunks of 22 rows (the last padded), as a wide
+    dictionary's does (`selection.chunked_top_k`)."""
+    if chunk_rows:
+        monkeypatch.setattr(selection, "CHUNK_BYTES", chunk_rows * 4 * D_SAE)
     dense, sparse = _pair(tied=tied)
     params, x = _params(dense), _x()
     (loss_d, terms_d), grads_d = _loss_and_grads(dense, params, x, dead_latents)
