@@ -20,9 +20,10 @@ An `SAE` is a NamedTuple of pure functions built by `make_sae`; nothing is hidde
 Sparse TopK (``make_sae("topk", ..., sparse=True)``, chosen by default when d_sae ≥ SPARSE_MIN_RATIO·k):
 the training forward decodes from the k selected rows of W_dec by gather instead of a dense
 [B, d_sae] x [d_sae, d_in] matmul, and the backward touches only the selected latents' rows of W_dec
-and columns of W_enc (scatter-adds), so only the encoder's forward matmul stays dense. Loss and
-gradients equal the dense path's up to float rounding (tests/test_sparse_topk.py). Its `pre_acts`
-carry no gradient.
+and columns of W_enc (scatter-adds), so only the encoder's forward matmul stays dense, and it runs
+over chunks of rows that are selected from as they are made (`linear_top_k`). Loss and gradients
+equal the dense path's up to float rounding (tests/test_sparse_topk.py). Its `pre_acts` carry no
+gradient and are computed only where something reads them.
 
 `sae.pre_acts_of(params, x, latents)` computes the pre-activations of a subset of the latents only,
 with their gradient: AuxK encodes just the dead latents with it (`saejax.losses.auxk`).
