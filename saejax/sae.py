@@ -235,8 +235,9 @@ def linear_top_k(params: Params, x: jax.Array, k: int, dtype: str) -> tuple[jax.
     x [B, d_in] -> values [B, k], indices [B, k]. The [B, d_sae] pre-activations are never held
     whole (`selection.chunked_top_k`)."""
     frozen = jax.lax.stop_gradient(params)
-    selected, indices = selection.chunked_top_k(lambda rows: linear_pre_acts_of(frozen, rows, None, dtype),
-                                                jax.lax.stop_gradient(x), k, params["b_enc"].shape[0])
+    selected, indices = selection.chunked_top_k(lambda rows: linear_pre_acts(frozen, rows, dtype),
+                                                jax.lax.stop_gradient(x), k, params["b_enc"].shape[0],
+                                                offset=frozen["b_enc"])
     tied = "W_enc" not in params
     w = params["W_dec"] if tied else params["W_enc"]
     return selected_pre_acts(x, params["b_dec"], w, params["b_enc"], selected, indices, tied), indices

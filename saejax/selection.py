@@ -44,32 +44,44 @@ def radix_is_faster(width: int, k: int) -> bool:
     return k >= MIN_RADIX_SHARE * width
 
 
-def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """``lax.top_k(x, k)``: the k largest entries along the last axis, descending, and their indices
-    (ties to the lower index). x [..., F] -> values [..., k], indices [..., k] int32. Differentiable in
-    x like ``lax.top_k`` (the gradient reaches the selected entries)."""
+def top_k(x: jax.Array, k: int, offset: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k(x + offset, k)``: the k largest entries along the last axis, descending, and their
+    indices (ties to the lower index). x [..., F], offset [F] or None (zero) -> values [..., k],
+    indices [..., k] int32. Differentiable in x like ``lax.top_k`` (the gradient reaches the
+    selected entries).
+
+    The offset (an encoder bias) is added block by block, after the reshape into blocks: XLA-CPU then
+    fuses the addition into the block maxima instead of writing x + offset out first (14 ms of a
+    [1024, 32768] chunk, a fifth of its selection; BUILD_NOTES, issue 8 session 8)."""
     width = x.shape[-1]
     if width % BLOCK or k * BLOCK > MAX_CANDIDATE_SHARE * width:
-        return jax.lax.top_k(x, k)
+        return jax.lax.top_k(x if offset is None else x + offset, k)
     batch = x.shape[:-1]
     blocks = x.reshape(*batch, width // BLOCK, BLOCK)
-    kept = jnp.sort(jax.lax.top_k(jax.lax.stop_gradient(blocks).max(-1), k)[1], axis=-1)  # [..., k] block ids
-    candidates = jnp.take_along_axis(blocks, kept[..., None], axis=-2).reshape(*batch, k * BLOCK)
+    shifted = blocks if offset is None else blocks + offset.reshape(width // BLOCK, BLOCK)
+    kept = jnp.sort(jax.lax.top_k(jax.lax.stop_gradient(shifted).max(-1), k)[1], axis=-1)  # [..., k] block ids
+    candidates = jnp.take_along_axis(blocks, kept[..., None], axis=-2)  # [..., k, BLOCK]
+    if offset is not None:  # gathered apart: `shifted` then feeds only the maxima and is never written out
+        candidates = candidates + offset.reshape(width // BLOCK, BLOCK)[kept]
+    candidates = candidates.reshape(*batch, k * BLOCK)
     values, at = jax.lax.top_k(candidates, k)
     return values, jnp.take_along_axis(kept, at // BLOCK, axis=-1) * BLOCK + at % BLOCK
 
 
-def chunked_top_k(row_fn, x: jax.Array, k: int, width: int) -> tuple[jax.Array, jax.Array]:
-    """`top_k(row_fn(x), k)` without ever holding row_fn(x) whole: x's rows go through row_fn and
+def chunked_top_k(row_fn, x: jax.Array, k: int, width: int,
+                  offset: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """`top_k(row_fn(x), k, offset)` without ever holding row_fn(x) whole: x's rows go through row_fn and
     `top_k` in chunks of at most CHUNK_BYTES of float32 output (``lax.map``), so each chunk's
     [rows, width] result is selected from while it is still in cache. No gradient.
 
     row_fn: [R, ...] -> [R, width] for any R (row-wise: each output row depends on its input row only).
-    x [B, ...] -> values [B, k], indices [B, k] int32, the same entries as the unchunked `top_k`."""
+    x [B, ...], offset [width] or None -> values [B, k], indices [B, k] int32, the same entries as the
+    unchunked `top_k`."""
     rows = x.shape[0]
     per_chunk = max(1, CHUNK_BYTES // (4 * width))
     n_chunks = -(-rows // per_chunk)
-    select = lambda part: top_k(jax.lax.stop_gradient(row_fn(part)), k)  # noqa: E731
+    offset = None if offset is None else jax.lax.stop_gradient(offset)
+    select = lambda part: top_k(jax.lax.stop_gradient(row_fn(part)), k, offset)  # noqa: E731
     if n_chunks == 1:
         return select(x)
     per_chunk = -(-rows // n_chunks)  # balanced chunks; the last is padded with zero rows

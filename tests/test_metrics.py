@@ -7,6 +7,7 @@ import pytest
 
 from saejax import metrics
 from saejax.errors import SaejaxError
+from saejax.sae import SAEOutput
 
 Z = jnp.array([[0.0, 1.0, 2.0], [0.0, 0.0, 3.0]])
 X = jnp.array([[1.0, 2.0], [3.0, 4.0]])
@@ -16,6 +17,19 @@ X_HAT = jnp.array([[1.0, 0.0], [0.0, 4.0]])
 def test_l0_counts_nonzeros_per_row():
     assert float(metrics.l0(Z)) == 1.5
     assert float(metrics.l0(jnp.zeros((4, 3)))) == 0.0
+
+
+def test_nonzero_is_the_comparison_with_zero_as_floats():
+    """sign(|z|) is z != 0 for every finite value and infinity, -0.0 and XLA-CPU's flushed subnormals
+    included (NaN stays NaN), and `l0` / `fired_latents` read it under jit as they do eagerly."""
+    z = jnp.array([[0.0, -0.0, 1e-40, -2.5, 3.0, jnp.inf, -jnp.inf, 7e-38]], jnp.float32)
+    for fn in (metrics.nonzero, jax.jit(metrics.nonzero)):
+        np.testing.assert_array_equal(fn(z), jax.jit(lambda z: (z != 0).astype(jnp.float32))(z))
+    assert jnp.isnan(metrics.nonzero(jnp.array([jnp.nan])))[0]
+    wide = jnp.where(jax.random.uniform(jax.random.key(0), (64, 300)) < 0.1, jax.random.normal(jax.random.key(1), (64, 300)), 0.0)
+    assert float(jax.jit(metrics.l0)(wide)) == float(jnp.mean(jnp.sum(wide != 0, axis=-1)))
+    fired = jax.jit(lambda z: metrics.fired_latents(SAEOutput(x_hat=z[:, :2], z=z, pre_acts=z, aux={})))(wide)
+    np.testing.assert_array_equal(fired, jnp.any(wide != 0, axis=0))
 
 
 def test_mse_is_mean_of_row_sums():

@@ -40,6 +40,26 @@ def test_top_k_is_lax_top_k(kind, k):
 
 
 @pytest.mark.parametrize("kind", ["normal", "ties", "masked"])
+@pytest.mark.parametrize("k", [1, 16, 300])  # 300: candidates over MAX_CANDIDATE_SHARE, lax.top_k's path
+def test_top_k_with_an_offset_is_lax_top_k_of_the_sum(kind, k):
+    x = _wide_rows(kind)
+    offset = jnp.round(jax.random.normal(jax.random.key(4), x.shape[-1:]) * 4) / 4  # ties across rows too
+    values, indices = jax.jit(selection.top_k, static_argnums=1)(x, k, offset)
+    want_values, want_indices = jax.lax.top_k(x + offset, k)
+    np.testing.assert_array_equal(values, want_values)
+    np.testing.assert_array_equal(indices, want_indices)
+
+
+def test_top_k_offset_is_fused_into_the_block_maxima():
+    """x + offset feeds the block maxima alone (the candidates add their own gathered offsets), so XLA
+    never writes the [rows, width] sum out: no fusion outputs an array of x's size but the input."""
+    x, offset = jnp.zeros((64, 4096)), jnp.zeros((4096,))
+    hlo = jax.jit(selection.top_k, static_argnums=1).lower(x, 8, offset).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY"):]
+    assert not re.search(r"= f32\[64,(4096|128,32)\]\S* fusion\(", entry), entry
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "masked"])
 @pytest.mark.parametrize("chunk_rows", [1, 2, 3, 5])
 def test_chunked_top_k_selects_what_top_k_of_the_whole_output_does(monkeypatch, kind, chunk_rows):
     """Chunks of 1..5 of the 5 rows (3 rows: two chunks, the second padded); row_fn sees chunks only."""
@@ -57,6 +77,11 @@ def test_chunked_top_k_selects_what_top_k_of_the_whole_output_does(monkeypatch, 
     np.testing.assert_array_equal(indices, want_indices)
     np.testing.assert_array_equal(values, want_values)
     assert seen[0] == -(-5 // -(-5 // chunk_rows))  # balanced chunks of at most chunk_rows rows
+    offset = jnp.round(jax.random.normal(jax.random.key(5), (width,)) * 4) / 4
+    values, indices = jax.jit(lambda x: selection.chunked_top_k(row_fn, x, 16, width, offset))(x)
+    want_values, want_indices = jax.lax.top_k(row_fn(x) + offset, 16)
+    np.testing.assert_array_equal(indices, want_indices)
+    np.testing.assert_array_equal(values, want_values)
 
 
 def test_top_k_gradient_is_lax_top_k_gradient():
