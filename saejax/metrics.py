@@ -121,13 +121,15 @@ def fired_latents(out) -> jnp.ndarray:
 
     Sparse TopK outputs are read from their k values per row (aux "values"/"indices"), so the
     dense z [B, d_sae] need not be built; dense ones from max_b |z| > 0, which XLA-CPU reduces
-    straight from z (see `nonzero`; a NaN latent counts as not fired). Returns [d_sae] bool.
+    straight from z (see `nonzero`). A latent with a NaN in the batch may come out either way (XLA's
+    reductions differ in whether max propagates NaN); its loss is NaN then and the train loop stops.
+    Returns [d_sae] bool.
     """
     if "indices" in out.aux:
         values, indices = out.aux["values"], out.aux["indices"]
         local = jnp.zeros(out.z.shape[-1], bool).at[indices.reshape(-1)].max((values != 0).reshape(-1))
         return batch_axis.any_row(local[None])
-    magnitude = jnp.max(jnp.abs(out.z).reshape(-1, out.z.shape[-1]), axis=0)  # reads z; see `nonzero`
+    magnitude = jnp.max(jnp.abs(out.z).reshape(-1, out.z.shape[-1]), axis=0, initial=0.0)  # reads z; see `nonzero`
     return batch_axis.any_row((magnitude > 0)[None])
 
 

@@ -52,8 +52,11 @@ def top_k(x: jax.Array, k: int, offset: jax.Array | None = None) -> tuple[jax.Ar
 
     The offset (an encoder bias) is added block by block, after the reshape into blocks: XLA-CPU then
     fuses the addition into the block maxima instead of writing x + offset out first (14 ms of a
-    [1024, 32768] chunk, a fifth of its selection; BUILD_NOTES, issue 8 session 8)."""
+    [1024, 32768] chunk's ~37 ms selection; BUILD_NOTES, issue 8 session 8). The gradient reaches
+    the offset too, as it would through ``x + offset``."""
     width = x.shape[-1]
+    if offset is not None and offset.shape != (width,):
+        raise ValueError(f"top_k: offset must have shape ({width},) to match x {x.shape}, got {offset.shape}")
     if width % BLOCK or k * BLOCK > MAX_CANDIDATE_SHARE * width:
         return jax.lax.top_k(x if offset is None else x + offset, k)
     batch = x.shape[:-1]

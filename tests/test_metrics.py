@@ -21,7 +21,8 @@ def test_l0_counts_nonzeros_per_row():
 
 def test_nonzero_is_the_comparison_with_zero_as_floats():
     """sign(|z|) is z != 0 for every finite value and infinity, -0.0 and XLA-CPU's flushed subnormals
-    included (NaN stays NaN), and `l0` / `fired_latents` read it under jit as they do eagerly."""
+    included (NaN stays NaN); under jit `l0` (through it) and `fired_latents` (max |z| > 0) count what
+    `z != 0` counts, an empty batch included."""
     z = jnp.array([[0.0, -0.0, 1e-40, -2.5, 3.0, jnp.inf, -jnp.inf, 7e-38]], jnp.float32)
     for fn in (metrics.nonzero, jax.jit(metrics.nonzero)):
         np.testing.assert_array_equal(fn(z), jax.jit(lambda z: (z != 0).astype(jnp.float32))(z))
@@ -30,6 +31,9 @@ def test_nonzero_is_the_comparison_with_zero_as_floats():
     assert float(jax.jit(metrics.l0)(wide)) == float(jnp.mean(jnp.sum(wide != 0, axis=-1)))
     fired = jax.jit(lambda z: metrics.fired_latents(SAEOutput(x_hat=z[:, :2], z=z, pre_acts=z, aux={})))(wide)
     np.testing.assert_array_equal(fired, jnp.any(wide != 0, axis=0))
+    assert float(jax.jit(metrics.l0)(jnp.array([[jnp.nan, 1.0, 0.0]]))) != 1.0  # NaN, not a count of 2
+    empty = jnp.zeros((0, 5))
+    assert not jax.jit(lambda z: metrics.fired_latents(SAEOutput(x_hat=z, z=z, pre_acts=z, aux={})))(empty).any()
 
 
 def test_mse_is_mean_of_row_sums():

@@ -50,6 +50,13 @@ def test_top_k_with_an_offset_is_lax_top_k_of_the_sum(kind, k):
     np.testing.assert_array_equal(indices, want_indices)
 
 
+def test_top_k_rejects_an_offset_of_another_shape():
+    x = jnp.zeros((4, 4096))
+    for offset in (jnp.zeros((4, 4096)), jnp.zeros((1, 4096)), jnp.zeros((2048,))):
+        with pytest.raises(ValueError, match="offset must have shape"):
+            selection.top_k(x, 8, offset)
+
+
 def test_top_k_offset_is_fused_into_the_block_maxima():
     """x + offset feeds the block maxima alone (the candidates add their own gathered offsets), so XLA
     never writes the [rows, width] sum out: no fusion outputs an array of x's size but the input."""

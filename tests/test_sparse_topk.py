@@ -51,11 +51,16 @@ def _loss_and_grads(sae, params, x, dead_latents):
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("dead_latents", [0, 200])
 @pytest.mark.parametrize("chunk_rows", [None, 24])
-def test_sparse_path_has_the_dense_loss_and_gradients(monkeypatch, tied, dead_latents, chunk_rows):
+@pytest.mark.parametrize("block", [None, 8])
+def test_sparse_path_has_the_dense_loss_and_gradients(monkeypatch, tied, dead_latents, chunk_rows, block):
     """chunk_rows 24: the selection runs over 3 chunks of 22 rows (the last padded), as a wide
-    dictionary's does (`selection.chunked_top_k`)."""
+    dictionary's does (`selection.chunked_top_k`). block 8: `selection.top_k` takes its blockwise
+    path (k·BLOCK = 32 = D_SAE / 8), where the encoder bias enters as an offset, as at d_sae ≥ 256·k."""
     if chunk_rows:
         monkeypatch.setattr(selection, "CHUNK_BYTES", chunk_rows * 4 * D_SAE)
+    if block:
+        monkeypatch.setattr(selection, "BLOCK", block)
+        assert K * block <= selection.MAX_CANDIDATE_SHARE * D_SAE
     dense, sparse = _pair(tied=tied)
     params, x = _params(dense), _x()
     (loss_d, terms_d), grads_d = _loss_and_grads(dense, params, x, dead_latents)
