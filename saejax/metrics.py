@@ -108,29 +108,34 @@ def log10_density_histogram(
     return counts, edges, n_never
 
 
+def fired_in(z: jnp.ndarray) -> jnp.ndarray:
+    """Which latents are non-zero in any row of the batch (all replicas), from dense latents:
+    max_b |z| > 0, which XLA-CPU reduces straight from z (see `nonzero`). A latent with a NaN in the
+    batch may come out either way (XLA's reductions differ in whether max propagates NaN); its loss
+    is NaN then and the train loop stops. z: [..., d_sae] -> [d_sae] bool."""
+    magnitude = jnp.max(jnp.abs(z).reshape(-1, z.shape[-1]), axis=0, initial=0.0)
+    return batch_axis.any_row((magnitude > 0)[None])
+
+
 def update_steps_since_fired(counter: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
     """Reset the counter to 0 for latents that fired in this batch, add 1 elsewhere.
 
     counter: [d_sae] int32; z: [..., d_sae]. Returns [d_sae] of counter's dtype.
     """
-    return reset_fired(counter, batch_axis.any_row((z != 0).reshape(-1, z.shape[-1])))
+    return reset_fired(counter, fired_in(z))
 
 
 def fired_latents(out) -> jnp.ndarray:
     """Which latents are non-zero in any row of the batch (all replicas), from an `SAEOutput`.
 
     Sparse TopK outputs are read from their k values per row (aux "values"/"indices"), so the
-    dense z [B, d_sae] need not be built; dense ones from max_b |z| > 0, which XLA-CPU reduces
-    straight from z (see `nonzero`). A latent with a NaN in the batch may come out either way (XLA's
-    reductions differ in whether max propagates NaN); its loss is NaN then and the train loop stops.
-    Returns [d_sae] bool.
+    dense z [B, d_sae] need not be built; dense ones through `fired_in`. Returns [d_sae] bool.
     """
     if "indices" in out.aux:
         values, indices = out.aux["values"], out.aux["indices"]
         local = jnp.zeros(out.z.shape[-1], bool).at[indices.reshape(-1)].max((values != 0).reshape(-1))
         return batch_axis.any_row(local[None])
-    magnitude = jnp.max(jnp.abs(out.z).reshape(-1, out.z.shape[-1]), axis=0, initial=0.0)  # reads z; see `nonzero`
-    return batch_axis.any_row((magnitude > 0)[None])
+    return fired_in(out.z)
 
 
 def reset_fired(counter: jnp.ndarray, fired: jnp.ndarray) -> jnp.ndarray:

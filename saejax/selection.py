@@ -61,11 +61,12 @@ def top_k(x: jax.Array, k: int, offset: jax.Array | None = None) -> tuple[jax.Ar
         return jax.lax.top_k(x if offset is None else x + offset, k)
     batch = x.shape[:-1]
     blocks = x.reshape(*batch, width // BLOCK, BLOCK)
-    shifted = blocks if offset is None else blocks + offset.reshape(width // BLOCK, BLOCK)
+    offset_blocks = None if offset is None else offset.reshape(width // BLOCK, BLOCK)
+    shifted = blocks if offset is None else blocks + offset_blocks
     kept = jnp.sort(jax.lax.top_k(jax.lax.stop_gradient(shifted).max(-1), k)[1], axis=-1)  # [..., k] block ids
     candidates = jnp.take_along_axis(blocks, kept[..., None], axis=-2)  # [..., k, BLOCK]
     if offset is not None:  # gathered apart: `shifted` then feeds only the maxima and is never written out
-        candidates = candidates + offset.reshape(width // BLOCK, BLOCK)[kept]
+        candidates = candidates + offset_blocks[kept]
     candidates = candidates.reshape(*batch, k * BLOCK)
     values, at = jax.lax.top_k(candidates, k)
     return values, jnp.take_along_axis(kept, at // BLOCK, axis=-1) * BLOCK + at % BLOCK
