@@ -10,15 +10,20 @@ step itself (MSE + AuxK 1/32 for topk, MSE + L1 5.0 for relu; Adam 1e-4, k 32) a
     PYTHONPATH=/tmp/old python benchmarks/step_ab.py --arch=topk --d_sae=32768   # saejax from /tmp/old
 
 --malloc: tuned (mallopt as `saejax.runtime.tune_malloc` does now: never trim), int_max_trim (the
-session-4 setting, trim threshold 2**31 - 1), default (glibc's). Alternate contenders over several
-rounds and compare medians: this machine is noisy (BUILD_NOTES, "Performance suite").
+session-4 setting, trim threshold 2**31 - 1), default (glibc's). --huge_pages (default on, as
+`tune_malloc` since session 9): the heap reservation advised for transparent huge pages, taken from
+the `saejax/runtime.py` beside this script, so an older checkout on PYTHONPATH is timed under the
+same advice. Alternate contenders over several rounds and compare medians: this machine is noisy
+(BUILD_NOTES, "Performance suite").
 """
 
 import ctypes
+import importlib.util
 import json
 import resource
 import statistics
 import time
+from pathlib import Path
 
 from absl import app, flags
 
@@ -30,6 +35,7 @@ _BATCH = flags.DEFINE_integer("batch", 4096, "Rows per step.")
 _DEAD = flags.DEFINE_float("dead_fraction", 0.0, "topk: share of latents dead from the start and kept dead.")
 _MALLOC = flags.DEFINE_enum("malloc", "tuned", ["tuned", "int_max_trim", "default"], "Allocator settings.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps (after one untimed).")
+_HUGE_PAGES = flags.DEFINE_bool("huge_pages", True, "Advise the heap for transparent huge pages, as tune_malloc does.")
 
 DEAD_STEPS = 1000
 _TRIM = {"tuned": -1, "int_max_trim": 2**31 - 1}
@@ -44,9 +50,22 @@ def set_malloc(mode: str) -> None:
         assert mallopt(param, value) == 1
 
 
+def advise_huge_pages() -> int:
+    """The huge-page heap reservation of the saejax/runtime.py beside this script (loaded by path, not
+    from PYTHONPATH). Returns the bytes advised (0 where the kernel or the environment says no)."""
+    path = Path(__file__).resolve().parents[1] / "saejax" / "runtime.py"
+    spec = importlib.util.spec_from_file_location("_step_ab_runtime", path)
+    here = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(here)
+    if not here.wants_huge_page_advice():
+        return 0
+    return here.reserve_huge_page_heap(ctypes.CDLL("libc.so.6"), here.huge_page_reserve_bytes())
+
+
 def main(argv):
     del argv
     set_malloc(_MALLOC.value)
+    huge_page_bytes = advise_huge_pages() if _HUGE_PAGES.value and _MALLOC.value != "default" else 0
     import jax
     import numpy as np
     import optax
@@ -82,7 +101,7 @@ def main(argv):
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(json.dumps({
         "saejax": saejax.__file__, "arch": _ARCH.value, "sparse": _SPARSE.value, "d_in": d, "d_sae": f, "batch": b,
-        "dead_fraction": _DEAD.value, "malloc": _MALLOC.value, "step_s": statistics.median(seconds),
+        "dead_fraction": _DEAD.value, "malloc": _MALLOC.value, "huge_page_bytes": huge_page_bytes, "step_s": statistics.median(seconds),
         "faults_per_step": statistics.median(faults), "scratch_gib": step.memory_analysis().temp_size_in_bytes / 2**30,
     }))
 

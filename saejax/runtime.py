@@ -12,6 +12,16 @@ The trim threshold is mallopt's -1, which glibc reads as SIZE_MAX (never trim). 
 int, 2**31 - 1, let glibc return any free block past 2 GiB at the top of the heap: a step whose
 scratch passes 2 GiB (a sparse TopK step at d_sae 32768, batch 4096, with AuxK: 3.3 GiB) faulted
 470-640k pages in again on every step, 1.8-2.5 GiB (BUILD_NOTES, "Performance suite").
+
+Transparent huge pages: where the kernel gives 2 MiB pages only to memory that asks for them
+(``/sys/kernel/mm/transparent_hugepage/enabled`` reads ``[madvise]``, as on the benchmark machine),
+numpy already asks for its large arrays (4 MiB and up), XLA does not. `tune_malloc` therefore grows the heap
+once by a large, untouched block advised ``MADV_HUGEPAGE`` and frees it (it stays in the heap, see
+above): the scratch XLA allocates later comes from that range and is faulted in as 2 MiB pages, which
+made the dense relu step ~6 % faster there (BUILD_NOTES, issue 8 session 9). The block is address space
+only; pages count towards the process's memory once written, as before. It is skipped where the kernel
+does not take the advice, under strict overcommit (``vm.overcommit_memory`` 2, where the block would
+be charged), and when the environment sets SAEJAX_NO_HUGE_PAGES=1.
 """
 
 import ctypes
@@ -20,13 +30,22 @@ import os
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameter numbers
+_MADV_HUGEPAGE = 14
+HUGE_PAGE = 2 << 20
+HUGE_PAGE_RESERVE_CAP = 64 << 30
 DISABLE_ENV = "SAEJAX_NO_MALLOC_TUNING"
+NO_HUGE_PAGES_ENV = "SAEJAX_NO_HUGE_PAGES"
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+OVERCOMMIT = "/proc/sys/vm/overcommit_memory"
 _done = False
+huge_page_bytes = 0  # the heap range `tune_malloc` advised for huge pages (0: none)
 
 
 def tune_malloc() -> bool:
-    """Keep freed heap memory for reuse (glibc on Linux only; a no-op elsewhere, or when the
-    environment sets SAEJAX_NO_MALLOC_TUNING=1). Returns whether the settings were applied."""
+    """Keep freed heap memory for reuse and back the heap's future large blocks with huge pages
+    (glibc on Linux only; a no-op elsewhere, or when the environment sets SAEJAX_NO_MALLOC_TUNING=1).
+    Returns whether the allocator settings were applied; `huge_page_bytes` says how much of the heap
+    was advised for huge pages (module docstring)."""
     global _done
     if _done:
         return True
@@ -40,4 +59,56 @@ def tune_malloc() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     settings = [(_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)]  # -1: SIZE_MAX
     _done = all(mallopt(param, value) == 1 for param, value in settings)
+    if _done and wants_huge_page_advice():
+        global huge_page_bytes
+        huge_page_bytes = reserve_huge_page_heap(libc, huge_page_reserve_bytes())
     return _done
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def wants_huge_page_advice() -> bool:
+    """True where advising huge pages changes anything and costs nothing: the kernel hands them out
+    on request only ("[madvise]"; under "[always]" the heap gets them anyway, under "[never]" not at
+    all), overcommit is not strict, and SAEJAX_NO_HUGE_PAGES is unset or 0."""
+    if os.environ.get(NO_HUGE_PAGES_ENV, "") not in ("", "0"):
+        return False
+    return "[madvise]" in _read(THP_ENABLED) and _read(OVERCOMMIT).strip() in ("0", "1")
+
+
+def huge_page_reserve_bytes() -> int:
+    """Half the physical memory, at most HUGE_PAGE_RESERVE_CAP (address space, not memory in use)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+    return min(total // 2, HUGE_PAGE_RESERVE_CAP)
+
+
+def reserve_huge_page_heap(libc: ctypes.CDLL, nbytes: int) -> int:
+    """Grow the heap by an untouched block of ~`nbytes`, advise its whole 2 MiB pages MADV_HUGEPAGE and
+    free it into the heap's top (which `tune_malloc`'s settings never trim), so that later large
+    allocations are served from huge pages. Returns the bytes advised (0 if none were)."""
+    if nbytes < 2 * HUGE_PAGE:
+        return 0
+    try:
+        malloc, free, madvise = libc.malloc, libc.free, libc.madvise
+    except AttributeError:
+        return 0
+    malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    free.restype, free.argtypes = None, [ctypes.c_void_p]
+    madvise.restype, madvise.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    block = malloc(nbytes)  # never written: no page is faulted in
+    if not block:
+        return 0
+    start = -(-block // HUGE_PAGE) * HUGE_PAGE
+    length = (block + nbytes - start) // HUGE_PAGE * HUGE_PAGE
+    advised = length if madvise(ctypes.c_void_p(start), length, _MADV_HUGEPAGE) == 0 else 0
+    free(ctypes.c_void_p(block))
+    return advised

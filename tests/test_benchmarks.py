@@ -82,3 +82,50 @@ def test_tune_malloc_keeps_a_freed_block_over_2_gib():
     env = {k: v for k, v in os.environ.items() if k != runtime.DISABLE_ENV}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["True", "True"]
+
+
+def _thp_on_request() -> bool:
+    try:
+        return "[madvise]" in Path(runtime.THP_ENABLED).read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _thp_on_request(),
+                    reason="the kernel hands out transparent huge pages on request only under [madvise]")
+def test_tune_malloc_backs_later_large_blocks_with_huge_pages_without_touching_them():
+    """The reserved heap range is address space only (RSS does not grow by it), and a large block
+    allocated afterwards, as XLA's scratch is, is faulted in as 2 MiB pages; SAEJAX_NO_HUGE_PAGES=1
+    leaves the allocator settings on and the huge pages off."""
+    code = """if True:
+        import ctypes, resource
+        from saejax import runtime
+        def rss():
+            return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) << 10
+        before = rss()
+        applied = runtime.tune_malloc()
+        grown = rss() - before
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        block = libc.malloc(64 << 20)
+        ctypes.memset(block, 1, 64 << 20)
+        huge, overlaps = 0, False
+        for line in open("/proc/self/smaps"):  # the mappings that overlap the block
+            first = line.split()[0]
+            if "-" in first and not first.endswith(":"):
+                lo, hi = (int(a, 16) for a in first.split("-"))
+                overlaps = lo < block + (64 << 20) and block < hi
+            elif first == "AnonHugePages:" and overlaps:
+                huge += int(line.split()[1]) << 10
+        print(applied, runtime.huge_page_bytes, grown, huge)
+    """
+    env = {k: v for k, v in os.environ.items() if k not in (runtime.DISABLE_ENV, runtime.NO_HUGE_PAGES_ENV)}
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    applied, advised, grown, huge = on.stdout.split()
+    assert applied == "True" and int(advised) >= 1 << 30
+    assert int(grown) < 32 << 20  # the reservation itself is never written
+    assert int(huge) >= 32 << 20  # most of the 64 MiB block came as 2 MiB pages
+    off = subprocess.run([sys.executable, "-c", code], env={**env, runtime.NO_HUGE_PAGES_ENV: "1"},
+                         capture_output=True, text=True, check=True)
+    applied, advised, _, huge = off.stdout.split()
+    assert applied == "True" and advised == "0" and huge == "0"
