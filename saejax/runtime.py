@@ -22,10 +22,20 @@ made the dense relu step ~6 % faster there (BUILD_NOTES, issue 8 session 9). The
 only; pages count towards the process's memory once written, as before. It is skipped where the kernel
 does not take the advice, under strict overcommit (``vm.overcommit_memory`` 2, where the block would
 be charged), and when the environment sets SAEJAX_NO_HUGE_PAGES=1.
+
+Which library runs the dots: XLA-CPU hands f32 dots to YNNPACK by default (its fusion types
+"individual dot" and "reduce"). For the dense steps' [B, d] x [d, F], [B, F] x [F, d] and
+[B, d] x [F, d]^T products, XLA's Eigen dots were faster on the benchmark machine (0.17-0.18 s
+against 0.20-0.21 s at 4096 x 512 x 8192; the dense relu step 4 % faster, side by side in one
+process), while the sparse TopK step's row-chunked encoder matmul runs faster in YNNPACK.
+`step_compiler_options` therefore compiles dense steps with YNNPACK's reductions only (XLA's default
+minus the individual dots) and leaves sparse TopK steps at XLA's default; SAEJAX_CPU_DOTS=ynnpack
+keeps XLA's default everywhere, =eigen takes Eigen everywhere (BUILD_NOTES, issue 8 session 9).
 """
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -37,6 +47,9 @@ DISABLE_ENV = "SAEJAX_NO_MALLOC_TUNING"
 NO_HUGE_PAGES_ENV = "SAEJAX_NO_HUGE_PAGES"
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 OVERCOMMIT = "/proc/sys/vm/overcommit_memory"
+CPU_DOTS_ENV = "SAEJAX_CPU_DOTS"
+CPU_DOTS_CHOICES = ("auto", "ynnpack", "eigen")
+EIGEN_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}  # XLA's default minus its dots
 _done = False
 huge_page_bytes = 0  # the heap range `tune_malloc` advised for huge pages (0: none)
 
@@ -112,3 +125,30 @@ def reserve_huge_page_heap(libc: ctypes.CDLL, nbytes: int) -> int:
     advised = length if madvise(ctypes.c_void_p(start), length, _MADV_HUGEPAGE) == 0 else 0
     free(ctypes.c_void_p(block))
     return advised
+
+
+def step_compiler_options(sparse: bool) -> dict[str, str]:
+    """XLA compile options for a train step on the default backend (module docstring): on CPU, a
+    dense step (`sparse` False) sends its dots to Eigen; a sparse TopK step keeps XLA's default.
+    SAEJAX_CPU_DOTS (auto | ynnpack | eigen) overrides the choice. {} off CPU, and where this jaxlib
+    does not take the option. Raises ValueError naming SAEJAX_CPU_DOTS on another value."""
+    choice = os.environ.get(CPU_DOTS_ENV, "") or "auto"
+    if choice not in CPU_DOTS_CHOICES:
+        raise ValueError(f"{CPU_DOTS_ENV}={choice!r}: expected one of {', '.join(CPU_DOTS_CHOICES)}")
+    eigen = choice == "eigen" or (choice == "auto" and not sparse)
+    return dict(EIGEN_DOTS) if eigen and _eigen_dots_available() else {}
+
+
+@functools.cache
+def _eigen_dots_available() -> bool:
+    """Whether the default backend is a CPU whose XLA compiles with EIGEN_DOTS (one tiny compile)."""
+    import jax  # noqa: PLC0415 (this module is imported before jax, for tune_malloc)
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    if jax.default_backend() != "cpu":
+        return False
+    try:
+        jax.jit(jnp.matmul).lower(jnp.zeros((8, 8)), jnp.zeros((8, 8))).compile(compiler_options=EIGEN_DOTS)
+    except Exception:  # noqa: BLE001 (an XLA that renamed or dropped the option: keep its default)
+        return False
+    return True

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from saejax import batch_axis, initializers, losses, metrics
+from saejax import batch_axis, initializers, losses, metrics, runtime
 from saejax.errors import ConfigError
 from saejax.sae import SAE, Params, sae_from_config
 
@@ -229,7 +229,9 @@ def make_train_step(
     unit_norm_decoder: bool = True,
     dead_steps: int = 1000,
 ):
-    """The pure train step (state, batch [B, d_in]) -> (state, metrics); jit it with `jit_train_step`."""
+    """The pure train step (state, batch [B, d_in]) -> (state, metrics); jit it with `jit_train_step`,
+    which compiles it with the step's `compiler_options` (attribute: XLA options for this SAE's
+    matmuls on CPU, see `runtime.step_compiler_options`; {} elsewhere)."""
     constrain = unit_norm_decoder and sae.arch != "mlp"
 
     def loss_fn(params, x, loss_state, step):
@@ -252,12 +254,18 @@ def make_train_step(
         logged = {"loss": value, **{f"loss/{name}": v for name, v in terms.items()}}
         return new_state, {**logged, **step_metrics(x, out, fired, dead_steps)}
 
+    sparse = sae.arch == "topk" and bool(sae.hparams.get("sparse"))
+    train_step.compiler_options = runtime.step_compiler_options(sparse=sparse)
     return train_step
 
 
-def jit_train_step(train_step):
-    """jax.jit with the state (argument 0) donated: params and optimizer state update in place."""
-    return jax.jit(train_step, donate_argnums=0)
+def jit_train_step(train_step, compiler_options: dict[str, str] | None = None):
+    """jax.jit with the state (argument 0) donated: params and optimizer state update in place.
+    compiler_options: XLA's; by default the step's own (`make_train_step` sets them from
+    `runtime.step_compiler_options`: on CPU, which library runs the dots)."""
+    if compiler_options is None:
+        compiler_options = getattr(train_step, "compiler_options", None)
+    return jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options or None)
 
 
 def evaluate(sae: SAE, params: Params, norm_scale: jax.Array, batch: jax.Array) -> dict[str, jax.Array]:

@@ -1,5 +1,7 @@
 """The train step: compiles once, reduces the loss, keeps its constraints; optimizer and init."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,3 +177,42 @@ def test_resampling_replaces_only_dead_latents_and_resets_their_moments():
     np.testing.assert_array_equal(adam.mu["W_dec"][dead], 0.0)
     np.testing.assert_array_equal(adam.nu["W_enc"][:, dead], 0.0)
     np.testing.assert_array_equal(adam.mu["W_dec"][~dead], old_adam.mu["W_dec"][~dead])
+
+
+def _plain_and_library_dots(step, state, batch):
+    """(dots XLA runs itself, e.g. with Eigen; YNNPACK fusions that hold a dot) in the compiled step."""
+    hlo = step.lower(state, batch).compile().as_text()
+    entry = hlo[hlo.index("ENTRY"):]
+    fused = {name for name, body in re.findall(r"^(%\S+) \([^\n]*\{\n(.*?)\n\}", hlo, flags=re.S | re.M)
+             if " dot(" in body}
+    plain = len(re.findall(r" dot\(", entry))
+    ynn = sum(1 for line in entry.splitlines() if "__ynn_fusion" in line and any(f"calls={n}," in line for n in fused))
+    return plain, ynn
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA-CPU's choice of dot library")
+def test_dense_steps_run_their_dots_in_eigen_and_sparse_topk_keeps_xla_default(monkeypatch):
+    """`make_train_step` attaches the XLA options `jit_train_step` compiles with: a dense step's dots
+    leave YNNPACK (measured faster in Eigen on the benchmark CPU), a sparse TopK step keeps XLA's
+    default, SAEJAX_CPU_DOTS overrides both ways and rejects other values."""
+    from saejax import runtime
+
+    monkeypatch.delenv(runtime.CPU_DOTS_ENV, raising=False)
+    relu, loss, optimizer, state = _setup("relu")
+    step = train.make_train_step(relu, loss, optimizer)
+    assert step.compiler_options == runtime.EIGEN_DOTS
+    plain, ynn = _plain_and_library_dots(train.jit_train_step(step), state, _data())
+    assert plain >= 4 and ynn == 0, (plain, ynn)
+    default_plain, default_ynn = _plain_and_library_dots(train.jit_train_step(step, {}), state, _data())
+    assert default_ynn >= 3, (default_plain, default_ynn)  # XLA's default: YNNPACK takes the forward dots
+
+    topk = make_sae("topk", D_IN, 512, k=4, sparse=True)
+    topk_loss = losses.chain(losses.mse())
+    assert train.make_train_step(topk, topk_loss, optimizer).compiler_options == {}
+    monkeypatch.setenv(runtime.CPU_DOTS_ENV, "eigen")
+    assert train.make_train_step(topk, topk_loss, optimizer).compiler_options == runtime.EIGEN_DOTS
+    monkeypatch.setenv(runtime.CPU_DOTS_ENV, "ynnpack")
+    assert train.make_train_step(relu, loss, optimizer).compiler_options == {}
+    monkeypatch.setenv(runtime.CPU_DOTS_ENV, "mkl")
+    with pytest.raises(ValueError, match="SAEJAX_CPU_DOTS='mkl'"):
+        train.make_train_step(relu, loss, optimizer)
