@@ -62,7 +62,7 @@ def tune_malloc() -> bool:
     global _done
     if _done:
         return True
-    if not sys.platform.startswith("linux") or os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+    if not sys.platform.startswith("linux") or _env_set(DISABLE_ENV):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -86,13 +86,21 @@ def _read(path: str) -> str:
         return ""
 
 
-def wants_huge_page_advice() -> bool:
+def _env_set(name: str) -> bool:
+    """Whether the environment switch `name` is on (set to anything but "" or "0")."""
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def kernel_takes_huge_page_advice() -> bool:
     """True where advising huge pages changes anything and costs nothing: the kernel hands them out
     on request only ("[madvise]"; under "[always]" the heap gets them anyway, under "[never]" not at
-    all), overcommit is not strict, and SAEJAX_NO_HUGE_PAGES is unset or 0."""
-    if os.environ.get(NO_HUGE_PAGES_ENV, "") not in ("", "0"):
-        return False
+    all) and overcommit is not strict."""
     return "[madvise]" in _read(THP_ENABLED) and _read(OVERCOMMIT).strip() in ("0", "1")
+
+
+def wants_huge_page_advice() -> bool:
+    """`kernel_takes_huge_page_advice`, unless SAEJAX_NO_HUGE_PAGES is on."""
+    return not _env_set(NO_HUGE_PAGES_ENV) and kernel_takes_huge_page_advice()
 
 
 def huge_page_reserve_bytes() -> int:

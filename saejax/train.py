@@ -254,8 +254,7 @@ def make_train_step(
         logged = {"loss": value, **{f"loss/{name}": v for name, v in terms.items()}}
         return new_state, {**logged, **step_metrics(x, out, fired, dead_steps)}
 
-    sparse = sae.arch == "topk" and bool(sae.hparams.get("sparse"))
-    train_step.compiler_options = runtime.step_compiler_options(sparse=sparse)
+    train_step.compiler_options = runtime.step_compiler_options(sparse=bool(sae.hparams.get("sparse")))
     return train_step
 
 

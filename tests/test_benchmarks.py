@@ -84,21 +84,14 @@ def test_tune_malloc_keeps_a_freed_block_over_2_gib():
     assert result.stdout.split() == ["True", "True"]
 
 
-def _thp_on_request() -> bool:
-    try:
-        return "[madvise]" in Path(runtime.THP_ENABLED).read_text()
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not _thp_on_request(),
-                    reason="the kernel hands out transparent huge pages on request only under [madvise]")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not runtime.kernel_takes_huge_page_advice(),
+                    reason="needs transparent huge pages on request ([madvise]) and overcommit that is not strict")
 def test_tune_malloc_backs_later_large_blocks_with_huge_pages_without_touching_them():
     """The reserved heap range is address space only (RSS does not grow by it), and a large block
     allocated afterwards, as XLA's scratch is, is faulted in as 2 MiB pages; SAEJAX_NO_HUGE_PAGES=1
     leaves the allocator settings on and the huge pages off."""
     code = """if True:
-        import ctypes, resource
+        import ctypes
         from saejax import runtime
         def rss():
             return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) << 10
