@@ -27,9 +27,11 @@ Which library runs the dots: XLA-CPU hands f32 dots to YNNPACK by default (its f
 "individual dot" and "reduce"). For the dense steps' [B, d] x [d, F], [B, F] x [F, d] and
 [B, d] x [F, d]^T products, XLA's Eigen dots were faster on the benchmark machine (0.17-0.18 s
 against 0.20-0.21 s at 4096 x 512 x 8192; the dense relu step 4 % faster, side by side in one
-process), while the sparse TopK step's row-chunked encoder matmul runs faster in YNNPACK.
-`step_compiler_options` therefore compiles dense steps with YNNPACK's reductions only (XLA's default
-minus the individual dots) and leaves sparse TopK steps at XLA's default; SAEJAX_CPU_DOTS=ynnpack
+process), while the sparse TopK step's row-chunked encoder matmul runs faster in YNNPACK, and so do
+bfloat16 dots, which YNNPACK runs with the CPU's bf16 instructions and Eigen does not (the bf16 relu
+step at 4096 x 512 x 8192: 0.78 s in YNNPACK, 0.94 s in Eigen; BUILD_NOTES, issue 8 session 10).
+`step_compiler_options` therefore compiles dense float32 steps with YNNPACK's reductions only (XLA's
+default minus the individual dots) and leaves sparse TopK and bf16 steps at XLA's default; SAEJAX_CPU_DOTS=ynnpack
 keeps XLA's default everywhere, =eigen takes Eigen everywhere (BUILD_NOTES, issue 8 session 9).
 """
 
@@ -135,15 +137,16 @@ def reserve_huge_page_heap(libc: ctypes.CDLL, nbytes: int) -> int:
     return advised
 
 
-def step_compiler_options(sparse: bool) -> dict[str, str]:
+def step_compiler_options(sparse: bool, dtype: str = "float32") -> dict[str, str]:
     """XLA compile options for a train step on the default backend (module docstring): on CPU, a
-    dense step (`sparse` False) sends its dots to Eigen; a sparse TopK step keeps XLA's default.
-    SAEJAX_CPU_DOTS (auto | ynnpack | eigen) overrides the choice. {} off CPU, and where this jaxlib
-    does not take the option. Raises ValueError naming SAEJAX_CPU_DOTS on another value."""
+    dense (`sparse` False) float32 step sends its dots to Eigen; a sparse TopK step, or one whose
+    matmuls run in another `dtype` (bfloat16), keeps XLA's default. SAEJAX_CPU_DOTS (auto | ynnpack |
+    eigen) overrides the choice. {} off CPU, and where this jaxlib does not take the option. Raises
+    ValueError naming SAEJAX_CPU_DOTS on another value."""
     choice = os.environ.get(CPU_DOTS_ENV, "") or "auto"
     if choice not in CPU_DOTS_CHOICES:
         raise ValueError(f"{CPU_DOTS_ENV}={choice!r}: expected one of {', '.join(CPU_DOTS_CHOICES)}")
-    eigen = choice == "eigen" or (choice == "auto" and not sparse)
+    eigen = choice == "eigen" or (choice == "auto" and not sparse and str(dtype) == "float32")
     return dict(EIGEN_DOTS) if eigen and _eigen_dots_available() else {}
 
 

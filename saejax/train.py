@@ -254,7 +254,8 @@ def make_train_step(
         logged = {"loss": value, **{f"loss/{name}": v for name, v in terms.items()}}
         return new_state, {**logged, **step_metrics(x, out, fired, dead_steps)}
 
-    train_step.compiler_options = runtime.step_compiler_options(sparse=bool(sae.hparams.get("sparse")))
+    train_step.compiler_options = runtime.step_compiler_options(sparse=bool(sae.hparams.get("sparse")),
+                                                                dtype=jnp.dtype(sae.hparams.get("dtype", "float32")).name)
     return train_step
 
 

@@ -192,9 +192,10 @@ def _plain_and_library_dots(step, state, batch):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA-CPU's choice of dot library")
 def test_dense_steps_run_their_dots_in_eigen_and_sparse_topk_keeps_xla_default(monkeypatch):
-    """`make_train_step` attaches the XLA options `jit_train_step` compiles with: a dense step's dots
-    leave YNNPACK (measured faster in Eigen on the benchmark CPU), a sparse TopK step keeps XLA's
-    default, SAEJAX_CPU_DOTS overrides both ways and rejects other values."""
+    """`make_train_step` attaches the XLA options `jit_train_step` compiles with: a dense float32
+    step's dots leave YNNPACK (measured faster in Eigen on the benchmark CPU), a sparse TopK step and a
+    bfloat16 step (YNNPACK has the bf16 kernels) keep XLA's default, SAEJAX_CPU_DOTS overrides both
+    ways and rejects other values."""
     from saejax import runtime
 
     monkeypatch.delenv(runtime.CPU_DOTS_ENV, raising=False)
@@ -209,7 +210,10 @@ def test_dense_steps_run_their_dots_in_eigen_and_sparse_topk_keeps_xla_default(m
     topk = make_sae("topk", D_IN, 512, k=4, sparse=True)
     topk_loss = losses.chain(losses.mse())
     assert train.make_train_step(topk, topk_loss, optimizer).compiler_options == {}
+    relu_bf16 = make_sae("relu", D_IN, 512, dtype="bfloat16")
+    assert train.make_train_step(relu_bf16, loss, optimizer).compiler_options == {}
     monkeypatch.setenv(runtime.CPU_DOTS_ENV, "eigen")
+    assert train.make_train_step(relu_bf16, loss, optimizer).compiler_options == runtime.EIGEN_DOTS
     assert train.make_train_step(topk, topk_loss, optimizer).compiler_options == runtime.EIGEN_DOTS
     monkeypatch.setenv(runtime.CPU_DOTS_ENV, "ynnpack")
     assert train.make_train_step(relu, loss, optimizer).compiler_options == {}
