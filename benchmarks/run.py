@@ -6,13 +6,16 @@ Sections (each timed in this one process, medians, so that ratios compare like w
 - limits: the matmul rate this machine reaches on the step's own shapes: numpy f32 into preallocated
   outputs (on CPU, the ceiling) and jax.jit(jnp.matmul) in f32 and bf16 (on GPU/TPU, the ceiling).
 - steps: train-step time of relu+L1, topk (sparse and dense; sparse also with 5 % and 20 % of the
-  latents dead, so that AuxK runs as it does through most of a long run), batchtopk and jumprelu at each size,
+  latents dead, so that AuxK runs as it does through most of a long run, and without the bf16
+  pre-screen of `saejax.screening`, which "auto" takes on CPUs with bf16 dots at d_sae >= 1024·k),
+  batchtopk and jumprelu at each size,
   with FLOP/s counted as the 10·B·d·F FLOPs a minimal dense step needs, that rate as a fraction of
   the limit, and XLA's memory for the step (arguments + outputs + scratch). On CPU in f32 the
   fraction is paired: each timed step alternates with numpy's three matmuls on the same shapes, and
   the median of the per-round ratios is reported, so the machine's drift cancels (±15 % over minutes
   here); elsewhere the fraction uses the limits section's rate.
-- speedups: the sparse TopK step against the dense relu and dense TopK steps of the same size,
+- speedups: the sparse TopK step against the dense relu and dense TopK steps of the same size (and
+  against itself unscreened),
   timed in alternation (one step of each per round, median of the per-round ratios): issue 8's
   "TopK ≥ 4× the dense relu step" without the drift between rows of the steps table.
 - scaling: step time over d_sae = 2^12…2^16 (batch 1024) and over batch = 2^8…2^12 (d_sae 8192) for
@@ -95,6 +98,7 @@ VARIANTS = {  # name -> (arch, train_setup options)
     "relu": ("relu", {}), "topk sparse": ("topk", {"sparse": True}), "topk dense": ("topk", {"sparse": False}),
     "topk sparse, 5% dead": ("topk", {"sparse": True, "dead_fraction": 0.05}),
     "topk sparse, 20% dead": ("topk", {"sparse": True, "dead_fraction": 0.2}),
+    "topk sparse, unscreened": ("topk", {"sparse": True, "screen": False}),
     "batchtopk": ("batchtopk", {}), "jumprelu": ("jumprelu", {}),
 }
 
@@ -184,7 +188,8 @@ def steps(plan: dict, repeats: int, result: dict) -> list[dict]:
     return rows
 
 
-SPEEDUP_PAIRS = [("relu", "topk sparse"), ("topk dense", "topk sparse"), ("relu", "topk sparse, 5% dead")]
+SPEEDUP_PAIRS = [("relu", "topk sparse"), ("topk dense", "topk sparse"), ("relu", "topk sparse, 5% dead"),
+                 ("topk sparse, unscreened", "topk sparse")]
 
 
 def speedups(plan: dict, repeats: int) -> list[dict]:

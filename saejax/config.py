@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sae.normalize_activations = True  # scale inputs so E||x||^2 = d_in; folded back at export
     c.sae.dtype = "float32"  # compute dtype of the matmuls: float32 | bfloat16 (params stay f32)
     c.sae.sparse = "auto"  # topk: decode/backprop through the k active latents only: auto | true | false
+    c.sae.screen = "auto"  # sparse f32 topk: bf16 pre-screen of the encoder, certified exact: auto | true | false
 
     c.loss = ml_collections.ConfigDict()
     c.loss.mse = 1.0

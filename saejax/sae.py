@@ -23,7 +23,9 @@ the training forward decodes from the k selected rows of W_dec by gather instead
 and columns of W_enc (scatter-adds), so only the encoder's forward matmul stays dense, and it runs
 over chunks of rows that are selected from as they are made (`linear_top_k`). Loss and gradients
 equal the dense path's up to float rounding (tests/test_sparse_topk.py). Its `pre_acts` carry no
-gradient and are computed only where something reads them.
+gradient and are computed only where something reads them. With ``screen`` (chosen by default on CPUs
+with bf16 dot instructions at d_sae ≥ screening.MIN_WIDTH_PER_K·k) the encoder product is screened in
+bfloat16 and the selection certified to be float32's (`saejax.screening`).
 
 `sae.pre_acts_of(params, x, latents)` computes the pre-activations of a subset of the latents only,
 with their gradient: AuxK encodes just the dead latents with it (`saejax.losses.auxk`).
@@ -37,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from saejax import activations, latent_axis, layout, selection
+from saejax import activations, latent_axis, layout, screening, selection
 from saejax.errors import ConfigError, DataError
 
 Params = dict[str, Any]
@@ -229,16 +231,23 @@ def _selected_pre_acts_bwd(latent_major, residuals, g):
 selected_pre_acts.defvjp(_selected_pre_acts_fwd, _selected_pre_acts_bwd)
 
 
-def linear_top_k(params: Params, x: jax.Array, k: int, dtype: str) -> tuple[jax.Array, jax.Array]:
+def linear_top_k(params: Params, x: jax.Array, k: int, dtype: str,
+                 screen: bool = False) -> tuple[jax.Array, jax.Array]:
     """The k largest pre-activations of each row of a linear encoder (W_enc, or a tied SAE's
     W_dec.T) and their latents, with the sparse gradient of `selected_pre_acts`:
     x [B, d_in] -> values [B, k], indices [B, k]. The [B, d_sae] pre-activations are never held
-    whole (`selection.chunked_top_k`)."""
+    whole (`selection.chunked_top_k`); with `screen` (float32 only) they are screened in bfloat16 and
+    the selection certified (`screening.screened_top_k`)."""
     frozen = jax.lax.stop_gradient(params)
-    selected, indices = selection.chunked_top_k(lambda rows: linear_pre_acts(frozen, rows, dtype),
-                                                jax.lax.stop_gradient(x), k, params["b_enc"].shape[0],
-                                                offset=frozen["b_enc"])
     tied = "W_enc" not in params
+    if screen:
+        centered = jax.lax.stop_gradient(x) - frozen["b_dec"]
+        selected, indices = screening.screened_top_k(centered, encoder_weight(frozen),
+                                                     frozen["W_dec"] if tied else None, frozen["b_enc"], k)
+    else:
+        selected, indices = selection.chunked_top_k(lambda rows: linear_pre_acts(frozen, rows, dtype),
+                                                    jax.lax.stop_gradient(x), k, params["b_enc"].shape[0],
+                                                    offset=frozen["b_enc"])
     w = params["W_dec"] if tied else params["W_enc"]
     return selected_pre_acts(x, params["b_dec"], w, params["b_enc"], selected, indices, tied), indices
 
@@ -292,10 +301,10 @@ def _encode_topk(params, x, train, *, dtype, k):
     return activations.topk(pre, k), pre, {}
 
 
-def _encode_topk_sparse(params, x, train, *, dtype, k):
+def _encode_topk_sparse(params, x, train, *, dtype, k, screen):
     """TopK with the selection read off pre-activations that carry no gradient; the selected values
     get theirs through `selected_pre_acts` (sparse). aux holds the values and indices for decoding."""
-    selected, indices = linear_top_k(params, x, k, dtype)
+    selected, indices = linear_top_k(params, x, k, dtype, screen)
     values = jax.nn.relu(selected)
     pre = jax.lax.stop_gradient(linear_pre_acts_of(params, x, None, dtype))  # only computed if read
     return scatter_rows(values, indices, pre.shape[1]), pre, {"values": values, "indices": indices}
@@ -448,16 +457,22 @@ def make_sae(
     unit_norm_decoder: bool = True,
     dtype: str = "float32",
     sparse: bool | str = "auto",
+    screen: bool | str = "auto",
 ) -> SAE:
     """Build an architecture (see module docstring). Raises ConfigError on bad options.
 
     sparse: topk only: True decodes and back-propagates through the k selected latents only,
     False uses dense matmuls, "auto" picks sparse when d_sae >= SPARSE_MIN_RATIO · k.
+    screen: sparse float32 topk only: True screens the encoder's pre-activations in bfloat16 and
+    certifies the selection (`screening`; the same latents, faster where bf16 dots are), "auto" does
+    where `screening.worth_screening` says it pays.
     """
     prefixes = tuple(matryoshka_prefixes) if matryoshka_prefixes else default_prefixes(d_sae)
     _validate(arch, d_in, d_sae, k, tied, prefixes, dtype, jumprelu_bandwidth, jumprelu_init_threshold)
     sparse = _resolve_sparse(sparse, arch, d_sae, k)
-    hparams = dict(k=k, leak=leak, tied=tied, bandwidth=jumprelu_bandwidth, dtype=dtype, sparse=sparse)
+    screen = _resolve_screen(screen, sparse, dtype, d_sae, k)
+    hparams = dict(k=k, leak=leak, tied=tied, bandwidth=jumprelu_bandwidth, dtype=dtype, sparse=sparse,
+                   screen=screen)
 
     linear_init = functools.partial(
         init_linear, d_in=d_in, d_sae=d_sae, tied=tied, dec_init_norm=dec_init_norm,
@@ -509,7 +524,8 @@ def make_sae(
         hparams["prefixes"] = prefixes
         forward_impl = functools.partial(_forward_matryoshka, encode_fn, dtype, prefixes)
     elif sparse:
-        sparse_forward = functools.partial(_forward_sparse, functools.partial(_encode_topk_sparse, dtype=dtype, k=k), dtype)
+        sparse_forward = functools.partial(_forward_sparse, functools.partial(_encode_topk_sparse, dtype=dtype, k=k, screen=screen),
+                                          dtype)
 
         def forward_impl(params, x, train=True):  # dense when the latents are split over a mesh
             return (dense_forward if latent_axis.sharded_mesh() is not None else sparse_forward)(params, x, train)
@@ -543,6 +559,18 @@ def _resolve_sparse(sparse: bool | str, arch: str, d_sae: int, k: int) -> bool:
     return sparse
 
 
+def _resolve_screen(screen: bool | str, sparse: bool, dtype: str, d_sae: int, k: int) -> bool:
+    """screen=True/False/"auto" -> whether the sparse TopK encoder is screened in bfloat16."""
+    if screen == "auto":
+        return sparse and jnp.dtype(dtype) == jnp.float32 and screening.worth_screening(d_sae, k)
+    if not isinstance(screen, bool):
+        raise ConfigError(f"sae.screen={screen!r} must be True, False or 'auto'")
+    if screen and not (sparse and jnp.dtype(dtype) == jnp.float32):
+        raise ConfigError("sae.screen=True needs the sparse float32 TopK path (sae.arch='topk', sae.sparse "
+                          f"not false, sae.dtype='float32'); this SAE has sparse={sparse}, dtype={dtype!r}")
+    return screen
+
+
 def _int_list(text: str, field: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
@@ -550,13 +578,13 @@ def _int_list(text: str, field: str) -> tuple[int, ...]:
         raise ConfigError(f"{field}={text!r} must be comma-separated integers, e.g. '64,256,1024'") from None
 
 
-def _sparse_setting(text) -> bool | str:
-    """sae.sparse from a config: "auto" | "true" | "false" (booleans accepted too)."""
+def _sparse_setting(text, field: str) -> bool | str:
+    """sae.sparse or sae.screen from a config: "auto" | "true" | "false" (booleans accepted too)."""
     if isinstance(text, bool):
         return text
     setting = {"auto": "auto", "true": True, "false": False}.get(str(text).lower())
     if setting is None:
-        raise ConfigError(f"sae.sparse={text!r} must be 'auto', 'true' or 'false'")
+        raise ConfigError(f"{field}={text!r} must be 'auto', 'true' or 'false'")
     return setting
 
 
@@ -576,5 +604,6 @@ def sae_from_config(sae_config, d_in: int, unit_norm_decoder: bool = True) -> SA
         dec_init_norm=sae_config.dec_init_norm,
         unit_norm_decoder=unit_norm_decoder,
         dtype=sae_config.dtype,
-        sparse=_sparse_setting(sae_config.get("sparse", "auto")),
+        sparse=_sparse_setting(sae_config.get("sparse", "auto"), "sae.sparse"),
+        screen=_sparse_setting(sae_config.get("screen", "auto"), "sae.screen"),
     )

@@ -75,21 +75,28 @@ def top_k(x: jax.Array, k: int, offset: jax.Array | None = None) -> tuple[jax.Ar
 def chunked_top_k(row_fn, x: jax.Array, k: int, width: int,
                   offset: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """`top_k(row_fn(x), k, offset)` without ever holding row_fn(x) whole: x's rows go through row_fn and
-    `top_k` in chunks of at most CHUNK_BYTES of float32 output (``lax.map``), so each chunk's
+    `top_k` in chunks of at most CHUNK_BYTES of float32 output (`map_row_chunks`), so each chunk's
     [rows, width] result is selected from while it is still in cache. No gradient.
 
     row_fn: [R, ...] -> [R, width] for any R (row-wise: each output row depends on its input row only).
     x [B, ...], offset [width] or None -> values [B, k], indices [B, k] int32, the same entries as the
     unchunked `top_k`."""
-    rows = x.shape[0]
-    per_chunk = max(1, CHUNK_BYTES // (4 * width))
-    n_chunks = -(-rows // per_chunk)
     offset = None if offset is None else jax.lax.stop_gradient(offset)
     select = lambda part: top_k(jax.lax.stop_gradient(row_fn(part)), k, offset)  # noqa: E731
+    return map_row_chunks(select, x, 4 * width, k)
+
+
+def map_row_chunks(select, x: jax.Array, bytes_per_row: int, k: int) -> tuple[jax.Array, jax.Array]:
+    """select(x) for a row-wise `select`: [R, ...] -> (values [R, k], indices [R, k]), run over balanced
+    chunks of x's rows whose scratch (bytes_per_row each) stays within CHUNK_BYTES (``lax.map``; one
+    call when it fits). The last chunk is padded with copies of x's last row, whose results are dropped.
+    x [B, ...] -> values [B, k], indices [B, k]."""
+    rows = x.shape[0]
+    n_chunks = -(-rows // max(1, CHUNK_BYTES // bytes_per_row))
     if n_chunks == 1:
         return select(x)
-    per_chunk = -(-rows // n_chunks)  # balanced chunks; the last is padded with zero rows
-    padded = jnp.pad(x, [(0, n_chunks * per_chunk - rows)] + [(0, 0)] * (x.ndim - 1))
+    per_chunk = -(-rows // n_chunks)
+    padded = jnp.pad(x, [(0, n_chunks * per_chunk - rows)] + [(0, 0)] * (x.ndim - 1), mode="edge")
     values, indices = jax.lax.map(select, padded.reshape(n_chunks, per_chunk, *x.shape[1:]))
     return values.reshape(-1, k)[:rows], indices.reshape(-1, k)[:rows]
 
