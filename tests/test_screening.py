@@ -27,15 +27,15 @@ def _float32_top_k(x, w, offset):
     return jax.lax.top_k(jnp.matmul(x, w, precision=jax.lax.Precision.HIGHEST) + offset, K)
 
 
-def _scale(w):
-    return screening.rounding_bound_scale(w.shape[0]) * jnp.sqrt(jnp.max(jnp.sum(w * w, axis=0)))
+def _norms(w):
+    return jnp.sqrt(jnp.sum(w * w, axis=0))
 
 
 def test_certified_rows_select_the_float32_latents():
     x, w, offset = _problem()
     assert _screen_list_is_blockwise()
-    values, indices, certified = jax.jit(screening.screen_rows, static_argnums=4)(
-        x, w.astype(jnp.bfloat16), w.T, offset, K, _scale(w))
+    values, indices, certified = jax.jit(screening.screen_rows, static_argnums=5)(
+        x, screening.screen_weight(w, _norms(w)), w.T, offset, jnp.max(_norms(w)), K)
     assert bool(certified.all())  # random data: every row certified
     ref_values, ref_indices = _float32_top_k(x, w, offset)
     np.testing.assert_array_equal(np.sort(indices, -1), np.sort(ref_indices, -1))
@@ -48,15 +48,18 @@ def _screen_list_is_blockwise():
     return screening.SCREEN_FACTOR * K * selection.BLOCK <= selection.MAX_CANDIDATE_SHARE * F
 
 
+@pytest.mark.parametrize("repair_rows", [screening.REPAIR_ROWS, 0])
 @pytest.mark.parametrize("chunk_rows", [None, 40])
 @pytest.mark.parametrize("tied", [False, True])
-def test_screened_top_k_matches_float32_and_falls_back_on_ties(monkeypatch, chunk_rows, tied):
+def test_screened_top_k_matches_float32_and_falls_back_on_ties(monkeypatch, chunk_rows, tied, repair_rows):
     """chunk_rows 40: 3 chunks of 32 rows. 2k latents copy row 5's k-th latent (column and offset), so
-    its k-th value is tied 2k + 1 times and no bound can separate the screen's bar from it: the chunks
-    holding such rows are selected in float32, bit for bit as the unscreened `selection.chunked_top_k`;
-    the certified chunks agree up to rounding."""
+    its k-th value is tied 2k + 1 times and no bound can separate the screen's bar from it. Such rows
+    are re-selected in float32 on their own (the same list as float32's, ties to the lower latent);
+    with repair_rows 0 their whole chunk is, bit for bit as the unscreened `selection.chunked_top_k`.
+    Certified rows agree up to rounding."""
     if chunk_rows:
         monkeypatch.setattr(selection, "CHUNK_BYTES", chunk_rows * 4 * F)
+    monkeypatch.setattr(screening, "REPAIR_ROWS", repair_rows)
     x, w, offset = _problem(1)
     top = np.asarray(_float32_top_k(x, w, offset)[1][5])
     copies = np.setdiff1d(np.arange(100, 100 + 3 * K * screening.SCREEN_FACTOR), top)[:K * screening.SCREEN_FACTOR]
@@ -66,13 +69,15 @@ def test_screened_top_k_matches_float32_and_falls_back_on_ties(monkeypatch, chun
     values, indices = run(x, w, offset)
     plain_values, plain_indices = jax.jit(lambda x, w, offset: selection.chunked_top_k(
         lambda rows: jnp.matmul(rows, w, preferred_element_type=jnp.float32), x, K, F, offset))(x, w, offset)
-    certified = np.asarray(screening.screen_rows(x, w.astype(jnp.bfloat16), w.T, offset, K, _scale(w))[2])
+    certified = np.asarray(screening.screen_rows(x, screening.screen_weight(w, _norms(w)), w.T, offset, jnp.max(_norms(w)), K)[2])
     assert not certified[5] and certified.sum() >= B - 8, certified.sum()
-    rows = chunk_rows and 32 or B
-    fallback = np.repeat(~certified.reshape(-1, rows).all(-1), rows)
-    assert fallback[5] and (not chunk_rows or not fallback.all())
-    np.testing.assert_array_equal(values[fallback], plain_values[fallback])
-    np.testing.assert_array_equal(indices[fallback], plain_indices[fallback])
+    np.testing.assert_array_equal(indices[~certified], plain_indices[~certified])
+    if not repair_rows:
+        rows = chunk_rows and 32 or B
+        fallback = np.repeat(~certified.reshape(-1, rows).all(-1), rows)
+        assert fallback[5] and (not chunk_rows or not fallback.all())
+        np.testing.assert_array_equal(values[fallback], plain_values[fallback])
+        np.testing.assert_array_equal(indices[fallback], plain_indices[fallback])
     np.testing.assert_array_equal(np.sort(indices, -1), np.sort(plain_indices, -1))
     np.testing.assert_allclose(values, plain_values, rtol=1e-6, atol=1e-6)
 
