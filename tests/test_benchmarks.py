@@ -26,7 +26,10 @@ def test_quick_suite_writes_every_section(tmp_path):
     assert all(r["speedup"] > 0 and r["fast_s"] > 0 for r in suite["speedups"])
     assert suite["plan"] == "quick" and {r["dtype"] for r in suite["steps"]} == {"float32", "bfloat16"}
     assert {r["variant"] for r in suite["steps"]} == {"relu", "topk sparse", "topk dense", "topk sparse, 5% dead",
-                                                      "topk sparse, 20% dead", "batchtopk", "jumprelu"}
+                                                      "topk sparse, 20% dead", "topk sparse, unscreened",
+                                                      "batchtopk", "jumprelu"}
+    assert {(r["slow"], r["fast"]) for r in suite["speedups"]} >= {("relu", "topk sparse"),
+                                                                   ("topk sparse, unscreened", "topk sparse")}
     assert all(r["step_s"] > 0 and r["total_mib"] > 0 for r in suite["steps"])
     # on CPU in f32 each step's fraction of numpy's rate comes from rounds alternating the two; bf16
     # steps are compared with jax's bf16 matmul rate and, given a nominal peak, get an MFU

@@ -43,6 +43,30 @@ def test_certified_rows_select_the_float32_latents():
     assert indices.dtype == jnp.int32
 
 
+@pytest.mark.parametrize("case", ["spread column norms", "outlier dimensions", "near ties"])
+def test_certified_rows_hold_against_float64(case):
+    """Whatever the data, a certified row's latents are the exact (float64) top k. Column norms spread
+    over 30x, a few input dimensions 100x the others (as in LLM residual streams), or latents whose
+    pre-activations differ by less than bf16 can resolve: rows may go uncertified, never wrong."""
+    x, w, offset = _problem(3)
+    keys = jax.random.split(jax.random.key(4), 2)
+    if case == "spread column norms":
+        w = w * jnp.exp(jax.random.uniform(keys[0], (F,), minval=0.0, maxval=np.log(30.0)))
+    elif case == "outlier dimensions":
+        x = x.at[:, :3].multiply(100.0)
+    else:  # 400 latents lead every row, their columns tiny perturbations of one another
+        w = w.at[:, 1000:1400].set(w[:, 1000:1001] + 1e-4 * jax.random.normal(keys[1], (D, 400)))
+        offset = offset.at[1000:1400].set(10.0)
+    norms = _norms(w)
+    values, indices, certified = screening.screen_rows(x, screening.screen_weight(w, norms), w.T, offset,
+                                                       jnp.max(norms), K)
+    exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64) + np.asarray(offset, np.float64)
+    exact_sets = np.sort(np.argsort(-exact, axis=1, kind="stable")[:, :K], axis=1)
+    certified = np.asarray(certified)
+    assert (certified.sum() > B // 2) if case != "near ties" else (certified.sum() < B // 2), (case, certified.sum())
+    np.testing.assert_array_equal(np.sort(indices, -1)[certified], exact_sets[certified], err_msg=case)
+
+
 def _screen_list_is_blockwise():
     """The screen's list of 2k takes `selection.top_k`'s blockwise path at this width, as at d_sae 32768."""
     return screening.SCREEN_FACTOR * K * selection.BLOCK <= selection.MAX_CANDIDATE_SHARE * F
