@@ -54,6 +54,30 @@ def test_step_ab_times_one_variant_with_latents_kept_dead():
     assert row["d_sae"] == 256 and row["dead_fraction"] == 0.1 and row["step_s"] > 0 and row["faults_per_step"] >= 0
 
 
+def test_screen_ab_and_certification_scripts_run(tmp_path):
+    """`benchmarks.screen_ab` (screened against unscreened step) and `benchmarks.screen_certification`
+    (on a store of random rows instead of a harvested model) at tiny sizes."""
+    import numpy as np
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-m", "benchmarks.screen_ab", "--d_sae=1024", "--d_in=16", "--batch=64",
+                             "--rounds=2", f"--out={tmp_path / 'ab'}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "ab" / "screen_ab.json").read_text())
+    assert row["d_sae"] == 1024 and row["screened_s"] > 0 and row["unscreened_s"] > 0 and row["rounds"] == 2
+    store = tmp_path / "store"
+    store.mkdir()
+    np.save(store / "shard_000000.npy", np.random.default_rng(0).standard_normal((9000, 16), dtype=np.float32))
+    result = subprocess.run([sys.executable, "-m", "benchmarks.screen_certification", f"--store={store}",
+                             "--d_sae=512", "--k=4", "--steps=2", "--every=1", f"--out={tmp_path / 'cert'}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cert = json.loads((tmp_path / "cert" / "certification.json").read_text())
+    assert [r["step"] for r in cert["rows"]] == [0, 1, 2] and cert["d_in"] == 16
+    assert all(0 <= r["certified_rows"] <= 1 and r["column_norm_max_over_median"] >= 1 for r in cert["rows"])
+
+
 def test_tune_malloc_is_idempotent_and_can_be_turned_off():
     """In subprocesses: the settings are process-wide and should not leak into the test session."""
     code = "from saejax import runtime; print(runtime.tune_malloc(), runtime.tune_malloc())"
