@@ -5,13 +5,10 @@ it, both compiled in one process and timed in alternating rounds, at several d_s
 
 Steps as the suite's (`benchmarks.train_setup`: MSE + AuxK, Adam, k 32, batch 4096, d_in 512, random
 rows); `screen=True` is forced, so widths where `auto` would not screen are timed too. Writes
-OUT/screen_ab.{json,md}: per width the median step of each, the median per-round ratio and how many
-rounds the screened step won.
+OUT/screen_ab.{json,md}: per width the median step of each and the median per-round ratio.
 """
 
 import json
-import time
-from pathlib import Path
 
 from absl import app, flags
 
@@ -26,50 +23,34 @@ K = 32
 
 
 def compare(d_in: int, d_sae: int, batch: int, rounds: int) -> dict:
-    """Median seconds of the unscreened and the screened step, alternating, and their per-round ratios."""
-    import jax  # noqa: PLC0415 (after tune_malloc)
+    """`benchmarks.paired_speedup` of the screened step over the unscreened one at this width."""
+    import jax.numpy as jnp  # noqa: PLC0415 (after tune_malloc)
     import numpy as np  # noqa: PLC0415
 
-    from benchmarks import train_setup  # noqa: PLC0415
+    from benchmarks import paired_speedup, train_setup  # noqa: PLC0415
 
-    x = jax.numpy.asarray(np.random.default_rng(1).standard_normal((batch, d_in), dtype=np.float32))
-    runs = {}
-    for name, screen in (("unscreened", False), ("screened", True)):
-        step, state = train_setup("topk", d_in, d_sae, x, k=K, sparse=True, screen=screen)
-        runs[name] = [step.lower(state, x).compile(), state]
-        for _ in range(2):  # warm-up
-            runs[name][1], metrics = runs[name][0](runs[name][1], x)
-            jax.block_until_ready(metrics)
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run[1], metrics = run[0](run[1], x)
-            jax.block_until_ready(metrics)
-            times[name].append(time.perf_counter() - start)
-    ratios = [u / s for u, s in zip(times["unscreened"], times["screened"])]
-    return {"d_in": d_in, "d_sae": d_sae, "batch": batch, "k": K,
-            "unscreened_s": float(np.median(times["unscreened"])), "screened_s": float(np.median(times["screened"])),
-            "speedup": float(np.median(ratios)), "screened_won": sum(r > 1 for r in ratios), "rounds": rounds}
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((batch, d_in), dtype=np.float32))
+    unscreened, screened = (train_setup("topk", d_in, d_sae, x, k=K, sparse=True, screen=screen)
+                            for screen in (False, True))
+    timed = paired_speedup(unscreened, screened, x, rounds, warmup=2)
+    return {"d_in": d_in, "d_sae": d_sae, "batch": batch, "k": K, "rounds": rounds,
+            "unscreened_s": timed["slow_s"], "screened_s": timed["fast_s"], "speedup": timed["speedup"]}
 
 
 def main(argv):
     del argv
     runtime.tune_malloc()
+    from benchmarks import write_results  # noqa: PLC0415
+
     rows = []
     for d_sae in (int(v) for v in _D_SAE.value):
         rows.append(compare(_D_IN.value, d_sae, _BATCH.value, _ROUNDS.value))
         print(json.dumps(rows[-1]), flush=True)
-    out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "screen_ab.json").write_text(json.dumps(rows, indent=1))
-    lines = ["Sparse TopK step, unscreened against screened (alternating rounds, medians)", "",
-             "| d_in | d_sae | batch | unscreened (s) | screened (s) | speed-up | screened faster in |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['d_in']} | {r['d_sae']} | {r['batch']} | {r['unscreened_s']:.3f} | {r['screened_s']:.3f} | "
-              f"{r['speedup']:.2f}× | {r['screened_won']}/{r['rounds']} |" for r in rows]
-    (out / "screen_ab.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = ["Sparse TopK step, unscreened against screened (alternating rounds, medians)", "",
+             "| d_in | d_sae | batch | unscreened (s) | screened (s) | speed-up |", "|---|---|---|---|---|---|"]
+    table += [f"| {r['d_in']} | {r['d_sae']} | {r['batch']} | {r['unscreened_s']:.3f} | {r['screened_s']:.3f} | "
+              f"{r['speedup']:.2f}× |" for r in rows]
+    write_results(_OUT.value, "screen_ab", {"rows": rows}, table)
 
 
 if __name__ == "__main__":

@@ -58,11 +58,11 @@ def main(argv):
     import optax  # noqa: PLC0415
 
     import saejax  # noqa: PLC0415
+    from benchmarks import write_results  # noqa: PLC0415
     from saejax import losses, screening  # noqa: PLC0415
     from saejax import sae as sae_lib  # noqa: PLC0415
 
     out = Path(_OUT.value)
-    out.mkdir(parents=True, exist_ok=True)
     store = _STORE.value or Path(tempfile.gettempdir()) / f"saejax_{_MODEL.value}_layer{_LAYER.value}_{_TOKENS.value}"
     data = activations(Path(store))
     np.random.default_rng(0).shuffle(data)
@@ -95,16 +95,13 @@ def main(argv):
         state, metrics = step(state, jnp.asarray(train[j:j + BATCH]))
     result = {"model": _MODEL.value, "layer": _LAYER.value, "d_in": d, "d_sae": _D_SAE.value, "k": k,
               "final_fvu": float(metrics["fvu"]), "rows": rows}
-    (out / "certification.json").write_text(json.dumps(result, indent=1))
     lines = [f"bf16 screen on {_MODEL.value} layer {_LAYER.value} (d_in {d}), TopK d_sae {_D_SAE.value}, k {k}; "
              f"held-out batch of {HELD_OUT} rows in chunks of {CHUNK}; final FVU {result['final_fvu']:.3f}", "",
              "| step | certified rows | chunks all certified | chunks within REPAIR_ROWS | column norms max/median |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['step']} | {100 * r['certified_rows']:.2f} % | {100 * r['chunks_all_certified']:.0f} % | "
               f"{100 * r['chunks_repairable']:.0f} % | {r['column_norm_max_over_median']:.2f} |" for r in rows]
-    (out / "certification.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_results(out, "certification", result, lines)
 
 if __name__ == "__main__":
     app.run(main)

@@ -64,7 +64,7 @@ def test_screen_ab_and_certification_scripts_run(tmp_path):
                              "--rounds=2", f"--out={tmp_path / 'ab'}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    (row,) = json.loads((tmp_path / "ab" / "screen_ab.json").read_text())
+    (row,) = json.loads((tmp_path / "ab" / "screen_ab.json").read_text())["rows"]
     assert row["d_sae"] == 1024 and row["screened_s"] > 0 and row["unscreened_s"] > 0 and row["rounds"] == 2
     store = tmp_path / "store"
     store.mkdir()
