@@ -304,7 +304,7 @@ def _encode_topk(params, x, train, *, dtype, k):
 def _encode_topk_sparse(params, x, train, *, dtype, k, screen):
     """TopK with the selection read off pre-activations that carry no gradient; the selected values
     get theirs through `selected_pre_acts` (sparse). aux holds the values and indices for decoding."""
-    selected, indices = linear_top_k(params, x, k, dtype, screen)
+    selected, indices = linear_top_k(params, x, k, dtype, screening.screens(screen, x.shape[0]))
     values = jax.nn.relu(selected)
     pre = jax.lax.stop_gradient(linear_pre_acts_of(params, x, None, dtype))  # only computed if read
     return scatter_rows(values, indices, pre.shape[1]), pre, {"values": values, "indices": indices}
@@ -465,7 +465,7 @@ def make_sae(
     False uses dense matmuls, "auto" picks sparse when d_sae >= SPARSE_MIN_RATIO · k.
     screen: sparse float32 topk only: True screens the encoder's pre-activations in bfloat16 and
     certifies the selection (`screening`; the same latents, faster where bf16 dots are), "auto" does
-    where `screening.worth_screening` says it pays.
+    where `screening.worth_screening` says it pays, for batches of screening.MIN_ROWS rows and more.
     """
     prefixes = tuple(matryoshka_prefixes) if matryoshka_prefixes else default_prefixes(d_sae)
     _validate(arch, d_in, d_sae, k, tied, prefixes, dtype, jumprelu_bandwidth, jumprelu_init_threshold)
@@ -559,10 +559,12 @@ def _resolve_sparse(sparse: bool | str, arch: str, d_sae: int, k: int) -> bool:
     return sparse
 
 
-def _resolve_screen(screen: bool | str, sparse: bool, dtype: str, d_sae: int, k: int) -> bool:
-    """screen=True/False/"auto" -> whether the sparse TopK encoder is screened in bfloat16."""
+def _resolve_screen(screen: bool | str, sparse: bool, dtype: str, d_sae: int, k: int) -> bool | str:
+    """screen=True/False/"auto" -> True, False, or "auto" where it may pay (`screening.worth_screening`;
+    whether a batch is screened then depends on its rows, `screening.screens`)."""
     if screen == "auto":
-        return sparse and jnp.dtype(dtype) == jnp.float32 and screening.worth_screening(d_sae, k)
+        worth = sparse and jnp.dtype(dtype) == jnp.float32 and screening.worth_screening(d_sae, k)
+        return "auto" if worth else False
     if not isinstance(screen, bool):
         raise ConfigError(f"sae.screen={screen!r} must be True, False or 'auto'")
     if screen and not (sparse and jnp.dtype(dtype) == jnp.float32):

@@ -36,7 +36,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from saejax import selection
+from saejax import layout, selection
 
 # The screen takes this many times k as its candidates (the last of them sets the bar).
 SCREEN_FACTOR = 2
@@ -46,6 +46,10 @@ SCREEN_ALIGN = 16
 REPAIR_ROWS = 32
 # Below this width (d_sae / k) the recomputation of 2k candidates costs more than the bf16 product saves.
 MIN_WIDTH_PER_K = 1024
+# `auto` screens batches of at least this many rows: below, the per-step cost of W_encᵀ, the bf16 weight
+# and the norms (~55 ms at d_in 512, d_sae 32768) outweighs the saving (0.98x at 1024 rows, 1.03x at
+# 2048, 1.11x at 4096; BUILD_NOTES, issue 8 session 10).
+MIN_ROWS = 2048
 _CPU_FLAGS = "/proc/cpuinfo"
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -69,6 +73,12 @@ def worth_screening(d_sae: int, k: int) -> bool:
     return d_sae >= MIN_WIDTH_PER_K * k and bf16_dots_are_fast()
 
 
+def screens(setting: bool | str, rows: int) -> bool:
+    """Whether a batch of `rows` is screened under an SAE's resolved `screen` setting: True always,
+    "auto" from MIN_ROWS rows on, False never."""
+    return setting is True or (setting == "auto" and rows >= MIN_ROWS)
+
+
 def screen_bound_scale(d_in: int) -> float:
     """c such that the bf16 screen is within c·‖x‖·‖W_i‖ of latent i's exact and float32 pre-activations,
     for products over d_in terms (module docstring, step 1)."""
@@ -90,9 +100,10 @@ def screened_top_k(x: jax.Array, w: jax.Array, w_rows: jax.Array | None, offset:
     (a tied SAE's W_dec), else None (it is made once here), offset [F] -> values [B, k], indices [B, k]
     int32."""
     x, w, offset = jax.lax.stop_gradient((x, w, offset))
-    # [F, d] for the row gathers: XLA writes the transpose out once (a plain copy: 0.694 s for the whole
-    # selection against 0.708 s through `layout.transpose`'s identity product, alternating rounds)
-    w_rows = w.T if w_rows is None else jax.lax.stop_gradient(w_rows)
+    # [F, d] for the row gathers, written out once (`layout.transpose`): a plain w.T was fused into the
+    # gather when the batch makes one chunk (no loop in between), which then read W across its rows:
+    # 200 ms instead of ~20 at batch 1024, d_sae 32768 (BUILD_NOTES, issue 8 session 10)
+    w_rows = layout.transpose(w) if w_rows is None else jax.lax.stop_gradient(w_rows)
     norms = jnp.sqrt(jnp.sum(w_rows * w_rows, axis=1))  # [F] (rows of w_rows: contiguous)
     w_low = screen_weight(w, norms)
 

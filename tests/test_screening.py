@@ -150,14 +150,16 @@ def test_bf16_dots_are_read_off_the_cpu_flags(monkeypatch, tmp_path):
 def test_auto_choice_and_bad_settings(monkeypatch):
     monkeypatch.setattr(screening, "bf16_dots_are_fast", lambda: True)
     wide = dict(k=32, sparse=True)
-    assert sae_lib.make_sae("topk", 16, screening.MIN_WIDTH_PER_K * 32, **wide).hparams["screen"]
+    assert sae_lib.make_sae("topk", 16, screening.MIN_WIDTH_PER_K * 32, **wide).hparams["screen"] == "auto"
+    assert screening.screens("auto", screening.MIN_ROWS) and not screening.screens("auto", screening.MIN_ROWS - 1)
+    assert screening.screens(True, 1) and not screening.screens(False, 10**6)
     assert not sae_lib.make_sae("topk", 16, screening.MIN_WIDTH_PER_K * 32 - 32, **wide).hparams["screen"]  # too narrow to pay
     assert not sae_lib.make_sae("topk", 16, screening.MIN_WIDTH_PER_K * 32, dtype="bfloat16", **wide).hparams["screen"]
     assert not sae_lib.make_sae("topk", 16, screening.MIN_WIDTH_PER_K * 32, k=32, sparse=False).hparams["screen"]
     assert not sae_lib.make_sae("relu", 16, screening.MIN_WIDTH_PER_K * 32).hparams["screen"]
     monkeypatch.setattr(screening, "bf16_dots_are_fast", lambda: False)
     assert not sae_lib.make_sae("topk", 16, screening.MIN_WIDTH_PER_K * 32, **wide).hparams["screen"]
-    assert sae_lib.make_sae("topk", 16, 64, k=4, sparse=True, screen=True).hparams["screen"]  # forced
+    assert sae_lib.make_sae("topk", 16, 64, k=4, sparse=True, screen=True).hparams["screen"] is True  # forced
     with pytest.raises(ConfigError, match="sae.screen=True needs the sparse float32 TopK path"):
         sae_lib.make_sae("topk", 16, 64, k=4, sparse=False, screen=True)
     with pytest.raises(ConfigError, match="sae.screen=True needs"):
