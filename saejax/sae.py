@@ -24,7 +24,8 @@ and columns of W_enc (scatter-adds), so only the encoder's forward matmul stays 
 over chunks of rows that are selected from as they are made (`linear_top_k`). Loss and gradients
 equal the dense path's up to float rounding (tests/test_sparse_topk.py). Its `pre_acts` carry no
 gradient and are computed only where something reads them. With ``screen`` (chosen by default on CPUs
-with bf16 dot instructions at d_sae ≥ screening.MIN_WIDTH_PER_K·k) the encoder product is screened in
+with bf16 dot instructions at d_sae ≥ screening.MIN_WIDTH_PER_K·k, for batches of screening.MIN_ROWS
+rows and more) the encoder product is screened in
 bfloat16 and the selection certified to be float32's (`saejax.screening`).
 
 `sae.pre_acts_of(params, x, latents)` computes the pre-activations of a subset of the latents only,
