@@ -25,8 +25,8 @@ over chunks of rows that are selected from as they are made (`linear_top_k`). Lo
 equal the dense path's up to float rounding (tests/test_sparse_topk.py). Its `pre_acts` carry no
 gradient and are computed only where something reads them. With ``screen`` (chosen by default on CPUs
 with bf16 dot instructions at d_sae ≥ screening.MIN_WIDTH_PER_K·k, for batches of screening.MIN_ROWS
-rows and more) the encoder product is screened in
-bfloat16 and the selection certified to be float32's (`saejax.screening`).
+rows and more) the encoder product is screened in bfloat16 and the selection certified to be
+float32's (`saejax.screening`).
 
 `sae.pre_acts_of(params, x, latents)` computes the pre-activations of a subset of the latents only,
 with their gradient: AuxK encodes just the dead latents with it (`saejax.losses.auxk`).
@@ -525,8 +525,8 @@ def make_sae(
         hparams["prefixes"] = prefixes
         forward_impl = functools.partial(_forward_matryoshka, encode_fn, dtype, prefixes)
     elif sparse:
-        sparse_forward = functools.partial(_forward_sparse, functools.partial(_encode_topk_sparse, dtype=dtype, k=k, screen=screen),
-                                          dtype)
+        encode_sparse = functools.partial(_encode_topk_sparse, dtype=dtype, k=k, screen=screen)
+        sparse_forward = functools.partial(_forward_sparse, encode_sparse, dtype)
 
         def forward_impl(params, x, train=True):  # dense when the latents are split over a mesh
             return (dense_forward if latent_axis.sharded_mesh() is not None else sparse_forward)(params, x, train)

@@ -110,8 +110,10 @@ def screened_top_k(x: jax.Array, w: jax.Array, w_rows: jax.Array | None, offset:
     def float32_top_k(rows):  # [n, d] -> values [n, k], indices [n, k]
         return tuple(selection.top_k(jnp.matmul(rows, w, preferred_element_type=jnp.float32), k, offset))
 
+    max_norm = jnp.max(norms)  # once, not in every chunk
+
     def select(rows):  # [R, d] -> values [R, k], indices [R, k]
-        values, indices, certified = screen_rows(rows, w_low, w_rows, offset, jnp.max(norms), k)
+        values, indices, certified = screen_rows(rows, w_low, w_rows, offset, max_norm, k)
         repairable = min(REPAIR_ROWS, rows.shape[0])
 
         def repair():  # the uncertified rows (and certified ones to fill REPAIR_ROWS), in float32
@@ -137,12 +139,12 @@ def screen_weight(w: jax.Array, norms: jax.Array) -> jax.Array:
     return jnp.concatenate([w, rows]).astype(jnp.bfloat16)
 
 
-def screen_input(rows: jax.Array, width: int) -> jax.Array:
-    """rows [R, d] -> [R, width] bfloat16: rows, then c·‖row‖ (c = `screen_bound_scale`, raised by 2^-7
-    for the bf16 rounding of this entry and of the norms row), then zeros. Against `screen_weight` this
-    gives each latent's upper bound u_i = p_i + c·‖x‖·‖W_i‖ (module docstring, step 1)."""
+def screen_input(rows: jax.Array, row_norms: jax.Array, width: int) -> jax.Array:
+    """rows [R, d], their norms [R] -> [R, width] bfloat16: rows, then c·‖row‖ (c = `screen_bound_scale`,
+    raised by 2^-7 for the bf16 rounding of this entry and of the norms row), then zeros. Against
+    `screen_weight` this gives each latent's upper bound u_i = p_i + c·‖x‖·‖W_i‖ (module docstring, step 1)."""
     d = rows.shape[1]
-    margin = screen_bound_scale(d) * (1 + 2.0**-7) * jnp.linalg.norm(rows, axis=-1, keepdims=True)
+    margin = (screen_bound_scale(d) * (1 + 2.0**-7) * row_norms)[:, None]
     padding = jnp.zeros((rows.shape[0], width - d - 1), rows.dtype)
     return jnp.concatenate([rows, margin, padding], axis=1).astype(jnp.bfloat16)
 
@@ -154,7 +156,8 @@ def screen_rows(rows: jax.Array, w_low: jax.Array, w_rows: jax.Array, offset: ja
     [R, k] (recomputed in float32, descending), indices [R, k] int32, certified bool [R] (whether the
     row's selection is provably float32's)."""
     d = rows.shape[1]
-    upper = jnp.matmul(screen_input(rows, w_low.shape[0]), w_low, preferred_element_type=jnp.float32)
+    row_norms = jnp.linalg.norm(rows, axis=-1)  # [R]
+    upper = jnp.matmul(screen_input(rows, row_norms, w_low.shape[0]), w_low, preferred_element_type=jnp.float32)
     listed_values, listed_at = selection.top_k(upper, SCREEN_FACTOR * k, offset)
     candidates = jnp.sort(listed_at, axis=-1)  # [R, SCREEN_FACTOR·k], in latent order for ties
     recomputed = jnp.einsum("rd,rmd->rm", rows, w_rows[candidates],
@@ -166,6 +169,6 @@ def screen_rows(rows: jax.Array, w_low: jax.Array, w_rows: jax.Array, offset: ja
     bar, kth = listed_values.min(axis=-1), values.min(axis=-1)
     # + the float32 rounding of the bias additions (at most 2^-24 of either sum's magnitude), + products
     # below float32's normal range, which bf16 dot instructions flush to zero (at most 2^-126 each)
-    margin = (float32_bound_scale(d) * jnp.linalg.norm(rows, axis=-1) * max_norm
+    margin = (float32_bound_scale(d) * row_norms * max_norm
               + 2.0**-22 * (jnp.abs(bar) + jnp.abs(kth)) + d * 2.0**-125)
     return values, indices, bar + margin < kth
