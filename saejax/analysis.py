@@ -82,7 +82,7 @@ def _load_workdir(path: Path):
         state, _, _ = ckpt.restore_latest_good(like, is_good=lambda s: train.all_finite(s.params))
     finally:
         ckpt.close()
-    params = jax.tree.map(np.asarray, state.params)
+    params = jax.tree.map(np.asarray, train.eval_params(sae, state))
     scale = float(state.norm_scale)
     config.norm_scale = scale
     if sae.arch != "mlp":

@@ -6,6 +6,7 @@ Field names are part of the command-line contract (see README): keep them stable
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from saejax.errors import ConfigError
 
@@ -22,6 +23,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.chunk_rows = 512  # npy: rows per contiguous read; the unit of the global permutation
     c.data.shuffle_rows = 32768  # npy: rows per in-memory shuffle window (data/order.py)
     c.data.on_bad_rows = "error"  # npy: error | skip rows holding NaN/Inf (data/npy.py)
+    # npy: share of the store's chunks kept out of training for evaluation (a fixed choice per store,
+    # the same for every run on it), at most heldout_max_rows rows' worth; 0 = train on every row
+    c.data.heldout_fraction = 0.1
+    c.data.heldout_max_rows = 100_000
     # synthetic: superposition of n_features unit features in d dimensions
     c.data.d = 256
     c.data.n_features = 512
@@ -51,7 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sae.jumprelu_bandwidth = 0.001
     c.sae.matryoshka_prefixes = ""  # e.g. "64,256,1024"; empty = d_sae/16, d_sae/4, d_sae
     c.sae.mlp_hidden = "256"  # mlp: hidden widths of the encoder (decoder mirrors them)
-    c.sae.dec_init_norm = 0.1  # norm of the initial decoder rows (W_enc = W_dec.T at init)
+    # initial norm of the encoder rows, W_enc = scale * W_dec.T (and of the decoder rows when their norm
+    # is free); None: the architecture's default (saejax.defaults.ENCODER_INIT_SCALE)
+    c.sae.dec_init_norm = placeholder(float)
     c.sae.init_b_dec = "geometric_median"  # geometric_median | mean | zeros
     c.sae.normalize_activations = True  # scale inputs so E||x||^2 = d_in; folded back at export
     c.sae.dtype = "float32"  # compute dtype of the matmuls: float32 | bfloat16 (params stay f32)
@@ -62,7 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.mse = 1.0
     c.loss.normalized_mse = False
     c.loss.l1 = 0.0  # relu/gated/mlp: L1 of the latents (gated: of the gate)
-    c.loss.l1_decoder_weighted = False  # weight each latent's |z| by its decoder row norm
+    # weight each latent's |z| by its decoder row norm; None: when the decoder norm is free (relu's default)
+    c.loss.l1_decoder_weighted = placeholder(bool)
     c.loss.l1_warmup_steps = 0  # linear warm-up of the L1 coefficient
     c.loss.tanh = 0.0
     c.loss.tanh_scale = 1.0
@@ -72,28 +80,38 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.l0 = 0.0  # jumprelu: L0 via the step-function straight-through estimator
     c.loss.target_l0 = 0.0  # jumprelu: > 0 adds coeff_target_l0 * (L0/target - 1)^2
     c.loss.target_l0_coeff = 1.0
-    c.loss.auxk = 0.0  # topk/batchtopk/matryoshka: AuxK coefficient (OpenAI use 1/32)
+    c.loss.auxk = placeholder(float)  # AuxK coefficient; None: 1/32 for topk/batchtopk/matryoshka, else 0
     c.loss.auxk_k = 0  # dead latents AuxK may use; 0: d_in // 2 (OpenAI's choice)
-    c.loss.dead_steps = 1000  # a latent silent this many steps counts as dead (AuxK, resampling)
+    # a latent that fired on none of this many training rows (tokens) counts as dead (AuxK, resampling,
+    # the training dead fraction): 10M, as Gao et al. 2024 and sparsify
+    c.loss.dead_tokens = 10_000_000
+    c.loss.dead_steps = placeholder(int)  # the same window in steps; None: dead_tokens / train.batch_size
     c.loss.balance = 0.0  # activation-balancing (load-balancing) term
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"  # any optax optimizer taking learning_rate
-    c.optim.lr = 1e-3
+    c.optim.lr = placeholder(float)  # None: the architecture's default (saejax.defaults.learning_rate)
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
-    c.optim.warmup_steps = 100
+    # linear lr warm-up; short and independent of train.steps, so that a run resumed with more steps
+    # follows the same schedule as one planned that long (a 100-step warm-up cost a 200-step TopK run
+    # 0.151 -> 0.170 held-out FVU on MiniLM; BUILD_NOTES.md)
+    c.optim.warmup_steps = 10
     c.optim.decay = "constant"  # constant | cosine | linear (to 0 over train.steps)
-    c.optim.grad_clip = 0.0  # > 0: clip the global gradient norm
+    c.optim.grad_clip = placeholder(float)  # > 0: clip the global gradient norm; None: the architecture's default
+    # > 0: schedule-free training (Defazio et al. 2024) around optim.name with this momentum; evaluation,
+    # plots and the export then use the averaged parameters
+    c.optim.schedule_free_momentum = 0.0
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 1024
     c.train.steps = 2000
     c.train.log_every = 50
-    c.train.eval_batches = 4
+    c.train.eval_rows = 100_000  # held-out rows the final metrics are measured on (all of them if fewer)
     c.train.checkpoint_every = 1000  # also always at the end; 0 = only at the end
     c.train.keep_checkpoints = 2
-    c.train.unit_norm_decoder = True
+    # keep decoder rows at unit norm; None: the architecture's default (free for relu, saejax.defaults)
+    c.train.unit_norm_decoder = placeholder(bool)
     c.train.project_decoder_grads = True
     c.train.resample_every = 0  # > 0: resample dead latents every this many steps
     c.train.resample_until = 0  # 0: until the end
@@ -139,11 +157,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(t.batch_size > 0, f"train.batch_size={t.batch_size} must be > 0")
     _require(t.steps > 0, f"train.steps={t.steps} must be > 0")
     _require(t.log_every > 0, f"train.log_every={t.log_every} must be > 0")
-    _require(t.eval_batches >= 0, f"train.eval_batches={t.eval_batches} must be >= 0")
+    _require(t.eval_rows >= 0, f"train.eval_rows={t.eval_rows} must be >= 0")
+    _require(0 <= config.data.heldout_fraction < 1,
+             f"data.heldout_fraction={config.data.heldout_fraction} must be in [0, 1)")
     _require(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0 (0 = only at the end)")
     _require(t.keep_checkpoints > 0, f"train.keep_checkpoints={t.keep_checkpoints} must be > 0")
     _require(t.resample_every >= 0, f"train.resample_every={t.resample_every} must be >= 0 (0 = never)")
-    _require(config.loss.dead_steps > 0, f"loss.dead_steps={config.loss.dead_steps} must be > 0")
+    _require(config.loss.dead_tokens > 0, f"loss.dead_tokens={config.loss.dead_tokens} must be > 0")
+    dead_steps = config.loss.dead_steps
+    _require(dead_steps is None or dead_steps > 0, f"loss.dead_steps={dead_steps} must be > 0")
     _require(config.loss.auxk_k >= 0, f"loss.auxk_k={config.loss.auxk_k} must be >= 0 (0 = d_in // 2)")
     strategy = config.parallel.strategy
     _require(strategy in STRATEGIES, f"unknown parallel.strategy={strategy!r}; choose one of {', '.join(STRATEGIES)}")

@@ -12,6 +12,7 @@ SIGTERM/SIGINT stop it cleanly after a checkpoint (see `saejax.preemption`); a d
 checkpoint falls back to the previous one (see `saejax.checkpoint`).
 """
 
+import functools
 import itertools
 import json
 import sys
@@ -24,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saejax import analysis, checkpoint, config as config_lib, dashboards, data, distributed, downstream, export
-from saejax import harvest, metrics, parallel, plots, splice, train, writers
+from saejax import analysis, checkpoint, config as config_lib, dashboards, data, defaults, distributed, downstream
+from saejax import export, harvest, metrics, parallel, plots, splice, train, writers
 from saejax.errors import ConfigError, DataError, SaejaxError
 from saejax.preemption import PreemptionGuard, StopVote
 from saejax.resampling import resample_dead_latents
@@ -222,12 +223,45 @@ def run_training(config, workdir: Path, source, sae: SAE, loss, optimizer, write
                 if vote.vote(guard.requested is not None):
                     stopped = guard.requested or "a signal to another process"
                 if _due(done, t.checkpoint_every, t.steps) or stopped:
+                    if done > collapse_check_from(config):
+                        check_not_collapsed(step_metrics, done, last_saved)
                     last_saved = save_checkpoint(ckpt, done, state, step_metrics["loss"], config_dict, last_saved)
                 if stopped:
                     break
     finally:
         ckpt.close()
     return state, stopped
+
+
+# A run starts from a random dictionary, so its first steps may still reconstruct worse than the mean:
+# the collapse guard looks only after the warm-up and after this many steps.
+COLLAPSE_GRACE_STEPS = 100
+
+
+def collapse_check_from(config) -> int:
+    """The step after which a collapsed SAE stops the run: the end of warm-up, at least COLLAPSE_GRACE_STEPS."""
+    return max(config.optim.warmup_steps, COLLAPSE_GRACE_STEPS)
+
+
+def collapse(fvu: float, l0: float) -> str | None:
+    """What is wrong with an SAE whose FVU and L0 on rows it was not trained on are these, or None:
+    FVU >= 1 (no better than predicting the mean) or no latent firing on any row."""
+    if not fvu < 1:  # NaN too
+        return f"FVU {fvu:.4g} >= 1 (no better than predicting the mean)"
+    if l0 == 0:
+        return "no latent fires on any row"
+    return None
+
+
+def check_not_collapsed(step_metrics: dict, step: int, last_saved: int | None) -> None:
+    """Stop a collapsed run before it saves: the step's FVU and L0 (measured on its batch before the
+    update, rows these params were not trained on) must show a working SAE (`collapse`)."""
+    problem = collapse(float(parallel.replicated_value(step_metrics["fvu"])),
+                       float(parallel.replicated_value(step_metrics["l0"])))
+    if problem:
+        kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was written"
+        raise SaejaxError(f"the SAE collapsed by step {step}: {problem} on its latest batch; stopped before saving, "
+                          f"{kept}; lower optim.lr or the sparsity coefficients")
 
 
 def check_finite_loss(loss: float, step: int, log_every: int) -> None:
@@ -239,19 +273,33 @@ def check_finite_loss(loss: float, step: int, log_every: int) -> None:
         )
 
 
-def evaluate(config, source, sae: SAE, state: train.TrainState) -> tuple[dict, np.ndarray]:
-    """Inference-mode metrics averaged over `train.eval_batches` held-out batches, and the
-    latents' firing density [d_sae] over them."""
-    results = []
-    for i in range(config.train.eval_batches):
-        batch = read_batch(source, EVAL_STEP_OFFSET + i, config.train.batch_size, sae.d_in)
-        results.append(jax.device_get(train.evaluate(sae, state.params, state.norm_scale, batch)))
-    if not results:
-        return {}, np.zeros(sae.d_sae)
-    density = np.mean([r.pop("density") for r in results], axis=0)
-    scalars = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
-    scalars["dead_fraction"] = float(np.mean(density == 0))
-    return scalars, density
+def evaluate(config, source, sae: SAE, state: train.TrainState) -> tuple[dict, np.ndarray, str]:
+    """Inference-mode metrics on up to `train.eval_rows` rows of the source's held-out split (see
+    `train.combine_evaluation`; "rows" says how many), the latents' firing density [d_sae] on them,
+    and which split they come from: "held-out", or "train" for a source without a held-out split
+    (then far-future batches of its training stream are measured, with a warning)."""
+    wanted, batch_size = config.train.eval_rows, config.train.batch_size
+    available = getattr(source, "heldout_rows", 0)
+    split = "train" if available == 0 else "held-out"
+    rows = wanted if available is None or split == "train" else min(wanted, available)
+    if rows == 0:
+        return {}, np.zeros(sae.d_sae), split
+    if split == "train":
+        say(f"warning: data.source={source.name!r} has no held-out split here; the final metrics are measured on "
+            "batches of the training stream")
+
+    def read(i):  # batch i of the split, whole (the last one is cut below)
+        if split == "train":
+            return read_batch(source, EVAL_STEP_OFFSET + i, batch_size, sae.d_in)
+        batch = source.heldout_batch(i, batch_size)
+        check_batch(batch, i, f"{source.name} (held out)", sae.d_in)
+        return batch
+
+    sums_of = jax.jit(functools.partial(train.evaluation_sums, sae))
+    sums = [jax.device_get(sums_of(state.params, state.norm_scale, read(i)[:rows - i * batch_size]))
+            for i in range(-(-rows // batch_size))]
+    scalars, density = train.combine_evaluation(sums)
+    return scalars, density, split
 
 
 def downstream_evaluation(workdir: Path, source, sae: SAE, state: train.TrainState) -> dict:
@@ -402,6 +450,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     With several processes (`saejax.distributed`), every process trains; process 0 alone writes
     config.json, metrics, plots, the summary and the export, and evaluates."""
     start = time.perf_counter()
+    config, notes = defaults.resolve(config)
+    for note in notes:
+        say(f"note: {note}")
     config_lib.validate(config)
     text_model = harvest.prepare_run(config, Path(workdir))  # model.name set: harvest first
     source, sae, loss, optimizer = _build(config)
@@ -434,11 +485,16 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                 f"{workdir / 'checkpoints'}; run the same command to resume")
             return {"preempted": preempted, "steps": int(parallel.replicated_value(state.step))}
         state = parallel.to_host(state)  # evaluation, plots and export work on host copies
+        state = state._replace(params=train.eval_params(sae, state))  # schedule-free: the averaged params
         if not main:
             return {"steps": int(state.step), "process": jax.process_index()}
         eval_source = source if getattr(source, "process_count", 1) == 1 else data.make_source(
             config.data, config.seed, whole_batches=True)
-        scalars, density = evaluate(config, eval_source, sae, state)
+        scalars, density, split = evaluate(config, eval_source, sae, state)
+        problem = scalars and int(state.step) > collapse_check_from(config) and collapse(scalars["fvu"], scalars["l0"])
+        if problem:
+            raise SaejaxError(f"the SAE collapsed: {problem} on {scalars['rows']:.0f} {split} rows after step "
+                              f"{int(state.step)}; no export written; lower optim.lr or the sparsity coefficients")
         scalars.update(dictionary_recovery(source, state.params))
         scalars.update(downstream_evaluation(workdir, source, sae, state))
         if text_model is not None:
@@ -449,7 +505,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     save_plots(workdir, source, sae, state.params, density)
     summary = {
         "arch": sae.arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "steps": int(state.step),
-        "eval": scalars, "export": save_export(workdir, config, sae, state),
+        "eval": scalars, "eval_split": split, "export": save_export(workdir, config, sae, state),
         "wall_time_s": round(time.perf_counter() - start, 2),
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

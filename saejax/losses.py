@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from saejax import activations, batch_axis, latent_axis, metrics
+from saejax import activations, batch_axis, defaults, latent_axis, metrics
 from saejax import sae as sae_lib
 from saejax.errors import ConfigError
 
@@ -357,9 +357,10 @@ def loss_from_config(loss_config, sae) -> LossTerm:
     if arch == "gated":
         terms.append(gated_sparsity(l1_coeff))
     elif c.l1:
-        if c.l1_decoder_weighted and arch == "mlp":
+        weighted = defaults.l1_decoder_weighted(arch, c.l1_decoder_weighted)
+        if weighted and arch == "mlp":
             raise ConfigError("loss.l1_decoder_weighted=True needs a linear decoder; sae.arch='mlp' has none")
-        terms.append(l1(l1_coeff, c.l1_decoder_weighted))
+        terms.append(l1(l1_coeff, weighted))
     if c.tanh:
         if arch == "mlp":
             raise ConfigError("loss.tanh weights latents by decoder norms; sae.arch='mlp' has no linear decoder")
@@ -374,12 +375,18 @@ def loss_from_config(loss_config, sae) -> LossTerm:
             terms.append(jumprelu_l0(c.l0, bandwidth))
         if c.target_l0:
             terms.append(target_l0(c.target_l0_coeff, c.target_l0, bandwidth))
-    if c.auxk:
+    auxk_coeff = defaults.auxk_coeff(arch, c.auxk)
+    if auxk_coeff:
         if arch == "mlp":
             raise ConfigError("loss.auxk decodes through W_dec; sae.arch='mlp' has none")
-        terms.append(auxk(c.auxk, c.auxk_k or max(1, sae.d_in // 2), c.dead_steps, sae.pre_acts_of))
+        as_schedule(auxk_coeff, "loss.auxk")  # a bad coefficient is named before anything else
+        if c.dead_steps is None:
+            raise ConfigError("loss.dead_steps is unset; saejax.defaults.resolve(config) sets it from "
+                              "loss.dead_tokens and train.batch_size")
+        terms.append(auxk(auxk_coeff, c.auxk_k or max(1, sae.d_in // 2), c.dead_steps, sae.pre_acts_of))
     if c.balance:
         terms.append(activation_balance(c.balance))
-    for field in ("mse", "l1", "tanh", "kl", "l0", "auxk", "balance", "target_l0_coeff"):
+    for field in ("mse", "l1", "tanh", "kl", "l0", "balance", "target_l0_coeff"):
         as_schedule(c[field], f"loss.{field}")
+    as_schedule(auxk_coeff, "loss.auxk")
     return chain(*terms)

@@ -8,7 +8,6 @@ function. Shapes: ``x, x_hat [B, d_in]`` (inputs and reconstructions), ``z [B, d
 
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from saejax import batch_axis
 from saejax.errors import SaejaxError
@@ -187,6 +186,7 @@ def matched_mean_abs_cos(learned: np.ndarray, true: np.ndarray) -> float:
     then divides by the number of TRUE features n, so an unmatched true feature
     (when m < n) counts as 0. learned: [m, d]; true: [n, d]. Host-side; returns a float.
     """
+    from scipy.optimize import linear_sum_assignment  # noqa: PLC0415 (slow to import: only here)
     learned = np.asarray(learned, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
     _check_dicts(learned.shape, true.shape)

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -43,6 +44,18 @@ def _atom_rows(
     return idx[: max(0, n)]
 
 
+def atom_mosaic(atoms: np.ndarray, patch_shape: tuple[int, int], cols: int) -> np.ndarray:
+    """One image of `atoms` [n, h·w] laid out row-major `cols` to a row, each scaled to its own
+    max |value| (so in [-1, 1]) and framed by a one-pixel NaN gap: [rows·(h+1) − 1, cols·(w+1) − 1]."""
+    h, w = patch_shape
+    rows = max(1, math.ceil(len(atoms) / cols))
+    scaled = atoms / np.maximum(np.abs(atoms).max(axis=1, keepdims=True), 1e-12)
+    tiles = np.full((rows * cols, h + 1, w + 1), np.nan, np.float32)
+    tiles[:len(atoms), :h, :w] = scaled.reshape(-1, h, w)
+    mosaic = tiles.reshape(rows, cols, h + 1, w + 1).transpose(0, 2, 1, 3).reshape(rows * (h + 1), cols * (w + 1))
+    return mosaic[:-1, :-1]
+
+
 def plot_atoms(
     W_dec: np.ndarray,
     patch_shape: tuple[int, int],
@@ -67,14 +80,10 @@ def plot_atoms(
     cols = max(1, math.ceil(math.sqrt(len(idx))))
     rows = max(1, math.ceil(len(idx) / cols))
     fig = Figure(figsize=(cols * 0.9, rows * 0.9))
-    for slot, latent in enumerate(idx):
-        atom = W[latent].reshape(h, w)
-        vmax = max(float(np.abs(atom).max()), 1e-12)
-        ax = fig.add_subplot(rows, cols, slot + 1)
-        ax.imshow(atom, cmap="gray", vmin=-vmax, vmax=vmax, interpolation="nearest")
-        ax.set_axis_off()
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.99, wspace=0.08,
-                        hspace=0.08)
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    ax.imshow(atom_mosaic(W[idx], (h, w), cols), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
     return _save(fig, path)
 
 

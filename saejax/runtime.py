@@ -163,3 +163,32 @@ def _eigen_dots_available() -> bool:
     except Exception:  # noqa: BLE001 (an XLA that renamed or dropped the option: keep its default)
         return False
     return True
+
+
+COMPILATION_CACHE_ENV = "SAEJAX_COMPILATION_CACHE"
+
+
+def compilation_cache_dir() -> str | None:
+    """Where `enable_compilation_cache` keeps compiled programs: $SAEJAX_COMPILATION_CACHE if set
+    ("off" or "" turns the cache off: None), else $XDG_CACHE_HOME/saejax/xla (~/.cache/saejax/xla)."""
+    chosen = os.environ.get(COMPILATION_CACHE_ENV)
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("", "off", "0", "false") else chosen
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "saejax", "xla")
+
+
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache for every program, however quick to compile, so
+    that a second run of the same command (a resumed run, a sweep's next point, a test) loads its
+    train step, init and evaluation instead of compiling them. Returns the folder, or None when
+    switched off. Call before the first compile."""
+    import jax  # noqa: PLC0415
+
+    folder = compilation_cache_dir()
+    if folder is None:
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder

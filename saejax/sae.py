@@ -40,14 +40,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from saejax import activations, latent_axis, layout, screening, selection
+from saejax import activations, defaults, latent_axis, layout, screening, selection
 from saejax.errors import ConfigError, DataError
 
 Params = dict[str, Any]
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka", "mlp")
-# sparse="auto" picks the sparse TopK path when d_sae >= SPARSE_MIN_RATIO * k (see BUILD_NOTES, issue 8).
-SPARSE_MIN_RATIO = 256
+# sparse="auto" picks the sparse TopK path when d_sae >= SPARSE_MIN_RATIO * k: on this project's CPU it
+# is 1.36x faster than the dense step at 64 * k and slower at 32 * k (`python -m benchmarks.topk_crossover`).
+SPARSE_MIN_RATIO = 64
 TIEABLE = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 # The running mean of BatchTopK's smallest selected activation becomes an EMA after this many steps.
 THRESHOLD_WINDOW = 100
@@ -604,7 +605,7 @@ def sae_from_config(sae_config, d_in: int, unit_norm_decoder: bool = True) -> SA
         jumprelu_bandwidth=sae_config.jumprelu_bandwidth,
         matryoshka_prefixes=_int_list(sae_config.matryoshka_prefixes, "sae.matryoshka_prefixes") or None,
         mlp_hidden=_int_list(sae_config.mlp_hidden, "sae.mlp_hidden"),
-        dec_init_norm=sae_config.dec_init_norm,
+        dec_init_norm=defaults.encoder_init_scale(sae_config.arch, sae_config.dec_init_norm),
         unit_norm_decoder=unit_norm_decoder,
         dtype=sae_config.dtype,
         sparse=_sparse_setting(sae_config.get("sparse", "auto"), "sae.sparse"),

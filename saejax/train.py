@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from saejax import batch_axis, initializers, losses, metrics, runtime
+from saejax import batch_axis, defaults, initializers, losses, metrics, runtime
 from saejax.errors import ConfigError
 from saejax.sae import SAE, Params, sae_from_config
 
@@ -137,7 +137,9 @@ def make_optimizer(
 
 
 def model_from_config(config, d_in: int) -> tuple[SAE, losses.LossTerm, optax.GradientTransformation]:
-    """The SAE, loss and optimizer a run's config describes, for inputs of width `d_in`."""
+    """The SAE, loss and optimizer a run's config describes (completed by `saejax.defaults.resolve`),
+    for inputs of width `d_in`."""
+    config, _ = defaults.resolve(config)
     sae = sae_from_config(config.sae, d_in, unit_norm_decoder=config.train.unit_norm_decoder)
     if config.train.resample_every and sae.arch == "mlp":
         raise ConfigError("train.resample_every > 0 needs linear decoder rows; sae.arch='mlp' has none")
@@ -146,12 +148,18 @@ def model_from_config(config, d_in: int) -> tuple[SAE, losses.LossTerm, optax.Gr
 
 def optimizer_from_config(optim_config, train_config, sae: SAE) -> optax.GradientTransformation:
     """The optimizer the `optim` section of a run's config describes."""
-    schedule = lr_schedule(optim_config.lr, train_config.steps, optim_config.warmup_steps, optim_config.decay)
+    lr = defaults.learning_rate(sae.arch, sae.d_sae, optim_config.lr)
+    schedule = lr_schedule(lr, train_config.steps, optim_config.warmup_steps, optim_config.decay)
     base = optax_optimizer(optim_config.name, schedule, b1=optim_config.b1, b2=optim_config.b2)
-    constrained = train_config.unit_norm_decoder
+    momentum = optim_config.get("schedule_free_momentum", 0.0)
+    if momentum:
+        if not 0 < momentum < 1:
+            raise ConfigError(f"optim.schedule_free_momentum={momentum} must be in (0, 1), or 0 for plain training")
+        base = optax.contrib.schedule_free(base, learning_rate=schedule, b1=momentum)
+    constrained = defaults.unit_norm_decoder(sae.arch, train_config.unit_norm_decoder)
     return make_optimizer(
         base, sae, project_decoder=constrained and train_config.project_decoder_grads,
-        grad_clip=optim_config.grad_clip,
+        grad_clip=defaults.grad_clip(sae.arch, optim_config.grad_clip),
     )
 
 
@@ -195,6 +203,29 @@ def state_at_step_zero(sae: SAE, loss: losses.LossTerm, optimizer: optax.Gradien
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def schedule_free_state(opt_state) -> optax.contrib.ScheduleFreeState | None:
+    """The schedule-free optimizer's state inside `opt_state` (a chain's nested tuples), or None."""
+    if isinstance(opt_state, optax.contrib.ScheduleFreeState):
+        return opt_state
+    if isinstance(opt_state, tuple):
+        for part in opt_state:
+            found = schedule_free_state(part)
+            if found is not None:
+                return found
+    return None
+
+
+def eval_params(sae: SAE, state: TrainState) -> Params:
+    """The params to evaluate and export: `state.params`, or with schedule-free training the averaged
+    sequence x that schedule-free methods evaluate (the state holds the point y where gradients are
+    taken). Buffers (BatchTopK's threshold), which the optimizer never moves, keep their value."""
+    schedule_free = schedule_free_state(state.opt_state)
+    if schedule_free is None:
+        return state.params
+    averaged = optax.contrib.schedule_free_eval_params(schedule_free, state.params)
+    return {**averaged, **{name: state.params[name] for name in sae.buffers}}
 
 
 def all_finite(tree) -> bool:
@@ -268,15 +299,42 @@ def jit_train_step(train_step, compiler_options: dict[str, str] | None = None):
     return jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options or None)
 
 
-def evaluate(sae: SAE, params: Params, norm_scale: jax.Array, batch: jax.Array) -> dict[str, jax.Array]:
-    """Inference-mode metrics of one batch [B, d_in]: L0, FVU, MSE, cosine similarity, density."""
+def evaluation_sums(sae: SAE, params: Params, norm_scale: jax.Array, batch: jax.Array) -> dict[str, jax.Array]:
+    """Inference-mode sums over the rows of one batch [B, d_in], which `combine_evaluation` turns
+    into metrics of all rows exactly (FVU against the mean of all rows, not of each batch): rows,
+    Σ‖x − x̂‖², Σx [d_in], Σ‖x‖², Σ L0, Σ cos(x, x̂), and the rows each latent fired on [d_sae]
+    (float32 counts are exact up to 2^24 rows per batch)."""
     x = batch.astype(jnp.float32) * norm_scale
     z = sae.encode(params, x)
     x_hat = sae.decode(params, z)
+    fired = (z != 0).astype(jnp.float32)
+    rows = x.shape[0]
     return {
-        "l0": metrics.l0(z),
-        "fvu": metrics.fvu(x, x_hat),
-        "mse": metrics.mse(x, x_hat),
-        "cos_sim": metrics.cosine_similarity(x, x_hat),
-        "density": metrics.feature_density(z),
+        "rows": jnp.asarray(rows, jnp.float32),
+        "sq_err": jnp.sum(jnp.square(x - x_hat)),
+        "sum_x": jnp.sum(x, axis=0),
+        "sq_x": jnp.sum(jnp.square(x)),
+        "l0": jnp.sum(fired),
+        "cos_sim": metrics.cosine_similarity(x, x_hat) * rows,
+        "fired": jnp.sum(fired, axis=0),
     }
+
+
+def combine_evaluation(sums: list[dict], dense_above: float = 0.1) -> tuple[dict[str, float], np.ndarray]:
+    """(metrics, density [d_sae]) of all rows behind `sums` (`evaluation_sums` of each batch, as
+    numpy): rows, l0, fvu (Σ‖x − x̂‖² / Σ‖x − mean‖², the mean over all rows), mse (per row),
+    cos_sim, dead_fraction (latents that fired on none of the rows) and dense_fraction (latents that
+    fired on more than `dense_above` of them)."""
+    total = {key: np.sum([np.asarray(s[key], np.float64) for s in sums], axis=0) for key in sums[0]}
+    n = float(total["rows"])
+    variance = float(total["sq_x"] - np.sum(np.square(total["sum_x"])) / n)
+    density = total["fired"] / n
+    return {
+        "rows": n,
+        "l0": float(total["l0"] / n),
+        "fvu": float(total["sq_err"] / variance) if variance > 0 else float("inf"),
+        "mse": float(total["sq_err"] / n),
+        "cos_sim": float(total["cos_sim"] / n),
+        "dead_fraction": float(np.mean(density == 0)),
+        "dense_fraction": float(np.mean(density > dense_above)),
+    }, density

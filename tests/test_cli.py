@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from saejax.config import base_config
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "experiments" / "train.py"
 SYNTHETIC = ROOT / "experiments" / "configs" / "synthetic.py"
+DEFAULT = ROOT / "experiments" / "configs" / "default.py"
 
 
 def run_cli(workdir, *flags, config=SYNTHETIC):
@@ -113,8 +115,9 @@ def test_npy_export_works_on_raw_activations(tmp_path, arch):
 
 
 def _restore_params(workdir, c, sae):
-    from saejax import checkpoint, losses, train
+    from saejax import checkpoint, defaults, losses, train
 
+    c, _ = defaults.resolve(c)  # as the run did: AuxK on for topk, its dead window in steps
     loss = losses.loss_from_config(c.loss, sae)
     optimizer = train.optimizer_from_config(c.optim, c.train, sae)
     like = train.init_train_state(sae, loss, optimizer, jax.random.key(0), np.ones((4, sae.d_in), np.float32))
@@ -278,3 +281,38 @@ def test_resume_on_data_of_another_width_is_one_clear_error(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert "d_in=24" in last and "width 20" in last and last.startswith("error: ")
+
+
+def test_topk_from_the_default_config_inherits_no_l1_and_reports_held_out_metrics(tmp_path):
+    # no --config: the image-patches job (ReLU + L1) with only the architecture changed
+    result = run_cli(tmp_path, "--config.sae.arch=topk", "--config.sae.k=8", "--config.data.patch_size=6",
+                     "--config.data.n_patches=4000", "--config.sae.d_sae=64", "--config.train.steps=40",
+                     "--config.train.batch_size=128", "--config.train.eval_rows=1000", "--config.loss.dead_steps=5",
+                     "--config.sae.dec_init_norm=0.3", "--config.log.tensorboard=False", config=DEFAULT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "note: loss.l1=2.0 is not a penalty of sae.arch='topk'" in result.stdout
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert (saved["loss"]["l1"], saved["loss"]["auxk"], saved["loss"]["dead_steps"]) == (0.0, 1 / 32, 5)
+    assert saved["sae"]["dec_init_norm"] == 0.3  # the command line sets an architecture default
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["eval_split"] == "held-out" and summary["eval"]["rows"] == 1000
+    assert summary["eval"]["l0"] == 8 and "dense_fraction" in summary["eval"]
+    assert "final: split=held-out, rows=1000, l0=8," in result.stdout
+    assert "loss/l1" not in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_a_collapsed_run_stops_with_one_line_and_exports_nothing(tmp_path):
+    flags = ["--config.data.patch_size=6", "--config.data.n_patches=4000", "--config.sae.d_sae=64",
+             "--config.train.batch_size=128", "--config.train.log_every=10", "--config.train.checkpoint_every=50",
+             "--config.optim.warmup_steps=10", "--config.log.tensorboard=False"]
+    good = run_cli(tmp_path, *flags, "--config.train.steps=100", config=DEFAULT)
+    assert good.returncode == 0, good.stderr[-2000:]
+    (tmp_path / "summary.json").unlink()
+    shutil.rmtree(tmp_path / "export")
+    # the same run continued with a learning rate that wrecks it
+    bad = run_cli(tmp_path, *flags, "--config.train.steps=200", "--config.optim.lr=30", config=DEFAULT)
+    assert bad.returncode == 1
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the SAE collapsed by step 150:") and "the last good checkpoint (step 100) is kept" in last
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [50, 100]
+    assert not (tmp_path / "export").exists() and not (tmp_path / "summary.json").exists()

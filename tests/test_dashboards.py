@@ -68,7 +68,7 @@ def test_dashboards_cli_needs_a_model_run(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), f"--workdir={tmp_path}",
                           "--config=experiments/configs/synthetic.py", "--config.train.steps=5",
                           "--config.data.d=16", "--config.data.n_features=32", "--config.sae.d_sae=32",
-                          "--config.train.batch_size=64", "--config.train.eval_batches=1", "--config.log.progress=False",
+                          "--config.train.batch_size=64", "--config.train.eval_rows=512", "--config.log.progress=False",
                           "--config.log.tensorboard=False"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
     result = subprocess.run([sys.executable, str(ROOT / "experiments" / "dashboards.py"), f"--workdir={tmp_path}"],

@@ -67,7 +67,7 @@ def test_anomaly_config_reports_roc_auc(tmp_path):
 
 SYNTHETIC = ["--config=experiments/configs/synthetic.py", "--grid=loss.l1=0.3,3"]
 SMALL = ["--", "--config.train.steps=40", "--config.data.d=16", "--config.data.n_features=32",
-         "--config.sae.d_sae=64", "--config.train.batch_size=128", "--config.train.eval_batches=1", *QUIET]
+         "--config.sae.d_sae=64", "--config.train.batch_size=128", "--config.train.eval_rows=512", *QUIET]
 
 
 def test_sweep_collects_a_table_and_a_pareto_plot_and_skips_finished_points(tmp_path):

@@ -25,7 +25,7 @@ FLAGS = [
     "--config.data.d=32", "--config.data.n_features=64", "--config.data.avg_active=3", "--config.data.freq_ratio=10",
     "--config.sae.d_sae=128", "--config.sae.k=4", "--config.loss.dead_steps=10", "--config.train.batch_size=512",
     f"--config.train.steps={STEPS}", f"--config.train.checkpoint_every={EVERY}", "--config.train.log_every=50",
-    "--config.train.keep_checkpoints=3", "--config.train.eval_batches=1", "--config.log.tensorboard=False",
+    "--config.train.keep_checkpoints=3", "--config.train.eval_rows=512", "--config.log.tensorboard=False",
     "--config.log.progress=False",
 ]
 
@@ -138,8 +138,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, unin
 
 
 def test_nan_in_the_data_mid_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    from saejax.data import store
-    from saejax.data.npy import NpySource
+    from saejax.data import make_source, store
 
     rng = np.random.default_rng(0)
     store.write_store(tmp_path / "store", rng.normal(size=(40000, 16)).astype(np.float32), rows_per_shard=5000)
@@ -150,7 +149,9 @@ def test_nan_in_the_data_mid_run_stops_and_keeps_the_last_good_checkpoint(tmp_pa
                            capture_output=True, text=True, env=env(), timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     # the data goes bad under the job: a row that batch 120 uses first (an epoch is 156 batches)
-    reader = NpySource(str(tmp_path / "store"), seed=0)
+    c = base_config().data  # the run's reader: the same held-out split, so the same stream
+    c.source, c.path = "npy", str(tmp_path / "store")
+    reader = make_source(c, seed=0)
     path, row = reader.where(int(reader.rows(120, 256)[9]))
     data = np.load(path)
     data[row, 5] = np.nan

@@ -91,7 +91,7 @@ def test_harvest_cli_then_train_on_it_and_clear_errors(tmp_path):
     train = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), f"--workdir={tmp_path / 'run'}",
                             "--config.data.source=npy", f"--config.data.path={tmp_path / 'acts'}",
                             "--config.sae.d_sae=512", "--config.train.batch_size=64", "--config.train.steps=20",
-                            "--config.train.eval_batches=1", "--config.log.progress=False",
+                            "--config.train.eval_rows=512", "--config.log.progress=False",
                             "--config.log.tensorboard=False"], capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-2000:]
     assert "d_in=384" in train.stdout
@@ -107,7 +107,7 @@ def test_minilm_config_harvests_trains_and_reports_the_splice(tmp_path):
     args = [sys.executable, str(ROOT / "experiments" / "train.py"), f"--workdir={tmp_path}",
             "--config=experiments/configs/minilm.py", "--config.model.max_tokens=3000", "--config.train.steps=30",
             "--config.train.batch_size=256", "--config.sae.d_sae=768", "--config.model.eval_texts=20",
-            "--config.train.eval_batches=1", "--config.log.progress=False", "--config.log.tensorboard=False"]
+            "--config.train.eval_rows=512", "--config.log.progress=False", "--config.log.tensorboard=False"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "harvested 3,000 tokens" in result.stdout

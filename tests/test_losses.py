@@ -564,6 +564,7 @@ def test_auxk_rejects_bad_sizes():
 
 def _cfg(**overrides):
     c = base_config().loss
+    c.dead_steps = 1000  # what saejax.defaults.resolve derives from loss.dead_tokens and the batch size
     for k, v in overrides.items():
         c[k] = v
     return c
@@ -615,7 +616,7 @@ def test_config_gated_uses_gated_sparsity():
 
 
 def test_config_matryoshka_uses_matryoshka_mse():
-    terms, params, x, out = _config_terms(_cfg(), "matryoshka")
+    terms, params, x, out = _config_terms(_cfg(auxk=0.0), "matryoshka")  # AuxK (on by default) aside
     assert set(terms) == {"mse"}
     ref = float(L.matryoshka_mse().apply(params, x, out, (), 0)[0]["mse"])
     assert float(terms["mse"]) == pytest.approx(ref, rel=1e-6)

@@ -149,7 +149,7 @@ def test_gemma3_config_harvests_trains_and_reports_ce_recovered(tmp_path, gemma)
             "--config=experiments/configs/gemma3.py", f"--config.model.text_glob={tmp_path}/*.txt",
             "--config.model.max_tokens=1500", "--config.model.context_length=32", "--config.model.eval_texts=6",
             "--config.sae.d_sae=1280", "--config.train.steps=20", "--config.train.batch_size=256",
-            "--config.train.eval_batches=1", "--config.log.progress=False", "--config.log.tensorboard=False"]
+            "--config.train.eval_rows=512", "--config.log.progress=False", "--config.log.tensorboard=False"]
     result = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     evals = json.loads((tmp_path / "run" / "summary.json").read_text())["eval"]

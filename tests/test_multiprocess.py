@@ -21,7 +21,7 @@ TRAIN = ROOT / "experiments" / "train.py"
 SYNTHETIC = ROOT / "experiments" / "configs" / "synthetic.py"
 FLAGS = ["--config.data.d=32", "--config.data.n_features=64", "--config.data.avg_active=3", "--config.sae.d_sae=128",
          "--config.sae.k=4", "--config.train.batch_size=256", "--config.train.checkpoint_every=20",
-         "--config.log.progress=False", "--config.log.tensorboard=False", "--config.train.eval_batches=1",
+         "--config.log.progress=False", "--config.log.tensorboard=False", "--config.train.eval_rows=512",
          "--config.optim.warmup_steps=0"]  # the LR schedule then does not depend on train.steps
 STEPS = 100
 MESH = ["--config.parallel.strategy=mesh", "--config.parallel.mesh_shape=2,4"]

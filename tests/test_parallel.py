@@ -128,7 +128,7 @@ def test_pmap_and_mesh_steps_match_the_single_device_run(tmp_path):
 SMALL = ["--config.data.d=32", "--config.data.n_features=64", "--config.data.avg_active=3", "--config.sae.d_sae=128",
          "--config.sae.k=4", "--config.train.batch_size=256", "--config.train.steps=60",
          "--config.train.checkpoint_every=30", "--config.log.progress=False", "--config.log.tensorboard=False",
-         "--config.train.eval_batches=1"]
+         "--config.train.eval_rows=512"]
 
 
 def cli(workdir, *flags):

@@ -44,3 +44,14 @@ def test_plot_training_curves_skips_missing_keys(tmp_path):
 def test_plot_density_histogram(tmp_path):
     density = np.array([0.0, 1e-6, 1e-3, 0.01, 0.5, 1.0])
     assert is_png(plot_density_histogram(density, tmp_path / "d" / "density.png"))
+
+
+def test_atom_mosaic_places_each_atom_scaled_in_its_tile():
+    from saejax.plots import atom_mosaic  # noqa: PLC0415
+
+    atoms = np.arange(1, 6 * 5 + 1, dtype=np.float32).reshape(5, 6)  # 5 atoms of 2x3
+    mosaic = atom_mosaic(atoms, (2, 3), cols=2)
+    assert mosaic.shape == (3 * 3 - 1, 2 * 4 - 1)
+    np.testing.assert_allclose(mosaic[3:5, 4:7], (atoms[3] / atoms[3].max()).reshape(2, 3))  # row 1, col 1
+    assert np.isnan(mosaic[2]).all() and np.isnan(mosaic[:, 3]).all()  # the gaps
+    assert np.isnan(mosaic[6:8, 4:7]).all()  # the unused sixth tile

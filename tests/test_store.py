@@ -414,3 +414,36 @@ def test_read_handles_repeated_rows_as_a_sample_with_replacement_draws(tmp_path)
     src = source(tmp_path, chunk_rows=4, shuffle_rows=8)
     np.testing.assert_array_equal(ids(src.read(np.array([0, 0, 2, 5, 5, 9]))), [0, 0, 2, 5, 5, 9])
     assert set(ids(src.sample(25))) <= set(range(10)) and src.sample(25).shape == (25, 6)
+
+
+# --- held-out split ----------------------------------------------------------------------------
+
+
+def test_heldout_chunks_are_never_in_a_training_batch_nor_the_init_sample(tmp_path):
+    make_store(tmp_path, n=1000)  # 8 shards -> 64 chunks of <= 16 rows
+    src = source(tmp_path, heldout_fraction=0.25, heldout_max_rows=10_000)
+    heldout = np.concatenate([ids(src.heldout_batch(i, 100)) for i in range(-(-src.heldout_rows // 100))])
+    assert src.heldout_rows == heldout.size == len(set(heldout.tolist())) and 0.2 < heldout.size / 1000 < 0.3
+    assert src.n_rows == 1000 - src.heldout_rows
+    seen = np.concatenate([ids(src.batch(step, 50)) for step in range(3 * src.n_rows // 50)])
+    assert not np.isin(seen, heldout).any()
+    np.testing.assert_array_equal(np.sort(seen[:src.n_rows]), np.setdiff1d(np.arange(1000), heldout))  # one epoch
+    assert not np.isin(ids(src.sample(500)), heldout).any()
+
+
+def test_heldout_split_is_one_per_store_whatever_the_seed_and_capped_in_rows(tmp_path):
+    make_store(tmp_path, n=1000)
+    first, other_seed = source(tmp_path, 0, heldout_fraction=0.25, heldout_max_rows=10_000), \
+        source(tmp_path, 7, heldout_fraction=0.25, heldout_max_rows=10_000)
+    np.testing.assert_array_equal(first.heldout_batch(0, 10_000), other_seed.heldout_batch(0, 10_000))
+    capped = source(tmp_path, heldout_fraction=0.25, heldout_max_rows=40)
+    assert 40 <= capped.heldout_rows < 40 + 16  # whole chunks, stopping at the one that reaches the cap
+    assert source(tmp_path, heldout_fraction=0.01).heldout_rows == 0  # fewer than one chunk's share
+
+
+def test_no_heldout_keeps_the_stream_unchanged(tmp_path):
+    make_store(tmp_path, n=1000)
+    plain, zero = source(tmp_path), source(tmp_path, heldout_fraction=0.0, heldout_max_rows=100)
+    for step in (0, 7, 40):
+        np.testing.assert_array_equal(plain.batch(step, 50), zero.batch(step, 50))
+    np.testing.assert_array_equal(plain.sample(64), zero.sample(64))

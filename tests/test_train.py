@@ -28,6 +28,7 @@ def _data(n=256, seed=0):
 def _setup(arch, optimizer=None, **loss_fields):
     sae = make_sae(arch, D_IN, D_SAE, k=4, mlp_hidden=(8,))
     loss_config = base_config().loss
+    loss_config.dead_steps = 1000  # what saejax.defaults.resolve derives from loss.dead_tokens and the batch size
     defaults = {"relu": {"l1": 0.1}, "gated": {"l1": 0.1}, "mlp": {"l1": 0.1}, "jumprelu": {"l0": 0.01},
                 "topk": {"auxk": 1 / 32}, "batchtopk": {"auxk": 1 / 32}, "matryoshka": {"auxk": 1 / 32}}
     loss_config.update({**defaults[arch], **loss_fields})
@@ -220,3 +221,27 @@ def test_dense_steps_run_their_dots_in_eigen_and_sparse_topk_keeps_xla_default(m
     monkeypatch.setenv(runtime.CPU_DOTS_ENV, "mkl")
     with pytest.raises(ValueError, match="SAEJAX_CPU_DOTS='mkl'"):
         train.make_train_step(relu, loss, optimizer)
+
+
+def test_schedule_free_training_evaluates_the_averaged_params_and_keeps_buffers():
+    c = base_config()
+    c.sae.arch, c.optim.name, c.optim.lr, c.optim.schedule_free_momentum = "batchtopk", "sign_sgd", 1e-2, 0.9
+    sae = make_sae("batchtopk", D_IN, D_SAE, k=4)
+    optimizer = train.optimizer_from_config(c.optim, c.train, sae)
+    loss = losses.chain(losses.mse())
+    state = train.init_train_state(sae, loss, optimizer, jax.random.key(0), _data(512))
+    assert train.schedule_free_state(state.opt_state) is not None
+    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
+    for i in range(5):
+        state, _ = step(state, jnp.asarray(_data(256, seed=i + 2)))
+    free = train.schedule_free_state(state.opt_state)
+    averaged = train.eval_params(sae, state)
+    np.testing.assert_allclose(averaged["W_enc"], (state.params["W_enc"] - 0.1 * free.z["W_enc"]) / 0.9, rtol=1e-6)
+    assert not np.allclose(averaged["W_enc"], state.params["W_enc"])
+    assert float(averaged["threshold"]) == float(state.params["threshold"]) > 0  # a buffer: as trained
+    plain = train.optimizer_from_config(base_config().optim, c.train, sae)
+    plain_state = train.init_train_state(sae, loss, plain, jax.random.key(0), _data(512))
+    assert train.eval_params(sae, plain_state) is plain_state.params
+    c.optim.schedule_free_momentum = 1.5
+    with pytest.raises(ConfigError, match="optim.schedule_free_momentum=1.5"):
+        train.optimizer_from_config(c.optim, c.train, sae)

@@ -22,5 +22,4 @@ def get_config():
     c.train.batch_size = 512
     c.train.steps = 2000
     c.train.log_every = 100
-    c.train.eval_batches = 4
     return c

@@ -16,7 +16,6 @@ def get_config():
     c.sae.arch = "relu"
     c.sae.d_sae = 400
     c.loss.l1 = 2.0
-    c.optim.lr = 1e-3
     c.train.batch_size = 1024
     c.train.steps = 4000
     c.train.log_every = 200

@@ -28,5 +28,4 @@ def get_config(variant: str = "shallow"):
     c.train.batch_size = 256
     c.train.steps = 3000
     c.train.log_every = 100
-    c.train.eval_batches = 4
     return c

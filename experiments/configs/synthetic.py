@@ -35,7 +35,7 @@ def get_config(variant: str = "relu"):
         c.sae.k = 6
         c.loss.l1 = 0.0
         c.loss.auxk = 1 / 32
-        c.loss.dead_steps = 20
+        c.loss.dead_tokens = 20 * 1024
         c.train.steps = 2000
     else:
         raise ValueError(f"experiments/configs/synthetic.py: unknown variant {variant!r}; "

@@ -14,6 +14,10 @@ Sources (``c.data.source``):
 - ``digits``: scikit-learn's bundled 8×8 digits (`saejax.data.digits`).
 - ``tabular``: river's bundled Shuttle table for anomaly detection (`saejax.data.tabular`).
 
+Every source keeps a held-out split that no training batch touches (``heldout_rows``,
+``heldout_batch``): a seeded set of a store's chunks, another random stream for generated data
+(synthetic, patches), the test split of a table; evaluation reads only it.
+
 A source may also carry ``stats`` (normalisation statistics, see `saejax.data.store`),
 ``image_shape`` (rows are flattened images: atom plots), ``labels``, and a held-out split
 ``test_table`` / ``test_labels`` with a ``task`` ("classification" or "anomaly") that
@@ -39,6 +43,8 @@ STREAM_POOL = 4  # keys: ()
 STREAM_EPOCH = 5  # keys: (epoch,)
 STREAM_WINDOW = 6  # keys: (epoch, window)
 STREAM_SPLIT = 7  # keys: ()
+STREAM_HELDOUT = 8  # keys: (index,): held-out batches of generated data
+STREAM_HELDOUT_CHUNKS = 9  # keys: (): a store's held-out chunks (always under seed 0: one split per store)
 
 
 @runtime_checkable
@@ -60,6 +66,15 @@ class Source(Protocol):
 
     def sample(self, n: int) -> np.ndarray:
         """A deterministic float32 [n, d_in] sample, for init statistics."""
+        ...
+
+    heldout_rows: int | None
+    """Rows in the held-out split that no training batch touches: None = as many as asked for
+    (generated data), 0 = no split (the data is too small, or `test_fraction` is 0)."""
+
+    def heldout_batch(self, index: int, batch_size: int) -> np.ndarray:
+        """Held-out batch number `index`: float32 [<= batch_size, d_in] (rows index·B … of the
+        split; the last batch of a finite split is shorter), a pure function of (seed, index)."""
         ...
 
 
@@ -119,6 +134,8 @@ def _make_npy(data: ml_collections.ConfigDict, seed: int, whole_batches: bool = 
     return NpySource(
         path=data.path, seed=seed, chunk_rows=data.chunk_rows, shuffle_rows=data.shuffle_rows,
         on_bad_rows=data.on_bad_rows, process_index=process_index, process_count=process_count,
+        # a config saved before these fields existed had no held-out split
+        heldout_fraction=data.get("heldout_fraction", 0.0), heldout_max_rows=data.get("heldout_max_rows", 0),
     )
 
 

@@ -114,7 +114,9 @@ class NpySource:
         d_in: the store's width.
         dtype: storage dtype name (float32, float16, bfloat16).
         files: the checked shard files (`saejax.data.store.ShardFile`).
-        n_rows: total number of rows N.
+        n_rows: rows in the training stream (per epoch): all of the store's but the held-out ones.
+        heldout_rows: rows of the held-out chunks (`saejax.data.order.heldout_chunks`), which no
+            training batch reads; `heldout_batch` reads them.
         stats: the manifest's normalisation statistics ({"rows", "mean", "mean_sq_norm"}) or None.
         description: what `data.path` resolved to, for logs.
         skipped_rows: rows dropped so far under ``on_bad_rows='skip'``.
@@ -123,7 +125,8 @@ class NpySource:
     name = "npy"
 
     def __init__(self, path: str, seed: int, *, chunk_rows: int = 512, shuffle_rows: int = 32768,
-                 on_bad_rows: str = "error", process_index: int = 0, process_count: int = 1) -> None:
+                 on_bad_rows: str = "error", process_index: int = 0, process_count: int = 1,
+                 heldout_fraction: float = 0.0, heldout_max_rows: int = 0) -> None:
         if on_bad_rows not in BAD_ROW_MODES:
             raise ConfigError(f"data.on_bad_rows: unknown {on_bad_rows!r}; valid: {', '.join(BAD_ROW_MODES)}")
         if not 0 <= process_index < process_count:
@@ -132,11 +135,14 @@ class NpySource:
         self.process_index, self.process_count = process_index, process_count
         manifest, self.files, self.description = resolve(path)
         self.d_in, self.dtype, self.stats = manifest.d_in, manifest.dtype, manifest.stats
-        self.n_rows = manifest.total_rows
-        if self.n_rows == 0:
+        if manifest.total_rows == 0:
             raise DataError(f"data.path={path!r}: the files hold no rows")
         self._offsets = np.concatenate([[0], np.cumsum([f.rows for f in self.files])]).astype(np.int64)
-        self.order = StreamOrder([f.rows for f in self.files], seed, chunk_rows, shuffle_rows)
+        self.order = StreamOrder([f.rows for f in self.files], seed, chunk_rows, shuffle_rows,
+                                 heldout_fraction, heldout_max_rows)
+        self.n_rows = self.order.n_rows
+        self._heldout_ids = self.order.chunk_row_ids(self.order.heldout)
+        self.heldout_rows = int(self._heldout_ids.size)
         self.skipped_rows = 0
         self._windows: OrderedDict[tuple, _Window] = OrderedDict()
         self._lock = threading.Lock()
@@ -264,9 +270,18 @@ class NpySource:
         return out
 
     def sample(self, n: int) -> np.ndarray:
-        """A deterministic float32 [<= n, d_in] sample (without replacement when n <= N), for
-        initialisation; under 'skip' its bad rows are dropped."""
+        """A deterministic float32 [<= n, d_in] sample of the training rows (without replacement
+        when n <= N), for initialisation; under 'skip' its bad rows are dropped."""
         check_sample_size(n)
         gen = rng(self.seed, STREAM_SAMPLE)
-        return self.read(gen.choice(self.n_rows, size=n, replace=n > self.n_rows))
+        picked = gen.choice(self.n_rows, size=n, replace=n > self.n_rows)
+        if self.heldout_rows:  # position i of the training chunks' rows, in chunk order
+            picked = self.order.chunk_row_ids(self.order.train_chunks)[picked]
+        return self.read(picked)
+
+    def heldout_batch(self, index: int, batch_size: int) -> np.ndarray:
+        """Rows [index·B, (index+1)·B) of the held-out chunks (in chunk order), float32 [<= B, d_in];
+        bad rows raise, or are dropped under 'skip'."""
+        check_batch_args(index, batch_size)
+        return self.read(self._heldout_ids[index * batch_size:(index + 1) * batch_size])
 

@@ -13,7 +13,10 @@ follows:
    permutation drawn from (seed, e, window). This is the in-memory shuffle buffer: rows of one
    batch come from `window_chunks` chunks scattered over the store.
 
-Epoch e therefore covers every row exactly once, and batch i of size B (positions i·B … i·B+B−1)
+Held-out chunks (`heldout_chunks`) are left out of every epoch: the stream is made of the other
+("training") chunks alone, and evaluation reads the held-out ones.
+
+Epoch e therefore covers every training row exactly once, and batch i of size B (positions i·B … i·B+B−1)
 is a function of (seed, i, B) and the shard sizes only: a resumed run sees exactly the batches an
 uninterrupted run would have, and changing the number of processes reading does not change them.
 """
@@ -23,23 +26,38 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from saejax.data import STREAM_EPOCH, STREAM_WINDOW, rng
+from saejax.data import STREAM_EPOCH, STREAM_HELDOUT_CHUNKS, STREAM_WINDOW, rng
 from saejax.errors import ConfigError
 
 _CACHED_EPOCHS = 2
+
+
+def heldout_chunks(chunk_rows: np.ndarray, fraction: float, max_rows: int) -> np.ndarray:
+    """Ids of the chunks kept out of training, ascending int64 [H]: the first floor(fraction·K) of
+    a fixed random order of the K chunks (seed 0, so every run on a store holds out the same rows),
+    cut after the chunk that brings them to `max_rows` rows. Empty when fraction·K < 1.
+
+    chunk_rows: int64 [K], rows in each chunk.
+    """
+    order = rng(0, STREAM_HELDOUT_CHUNKS).permutation(chunk_rows.size)[:int(fraction * chunk_rows.size)]
+    enough = int(np.searchsorted(np.cumsum(chunk_rows[order]), max_rows, side="left")) + 1
+    return np.sort(order[:enough])
 
 
 class StreamOrder:
     """Chunk and window layout of a store, and the rows at any stream positions.
 
     Attributes:
-        n_rows: N, rows per epoch.
-        chunk_start: int64 [K], global first row of each chunk.
+        n_rows: N, rows per epoch (the training chunks' rows).
+        chunk_start: int64 [K], global first row of each chunk (all chunks, held out or not).
         chunk_rows: int64 [K], rows in each chunk.
+        train_chunks: int64 [K - H], ascending ids of the chunks the stream visits.
+        heldout: int64 [H], ascending ids of the held-out chunks.
         window_chunks: chunks per shuffle window.
     """
 
-    def __init__(self, shard_rows: Sequence[int], seed: int, chunk_rows: int, shuffle_rows: int) -> None:
+    def __init__(self, shard_rows: Sequence[int], seed: int, chunk_rows: int, shuffle_rows: int,
+                 heldout_fraction: float = 0.0, heldout_max_rows: int = 0) -> None:
         if chunk_rows < 1:
             raise ConfigError(f"data.chunk_rows must be >= 1, got {chunk_rows}")
         if shuffle_rows < chunk_rows:
@@ -47,7 +65,6 @@ class StreamOrder:
         self.seed = seed
         sizes = np.asarray(shard_rows, np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        self.n_rows = int(offsets[-1])
         starts, lengths = [], []
         for first, size in zip(offsets[:-1], sizes):
             local = np.arange(0, size, chunk_rows, dtype=np.int64)
@@ -55,6 +72,9 @@ class StreamOrder:
             lengths.append(np.minimum(chunk_rows, size - local))
         self.chunk_start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
         self.chunk_rows = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        self.heldout = heldout_chunks(self.chunk_rows, heldout_fraction, heldout_max_rows)
+        self.train_chunks = np.setdiff1d(np.arange(self.chunk_rows.size), self.heldout)
+        self.n_rows = int(self.chunk_rows[self.train_chunks].sum())
         self.window_chunks = max(1, shuffle_rows // chunk_rows)
         self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
@@ -62,7 +82,7 @@ class StreamOrder:
         """(chunk order int64 [K], window starts int64 [n_windows + 1] as positions within the epoch)."""
         layout = self._epochs.get(epoch)
         if layout is None:
-            order = rng(self.seed, STREAM_EPOCH, epoch).permutation(self.chunk_start.size)
+            order = self.train_chunks[rng(self.seed, STREAM_EPOCH, epoch).permutation(self.train_chunks.size)]
             sizes = self.chunk_rows[order]
             bounds = np.arange(0, order.size, self.window_chunks)
             window_sizes = np.add.reduceat(sizes, bounds) if order.size else np.zeros(0, np.int64)
@@ -72,6 +92,11 @@ class StreamOrder:
                 self._epochs.popitem(last=False)
         return layout
 
+    def chunk_row_ids(self, chunks: np.ndarray) -> np.ndarray:
+        """Global row ids of `chunks` [n], each chunk's rows in file order, int64."""
+        return np.concatenate([np.arange(s, s + n) for s, n in zip(self.chunk_start[chunks], self.chunk_rows[chunks])]
+                              or [np.zeros(0, np.int64)])
+
     def window_chunk_ids(self, epoch: int, window: int) -> np.ndarray:
         """The chunks of one window, int64 [<= window_chunks], in their permuted order."""
         order, _ = self.epoch_layout(epoch)
@@ -79,8 +104,7 @@ class StreamOrder:
 
     def window_rows(self, epoch: int, window: int) -> np.ndarray:
         """Global row ids of the window's positions, in stream order, int64 [window length]."""
-        chunks = self.window_chunk_ids(epoch, window)
-        rows = np.concatenate([np.arange(s, s + n) for s, n in zip(self.chunk_start[chunks], self.chunk_rows[chunks])])
+        rows = self.chunk_row_ids(self.window_chunk_ids(epoch, window))
         return rows[rng(self.seed, STREAM_WINDOW, epoch, window).permutation(rows.size)]
 
     def window_span(self, epoch: int, window: int) -> tuple[int, int]:

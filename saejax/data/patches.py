@@ -37,6 +37,7 @@ import skimage.util
 
 from saejax.data import (
     STREAM_BATCH,
+    STREAM_HELDOUT,
     STREAM_POOL,
     STREAM_SAMPLE,
     check_batch_args,
@@ -136,6 +137,7 @@ class PatchSource:
     """
 
     name = "patches"
+    heldout_rows = None  # held-out patches are cut at fresh random places, as many as asked for
 
     def __init__(
         self,
@@ -156,6 +158,7 @@ class PatchSource:
         if patch_size > smallest:
             raise ConfigError(f"data.patch_size={patch_size} exceeds the smallest image side "
                               f"({smallest} px)")
+        self._images = loaded
         raw = remove_dc(sample_patches(rng(seed, STREAM_POOL), loaded, patch_size, n_patches))
         self.eigenvalues, vectors = spectrum(raw)
         if whiten == "zca":
@@ -178,3 +181,10 @@ class PatchSource:
         """A deterministic float32 [n, d_in] sample of the pool."""
         check_sample_size(n)
         return self._draw(rng(self.seed, STREAM_SAMPLE), n)
+
+    def heldout_batch(self, index: int, batch_size: int) -> np.ndarray:
+        """float32 [batch_size, d_in]: patches cut at random places drawn from (seed, index) by a
+        stream of their own (not rows of the training pool), DC-removed and whitened like it."""
+        check_batch_args(index, batch_size)
+        raw = sample_patches(rng(self.seed, STREAM_HELDOUT, index), self._images, self.patch_size, batch_size)
+        return (remove_dc(raw) @ self.whitening).astype(np.float32)

@@ -38,6 +38,7 @@ import numpy as np
 from saejax.data import (
     STREAM_BATCH,
     STREAM_DICTIONARY,
+    STREAM_HELDOUT,
     STREAM_SAMPLE,
     check_batch_args,
     check_sample_size,
@@ -148,6 +149,7 @@ class SyntheticSource:
     """
 
     name = "synthetic"
+    heldout_rows = None  # held-out batches come from their own random stream, as many as asked for
 
     def __init__(
         self,
@@ -187,3 +189,10 @@ class SyntheticSource:
         check_sample_size(n)
         gen = rng(self.seed, STREAM_SAMPLE)
         return sample_codes(gen, self.cond_probs, self.parent, n) @ self.dictionary
+
+    def heldout_batch(self, index: int, batch_size: int) -> np.ndarray:
+        """float32 [batch_size, d]: rows of the held-out stream (seed, index), which no training
+        batch or sample draws from."""
+        check_batch_args(index, batch_size)
+        return sample_codes(rng(self.seed, STREAM_HELDOUT, index), self.cond_probs, self.parent,
+                            batch_size) @ self.dictionary

@@ -32,6 +32,7 @@ class TableSource:
         labels: int64 [N] or None.
         image_shape: (height, width) when a row is a flattened image, else None.
         test_table, test_labels: float32 [M, d_in] and int64 [M] held-out rows, or None.
+        heldout_rows: M (0 without a test split).
         task: what the labels mean for `saejax.downstream`: "classification", "anomaly" (1 =
             anomaly) or None.
     """
@@ -46,6 +47,7 @@ class TableSource:
         self.test_table = None if test_table is None else np.asarray(test_table, np.float32)
         self.test_labels, self.task = test_labels, task
         self.d_in = table.shape[1]
+        self.heldout_rows = 0 if self.test_table is None else int(self.test_table.shape[0])
         self._perms: dict[int, np.ndarray] = {}
 
     def permutation(self, epoch: int) -> np.ndarray:
@@ -75,3 +77,10 @@ class TableSource:
         check_sample_size(n)
         size = self.table.shape[0]
         return self.table[rng(self.seed, STREAM_SAMPLE).choice(size, size=n, replace=n > size)]
+
+    def heldout_batch(self, index: int, batch_size: int) -> np.ndarray:
+        """Rows [index·B, (index+1)·B) of the test split, float32 [<= B, d_in]."""
+        check_batch_args(index, batch_size)
+        if self.test_table is None:
+            raise DataError(f"data.source={self.name!r} has no held-out split (data.test_fraction is 0)")
+        return self.test_table[index * batch_size:(index + 1) * batch_size]

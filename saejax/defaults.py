@@ -1,0 +1,139 @@
+"""Defaults that depend on the architecture, and the one place a run's config is completed.
+
+`saejax.config.base_config` leaves the architecture-dependent fields unset (None); `resolve`
+fills them in from the tables below, so that a user who sets only ``sae.arch``, ``sae.d_sae``,
+``sae.k`` and ``train.steps`` gets the recipe the literature (and our side-by-side measurements
+with SAELens and sparsify, see BUILD_NOTES.md) found for that architecture, whatever config file
+the run started from. It also keeps a config's job-specific penalties with their job: a sparsity
+penalty the chosen architecture does not have (an L1 coefficient inherited from a ReLU config by a
+TopK run, say) is switched off, with a note saying so.
+
+The resolved values are what ``config.json`` records, so a resumed run, `saejax.load` and the
+export all see concrete numbers.
+"""
+
+import math
+
+import ml_collections
+
+# Architectures whose sparsity is a fixed number of latents per row (or per batch).
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
+
+# The sparsity penalties each architecture's loss has. Other sparsity penalties are switched off by
+# `resolve` (TopK-style SAEs get their sparsity from k; JumpReLU from its L0 term).
+SPARSITY_PENALTIES = ("l1", "tanh", "kl", "l0", "target_l0")
+PENALTIES_OF = {
+    "relu": ("l1", "tanh", "kl"),
+    "mlp": ("l1", "kl"),
+    "gated": ("l1", "tanh", "kl"),
+    "jumprelu": ("l0", "target_l0"),
+    **{arch: () for arch in TOPK_FAMILY},
+}
+
+# AuxK coefficient for the TopK family: α = 1/32 (Gao et al. 2024, "Scaling and evaluating sparse
+# autoencoders", section 2.4 and appendix B.1). The peers differ: sparsify 1.3 has AuxK off by default,
+# SAELens uses 1.0 on its unnormalised MSE with a 1000-step dead window.
+AUXK_COEFF = 1 / 32
+
+# Initial norm of the encoder's rows (W_enc = scale · W_decᵀ with unit decoder rows; with a free
+# decoder norm the decoder rows start at this norm too).
+# - ReLU/Gated/JumpReLU/MLP: 0.1, Anthropic's April 2024 update (Conerly et al.), as SAELens.
+# - TopK family: 1/√3 ≈ 0.577, the row norm of PyTorch's default nn.Linear init that sparsify's
+#   encoder starts from (uniform ±1/√d_in entries); measured beside sparsify and SAELens on
+#   MiniLM activations (BUILD_NOTES.md, "Peers on the same activations").
+ENCODER_INIT_SCALE = {"relu": 0.1, "gated": 0.1, "jumprelu": 0.1, "mlp": 0.1,
+                      **{arch: 1 / math.sqrt(3) for arch in TOPK_FAMILY}}
+
+
+# Decoder rows kept at unit norm (and the gradient along them removed), except for ReLU, which follows
+# Anthropic's April 2024 update (Conerly et al., as SAELens' standard SAE): a free decoder norm, the L1
+# term weighted by each latent's decoder norm. On MiniLM activations (d_sae 3072, L1 5, 200 steps of
+# 4096) this kept 0.1 % of latents dead against 41 % with unit-norm rows (BUILD_NOTES.md).
+FREE_DECODER_NORM = ("relu",)
+
+
+# Adam's learning rate. TopK family: 1.3e-3 / sqrt(d_sae / 2^14), i.e. the 1/sqrt(d_sae) scaling of
+# Gao et al. 2024 (sparsify's Adam rule, 2e-4 / sqrt(d_sae / 2^14)) at 6.5x its size: on MiniLM activations
+# (d_sae 3072, k 32, 200 steps of 4096) lr 1e-3 / 3e-3 / 5e-3 left a held-out FVU of 0.151 / 0.115 / 0.109
+# with 0 / 0.8 / 4.6 % of latents dead (BUILD_NOTES.md). Other architectures: 1e-3.
+TOPK_LR_AT_16K = 1.3e-3
+OTHER_LR = 1e-3
+
+
+# Global gradient-norm clipping for the TopK family: 1.0, as SAELens' trainer. On MiniLM activations
+# (200 steps) it took the held-out FVU from 0.1508 to 0.1398 at lr 1e-3 and from 0.117 to 0.112 at
+# this module's default lr (BUILD_NOTES.md). Others: none.
+TOPK_GRAD_CLIP = 1.0
+
+
+def grad_clip(arch: str, chosen: float | None = None) -> float:
+    """`chosen` (optim.grad_clip) unless it is None, else TOPK_GRAD_CLIP for the TopK family, else 0."""
+    return (TOPK_GRAD_CLIP if arch in TOPK_FAMILY else 0.0) if chosen is None else chosen
+
+
+def learning_rate(arch: str, d_sae: int, chosen: float | None = None) -> float:
+    """`chosen` (optim.lr) unless it is None, else the architecture's default (see TOPK_LR_AT_16K)."""
+    if chosen is not None:
+        return chosen
+    return TOPK_LR_AT_16K / math.sqrt(d_sae / 2**14) if arch in TOPK_FAMILY else OTHER_LR
+
+
+def unit_norm_decoder(arch: str, chosen: bool | None = None) -> bool:
+    """`chosen` (train.unit_norm_decoder) unless it is None, else True except for `FREE_DECODER_NORM`."""
+    return arch not in FREE_DECODER_NORM if chosen is None else chosen
+
+
+def l1_decoder_weighted(arch: str, chosen: bool | None = None, unit_norm: bool | None = None) -> bool:
+    """`chosen` (loss.l1_decoder_weighted) unless it is None, else whether the decoder norm is free
+    (`unit_norm`, or the architecture's default): a free norm must not let the L1 term shrink the
+    latents while their decoder rows grow."""
+    if chosen is not None:
+        return chosen
+    return arch != "mlp" and not unit_norm_decoder(arch, unit_norm)
+
+
+def encoder_init_scale(arch: str, chosen: float | None = None) -> float:
+    """`chosen` (sae.dec_init_norm) unless it is None, else `ENCODER_INIT_SCALE` of `arch`."""
+    return ENCODER_INIT_SCALE.get(arch, 0.1) if chosen is None else chosen
+
+
+def auxk_coeff(arch: str, chosen: float | None = None) -> float:
+    """`chosen` (loss.auxk) unless it is None, else 1/32 for the TopK family and 0 for the rest."""
+    return (AUXK_COEFF if arch in TOPK_FAMILY else 0.0) if chosen is None else chosen
+
+
+def resolve(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """(a copy of `config` with every architecture-dependent field set, notes for the user).
+
+    Fields filled in when unset (None): ``train.unit_norm_decoder`` (`FREE_DECODER_NORM`),
+    ``loss.l1_decoder_weighted`` (when the decoder norm is free), ``loss.auxk`` (1/32 for the TopK family, else 0),
+    ``optim.lr`` (`learning_rate`), ``optim.grad_clip`` (`grad_clip`),
+    ``sae.dec_init_norm`` (`ENCODER_INIT_SCALE`) and ``loss.dead_steps`` (``loss.dead_tokens``
+    rows, rounded up to whole batches). Sparsity penalties the architecture does not have
+    (`PENALTIES_OF`) are set to 0, each with a note. Resolving a resolved config changes nothing.
+    """
+    config = ml_collections.ConfigDict(config.to_dict())  # a copy (FieldReferences to plain values)
+    arch, notes = config.sae.arch, []
+    if arch in PENALTIES_OF:  # an unknown arch is reported by make_sae
+        for penalty in SPARSITY_PENALTIES:
+            if penalty not in PENALTIES_OF[arch] and config.loss[penalty]:
+                notes.append(f"loss.{penalty}={config.loss[penalty]} is not a penalty of sae.arch={arch!r} "
+                             f"({_sparsity_of(arch)}); not applied")
+                config.loss[penalty] = 0.0
+    config.train.unit_norm_decoder = unit_norm_decoder(arch, config.train.unit_norm_decoder)
+    config.loss.l1_decoder_weighted = l1_decoder_weighted(arch, config.loss.l1_decoder_weighted,
+                                                          config.train.unit_norm_decoder)
+    config.loss.auxk = auxk_coeff(arch, config.loss.auxk)
+    config.optim.lr = learning_rate(arch, config.sae.d_sae, config.optim.lr)
+    config.optim.grad_clip = grad_clip(arch, config.optim.grad_clip)
+    config.sae.dec_init_norm = encoder_init_scale(arch, config.sae.dec_init_norm)
+    if config.loss.dead_steps is None:
+        config.loss.dead_steps = max(1, math.ceil(config.loss.dead_tokens / config.train.batch_size))
+    return config, notes
+
+
+def _sparsity_of(arch: str) -> str:
+    if arch in TOPK_FAMILY:
+        return "its sparsity is sae.k"
+    penalties = PENALTIES_OF[arch]
+    return f"its sparsity penalties are {', '.join('loss.' + p for p in penalties)}"

@@ -1,0 +1,66 @@
+"""Smoke test of benchmarks.peers_quality: every contender trains a tiny TopK SAE on the same rows of a
+random store, and the one held-out metric is written as JSON and a markdown table."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saejax.data.store import write_store
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTENDERS = ("saejax", "saelens", "sparsify", "sparsify_signum")
+
+
+def test_every_contender_is_scored_on_the_held_out_rows(tmp_path):
+    pytest.importorskip("sparsify")
+    pytest.importorskip("sae_lens")
+    store = tmp_path / "store"
+    rows = np.random.default_rng(0).standard_normal((400, 16), dtype=np.float32) * 2.0 + 0.5
+    write_store(store, rows)
+    out = tmp_path / "results"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.peers_quality", f"--store={store}", "--d_sae=64", "--k=4", "--batch=64",
+         "--steps=3", f"--contenders={','.join(CONTENDERS)}", f"--out_dir={out}", "--out=tiny",
+         f"--work_dir={tmp_path / 'runs'}"],
+        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "tiny.json").read_text())
+    assert [r["contender"] for r in report["rows"]] == list(CONTENDERS)
+    assert report["settings"]["heldout_rows"] == 40 and report["settings"]["train_rows"] == 360
+    for row in report["rows"]:
+        assert math.isfinite(row["fvu"]) and row["fvu"] > 0, row
+        assert 0 < row["l0"] <= 4 and 0 <= row["dead_pct"] <= 100 and row["wall_s"] > 0
+    for check in report["saelens_check"].values():  # SAELens' own encode/decode agrees with the metric
+        assert check["fvu_rel_diff"] < 1e-5 and check["max_abs_dx_hat"] < 1e-4
+    table = (out / "tiny.md").read_text()
+    assert "| contender | held-out FVU |" in table and all(f"| {name} |" in table for name in CONTENDERS)
+    assert (Path(f"{store}_train") / "manifest.json").exists() and (Path(f"{store}_heldout") / "manifest.json").exists()
+
+
+def test_metric_matches_a_float64_reference():
+    """`score` on a TopK SAE: FVU, L0, dead and dense shares against a direct float64 computation."""
+    from benchmarks import peers_quality as pq
+
+    rng = np.random.default_rng(1)
+    d, f, k = 8, 32, 3
+    shapes = {"W_enc": (d, f), "b_enc": (f,), "W_dec": (f, d), "b_dec": (d,)}
+    weights = {key: rng.standard_normal(shape).astype(np.float32) for key, shape in shapes.items()}
+    weights["b_enc"][:4] = -1e3  # never fire
+    x = rng.standard_normal((500, d)).astype(np.float32)
+    got = pq.score(weights, "topk", k, x, batch_rows=64)
+    w = {key: v.astype(np.float64) for key, v in weights.items()}
+    pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    kth = np.sort(pre, axis=1)[:, -k][:, None]
+    z = np.where(pre >= kth, np.maximum(pre, 0), 0)
+    x_hat = z @ w["W_dec"] + w["b_dec"]
+    fires = (z > 0).sum(0)
+    assert got["fvu"] == pytest.approx(np.sum((x - x_hat) ** 2) / np.sum((x - x.mean(0)) ** 2), rel=1e-5)
+    assert got["l0"] == pytest.approx((z > 0).sum() / len(x))
+    assert got["dead_pct"] == pytest.approx(100 * np.mean(fires == 0)) and got["dead_pct"] >= 100 * 4 / f
+    assert got["dense_pct"] == pytest.approx(100 * np.mean(fires > 0.1 * len(x)))
