@@ -41,8 +41,8 @@ _GRID = flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,... one config field 
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "How many runs at a time.", lower_bound=1)
 flags.mark_flag_as_required("workdir")
 
-COLUMNS = ("l0", "fvu", "dead_fraction", "cos_sim", "test_l0", "test_fvu", "pca_fvu_at_l0", "probe_accuracy_codes",
-           "probe_accuracy_raw", "anomaly_roc_auc", "mmcs")
+COLUMNS = ("l0", "fvu", "dead_fraction", "dense_fraction", "cos_sim", "test_l0", "test_fvu", "pca_fvu_at_l0",
+           "probe_accuracy_codes", "probe_accuracy_raw", "anomaly_roc_auc", "mmcs")
 
 
 def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:

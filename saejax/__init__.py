@@ -12,7 +12,7 @@ or, from a config: `saejax.train_and_evaluate(config, workdir)`; afterwards
 `params, config = saejax.load(workdir)` (params act on raw activations).
 """
 
-from saejax import activations, losses, metrics
+from saejax import activations, defaults, losses, metrics
 from saejax.analysis import load
 from saejax.config import base_config
 from saejax.errors import ConfigError, DataError, SaejaxError

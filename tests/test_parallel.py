@@ -52,6 +52,7 @@ _EQUIVALENCE = textwrap.dedent("""
         for key, value in terms.items():
             c.loss[key] = value
         c.optim.name, c.optim.lr = ("adam", 1e-3) if "adam" in name else ("sgd", 0.05)
+        c, _ = saejax.defaults.resolve(c)  # as a run completes its config (dead window, clipping, ...)
         sae = saejax.sae_from_config(c.sae, 16)
         loss = losses.loss_from_config(c.loss, sae)
         optimizer = train.optimizer_from_config(c.optim, c.train, sae)
@@ -189,6 +190,7 @@ _GATHERS = textwrap.dedent("""
     source = SyntheticSource(0, d=16, n_features=32, avg_active=3)
     c = saejax.base_config()
     c.sae.arch, c.sae.d_sae, c.sae.k, c.loss.l1, c.loss.auxk = "topk", 1024, 4, 0.0, 1 / 32
+    c, _ = saejax.defaults.resolve(c)
     sae = saejax.sae_from_config(c.sae, 16)
     loss = losses.loss_from_config(c.loss, sae)
     optimizer = train.optimizer_from_config(c.optim, c.train, sae)

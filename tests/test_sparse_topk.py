@@ -128,6 +128,8 @@ def test_the_compiled_sparse_step_has_no_dense_decoder_or_encoder_backward_matmu
 def test_auto_choice_and_bad_settings():
     assert sae_lib.make_sae("topk", 512, 8192, k=32).hparams["sparse"] is True
     assert sae_lib.make_sae("topk", 512, 1024, k=32).hparams["sparse"] is False
+    assert sae_lib.make_sae("topk", 384, 2048, k=32).hparams["sparse"] is True  # from 64·k
+    assert sae_lib.make_sae("topk", 384, 2047, k=32).hparams["sparse"] is False
     assert sae_lib.make_sae("relu", 512, 8192).hparams["sparse"] is False
     assert sae_lib.make_sae("topk", 512, 1024, k=32, sparse=True).pre_acts_of is not None
     assert sae_lib.make_sae("mlp", 16, 64).pre_acts_of is None
