@@ -236,7 +236,8 @@ def test_schedule_free_training_evaluates_the_averaged_params_and_keeps_buffers(
         state, _ = step(state, jnp.asarray(_data(256, seed=i + 2)))
     free = train.schedule_free_state(state.opt_state)
     averaged = train.eval_params(sae, state)
-    np.testing.assert_allclose(averaged["W_enc"], (state.params["W_enc"] - 0.1 * free.z["W_enc"]) / 0.9, rtol=1e-6)
+    np.testing.assert_allclose(averaged["W_enc"], (state.params["W_enc"] - 0.1 * free.z["W_enc"]) / 0.9,
+                               rtol=1e-5, atol=1e-8)  # float32 rounding where y and (1 - b1) z nearly cancel
     assert not np.allclose(averaged["W_enc"], state.params["W_enc"])
     assert float(averaged["threshold"]) == float(state.params["threshold"]) > 0  # a buffer: as trained
     plain = train.optimizer_from_config(base_config().optim, c.train, sae)
