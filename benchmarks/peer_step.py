@@ -1,6 +1,6 @@
 r"""One contender of the peer comparison, timed in a process of its own (`benchmarks.run` starts it).
 
-    python -m benchmarks.peer_step --contender=saejax|saelens|plain|compiled --arch=relu|topk \
+    python -m benchmarks.peer_step --contender=saejax|saelens|sparsify|plain|compiled --arch=relu|topk \
         --d_in=512 --d_sae=8192 --batch=4096 [--steps=5] [--malloc=tuned|default]
 
 Prints one JSON line {"step_s": median of --steps after two warm-up steps}. Each framework gets a
@@ -11,7 +11,7 @@ import json
 
 from absl import app, flags
 
-_CONTENDER = flags.DEFINE_enum("contender", "saejax", ["saejax", "saelens", "plain", "compiled"], "What to time.")
+_CONTENDER = flags.DEFINE_enum("contender", "saejax", ["saejax", "saelens", "sparsify", "plain", "compiled"], "What to time.")
 _ARCH = flags.DEFINE_enum("arch", "relu", ["relu", "topk"], "SAE: relu + L1 or topk (+ AuxK).")
 _D_IN = flags.DEFINE_integer("d_in", 512, "Input width.")
 _D_SAE = flags.DEFINE_integer("d_sae", 8192, "Dictionary size.")
@@ -47,6 +47,10 @@ def main(argv):
         x_torch = torch.from_numpy(x)
         if _CONTENDER.value == "saelens":
             one = torch_reference.saelens_step(_ARCH.value, d, f, x_torch, k=K)
+        elif _CONTENDER.value == "sparsify":
+            if _ARCH.value != "topk":
+                raise app.UsageError("--contender=sparsify trains TopK only: pass --arch=topk")
+            one = torch_reference.sparsify_step(d, f, x_torch, k=K)
         else:
             one = torch_reference.plain_step(_ARCH.value, d, f, x_torch, k=K, compile=_CONTENDER.value == "compiled")
     print(json.dumps({"step_s": median_seconds(one, _STEPS.value, warmup=2)}), flush=True)

@@ -6,7 +6,12 @@ by ONE numpy metric on held-out rows.
     python -m benchmarks.peers_quality --store=/tmp/peers_quality/minilm_l3 --mode=forced --lr=1e-3 \
         --out=topk_forced_lr1e-3
 
-1. Data. --store is a saejax shard store (`saejax.data.store`). If it does not exist it is harvested
+1. Data. --store is a saejax shard store (`saejax.data.store`). With --synthetic it is built from
+   saejax's superposition source (`saejax.data.synthetic`: --synthetic_features unit features in
+   --synthetic_d dimensions, --synthetic_active firing per row on average, the most frequent firing
+   --synthetic_freq_ratio times as often as the rarest; --synthetic_rows rows) and its true features
+   are kept beside it (true_dictionary.npy), so every contender is also scored on dictionary
+   recovery. Otherwise, if it does not exist it is harvested
    first (experiments/harvest.py --model=--model --layer=--layer --site=resid_post
    --max_tokens=--max_tokens, timed). All rows are permuted once (--split_seed); the first
    1 - --heldout of them are written to STORE_train (float32), the rest to STORE_heldout.
@@ -28,7 +33,9 @@ by ONE numpy metric on held-out rows.
    also sets a constant --lr with no warm-up and no decay for all of them.
 3. Metric (numpy, all held-out rows, in batches): FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖²; L0 = mean
    number of nonzero latents per row; dead % = latents that never fire on the held-out rows;
-   dense % = latents firing on more than 10 % of them. Every contender's weights are written as
+   dense % = latents firing on more than 10 % of them; with --synthetic, MMCS = the mean over
+   true features of the largest cosine with any decoder row (Sharkey et al. 2022, as
+   `saejax.metrics.mmcs`). Every contender's weights are written as
    W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] (+ threshold [d_sae])
    acting on raw rows: pre = (x − b_dec) @ W_enc + b_enc (SAELens' apply_b_dec_to_input, sparsify's
    encode, saejax's encoders all subtract b_dec first). The metric is checked against SAELens'
@@ -62,6 +69,14 @@ _STORE = flags.DEFINE_string("store", None, "Shard store of activation rows (har
 _MODEL = flags.DEFINE_string("model", "minilm", "Harvest: the text model (minilm, gemma3-270m, a path).")
 _LAYER = flags.DEFINE_integer("layer", 3, "Harvest: block whose resid_post is read.")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 600_000, "Harvest: rows to collect.")
+_SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Build --store from saejax's superposition source (if missing) "
+                                "and score MMCS against its true features.")
+_SYN_FEATURES = flags.DEFINE_integer("synthetic_features", 400, "--synthetic: ground-truth features.")
+_SYN_D = flags.DEFINE_integer("synthetic_d", 200, "--synthetic: dimensions of a row.")
+_SYN_ACTIVE = flags.DEFINE_float("synthetic_active", 6.0, "--synthetic: mean number of active features per row.")
+_SYN_FREQ_RATIO = flags.DEFINE_float("synthetic_freq_ratio", 400.0, "--synthetic: firing rate of the most "
+                                     "frequent feature over the rarest's.")
+_SYN_ROWS = flags.DEFINE_integer("synthetic_rows", 1_100_000, "--synthetic: rows in the store (before the split).")
 _HELDOUT = flags.DEFINE_float("heldout", 0.1, "Share of the rows held out for the metric.")
 _SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "Seed of the one permutation that splits the rows.")
 _ARCH = flags.DEFINE_enum("arch", "topk", ARCHS, "SAE architecture (sparsify: topk only).")
@@ -72,6 +87,10 @@ _STEPS = flags.DEFINE_integer("steps", 200, "Training steps.")
 _MODE = flags.DEFINE_enum("mode", "defaults", ["defaults", "forced"],
                           "defaults: each framework's own settings; forced: constant --lr, no warm-up, no decay.")
 _LR = flags.DEFINE_float("lr", 1e-3, "forced mode: the learning rate of every contender.")
+_SPARSITY = flags.DEFINE_float("sparsity", None, "relu: the L1 coefficient, jumprelu: the L0 coefficient, of every "
+                               "contender (saejax: loss.l1 / loss.l0; SAELens: l1_coefficient / l0_coefficient); "
+                               "unset: each framework's default. Their scales differ (saejax normalises the "
+                               "rows): sweep it per framework (--contenders) to compare at a matched L0.")
 _CONTENDERS = flags.DEFINE_list("contenders", list(CONTENDERS), f"Subset of {', '.join(CONTENDERS)}.")
 _SAEJAX_FLAGS = flags.DEFINE_list("saejax_flags", [], "Extra experiments/train.py flags, e.g. --config.loss.l1=0.")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed of every contender (saejax: config.seed).")
@@ -107,6 +126,36 @@ def harvest(store: Path) -> dict:
     info = {"seconds": round(time.perf_counter() - start, 1), "command": " ".join(command[1:])}
     (store / "peers_quality_harvest.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
+
+
+def synthetic_recipe() -> dict:
+    """What --synthetic builds (recorded beside the store; a store built otherwise is rebuilt)."""
+    return {"source": "saejax.data.synthetic", "seed": _SPLIT_SEED.value, "n_features": _SYN_FEATURES.value,
+            "d": _SYN_D.value, "avg_active": _SYN_ACTIVE.value, "freq_ratio": _SYN_FREQ_RATIO.value,
+            "rows": _SYN_ROWS.value}
+
+
+def synthesize(store: Path) -> dict:
+    """Write --synthetic_rows rows of saejax's superposition source (seed --split_seed) as the store
+    `store` and its true features [n_features, d] as store/true_dictionary.npy; -> the recipe."""
+    from saejax.data.store import write_store  # noqa: PLC0415
+    from saejax.data.synthetic import SyntheticSource  # noqa: PLC0415
+
+    recipe = synthetic_recipe()
+    source = SyntheticSource(_SPLIT_SEED.value, d=_SYN_D.value, n_features=_SYN_FEATURES.value,
+                             avg_active=_SYN_ACTIVE.value, freq_ratio=_SYN_FREQ_RATIO.value)
+    block = 100_000
+    blocks = (source.batch(i, min(block, _SYN_ROWS.value - i * block)) for i in range(-(-_SYN_ROWS.value // block)))
+    write_store(store, blocks, dtype="float32", overwrite=True)
+    np.save(store / "true_dictionary.npy", source.dictionary, allow_pickle=False)
+    (store / "peers_quality_synthetic.json").write_text(json.dumps(recipe, indent=1) + "\n")
+    return recipe
+
+
+def mmcs(w_dec: np.ndarray, true: np.ndarray) -> float:
+    """Mean over the true features [n, d] of their largest cosine with a decoder row of w_dec [m, d]."""
+    unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    return float(np.mean(np.max(unit(true.astype(np.float64)) @ unit(w_dec.astype(np.float64)).T, axis=1)))
 
 
 def split_store(store: Path, heldout: float, seed: int) -> tuple[Path, np.ndarray]:
@@ -169,8 +218,10 @@ def decode(weights: dict, z: np.ndarray) -> np.ndarray:
     return z @ weights["W_dec"] + weights["b_dec"]
 
 
-def score(weights: dict, arch: str, k: int, x: np.ndarray, batch_rows: int = 8192) -> dict:
-    """FVU, L0, dead % and dense % of an SAE (weights on raw rows) over every row of x [n, d_in]."""
+def score(weights: dict, arch: str, k: int, x: np.ndarray, batch_rows: int = 8192,
+          true_dictionary: np.ndarray | None = None) -> dict:
+    """FVU, L0, dead % and dense % of an SAE (weights on raw rows) over every row of x [n, d_in];
+    and its MMCS against true_dictionary [n_features, d_in] when given."""
     n, d_sae = x.shape[0], weights["W_enc"].shape[1]
     total_var = float(np.sum((x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)) ** 2))
     sq_err, fires = 0.0, np.zeros(d_sae, np.int64)
@@ -179,8 +230,11 @@ def score(weights: dict, arch: str, k: int, x: np.ndarray, batch_rows: int = 819
         z = encode(weights, arch, k, rows)
         sq_err += float(np.sum((rows - decode(weights, z)).astype(np.float64) ** 2))
         fires += np.count_nonzero(z, axis=0)
-    return {"fvu": sq_err / total_var, "l0": float(fires.sum() / n), "dead_pct": 100.0 * float(np.mean(fires == 0)),
-            "dense_pct": 100.0 * float(np.mean(fires > DENSE_FRACTION * n))}
+    result = {"fvu": sq_err / total_var, "l0": float(fires.sum() / n), "dead_pct": 100.0 * float(np.mean(fires == 0)),
+              "dense_pct": 100.0 * float(np.mean(fires > DENSE_FRACTION * n))}
+    if true_dictionary is not None:
+        result["mmcs"] = mmcs(weights["W_dec"], true_dictionary)
+    return result
 
 
 def saelens_check(sae_dir: Path, weights: dict, arch: str, k: int, x: np.ndarray) -> dict:
@@ -228,9 +282,11 @@ def saelens_sae(arch: str, d_in: int, d_sae: int, k: int):
         return TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
     if arch == "batchtopk":
         return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    coefficient = {} if _SPARSITY.value is None else {
+        "jumprelu": {"l0_coefficient": _SPARSITY.value}, "relu": {"l1_coefficient": _SPARSITY.value}}[arch]
     if arch == "jumprelu":
-        return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae))
-    return StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae))
+        return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, **coefficient))
+    return StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, **coefficient))
 
 
 def train_saelens(rows: np.ndarray, order: np.ndarray, out: Path) -> tuple[dict, dict, list]:
@@ -393,6 +449,8 @@ def saejax_flags(train_dir: Path, workdir: Path, steps: int) -> list[str]:
         flags_.append(f"{c}data.heldout_fraction=0")
     if _MODE.value == "forced":
         flags_ += [f"{c}optim.lr={_LR.value}", f"{c}optim.warmup_steps=0", f"{c}optim.decay=constant"]
+    if _SPARSITY.value is not None and _ARCH.value in ("relu", "jumprelu"):
+        flags_.append(f"{c}loss.{'l1' if _ARCH.value == 'relu' else 'l0'}={_SPARSITY.value}")
     return flags_ + list(_SAEJAX_FLAGS.value)
 
 
@@ -430,7 +488,8 @@ def run_torch(name: str, train_dir: Path, work: Path, order: np.ndarray) -> dict
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     np.save(folder / "order.npy", order)
-    passed = [f"--{f}={flags.FLAGS[f].value}" for f in ("arch", "d_sae", "k", "mode", "lr", "seed")]
+    passed = [f"--{f}={flags.FLAGS[f].value}" for f in ("arch", "d_sae", "k", "mode", "lr", "seed", "sparsity")
+              if flags.FLAGS[f].value is not None]
     command = [sys.executable, str(Path(__file__).resolve()), f"--worker={name}", f"--worker_dir={folder}",
                f"--train_store={train_dir}", *passed]
     wall, _ = run_logged(command, work / f"{name}.log")
@@ -454,15 +513,19 @@ def table(rows: list[dict], settings: dict) -> list[str]:
     def num(value, fmt):
         return "n/a" if value is None else format(value, fmt)
 
+    synthetic = all("mmcs" in r for r in rows) and bool(rows)
+
     lines = [f"Held-out metric on {settings['heldout_rows']:,} rows ({settings['d_in']}-d, {settings['store']}); "
              f"{settings['arch']} d_sae={settings['d_sae']} k={settings['k']} batch={settings['batch']} "
              f"steps={settings['steps']}, mode={settings['mode']}"
-             + (f" lr={settings['lr']:g}" if settings["mode"] == "forced" else ""), "",
-             "| contender | held-out FVU | L0 | dead % | dense % | s/step | wall s |", "|---|---|---|---|---|---|---|"]
+             + (f" lr={settings['lr']:g}" if settings["mode"] == "forced" else "")
+             + (f" sparsity={settings['sparsity']:g}" if settings.get("sparsity") is not None else ""), "",
+             "| contender | held-out FVU | L0 | dead % | dense % |" + (" MMCS |" if synthetic else "")
+             + " s/step | wall s |", "|---|---|---|---|---|" + ("---|" if synthetic else "") + "---|---|"]
     for r in rows:
         lines.append(f"| {r['contender']} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['dead_pct']:.1f} "
-                     f"| {r['dense_pct']:.1f} "
-                     f"| {num(r['step_s'], '.3f')} | {r['wall_s']:.1f} |")
+                     f"| {r['dense_pct']:.1f} " + (f"| {r['mmcs']:.4f} " if synthetic else "")
+                     + f"| {num(r['step_s'], '.3f')} | {r['wall_s']:.1f} |")
     lines += ["", "Settings:"] + [f"- {r['contender']}: {r['summary']}" for r in rows]
     if all("load_1m" in r for r in rows):  # the machine is shared: timings are only comparable at similar load
         lines += ["", f"1-minute load average before/after each contender ({os.cpu_count()} CPUs): "
@@ -475,7 +538,7 @@ def summary_line(name: str, settings: dict) -> str:
     if name == "saejax":
         o, l, s = settings["optim"], settings["loss"], settings["sae"]
         return (f"{o.get('name')} lr {o.get('lr')}, warm-up {o.get('warmup_steps')}, decay {o.get('decay')}, clip "
-                f"{o.get('grad_clip')}; l1 {l.get('l1')}, auxk {l.get('auxk')} "
+                f"{o.get('grad_clip')}; l1 {l.get('l1')}, l0 {l.get('l0')}, auxk {l.get('auxk')} "
                 f"(dead after {l.get('dead_steps')} steps); "
                 f"dec_init_norm {s.get('dec_init_norm')}, b_dec {s.get('init_b_dec')}, normalize "
                 f"{s.get('normalize_activations')} (scale {settings['norm_scale_folded']:.4g})")
@@ -485,7 +548,9 @@ def summary_line(name: str, settings: dict) -> str:
         return (f"Adam lr {t['lr']:g}, scheduler {t['lr_scheduler_name']}, warm-up {t['lr_warm_up_steps']}, "
                 f"clip 1.0; aux {aux} (dead after {t['dead_feature_window']} steps); decoder_init_norm "
                 f"{s.get('decoder_init_norm')}, rescale_acts_by_decoder_norm {s.get('rescale_acts_by_decoder_norm')}, "
-                f"b_dec 0, normalize {s.get('normalize_activations')}")
+                f"b_dec 0, normalize {s.get('normalize_activations')}"
+                + "".join(f", {key} {s[key]}" for key in ("l1_coefficient", "l0_coefficient", "jumprelu_bandwidth",
+                                                           "jumprelu_init_threshold") if key in s))
     return (f"{settings['optimizer']} lr {settings['lr']:.3g}" + (f", warm-up {settings['lr_warmup_steps']}, "
             f"{settings['schedule']}" if "schedule" in settings else "") + f"; auxk_alpha {settings['auxk_alpha']} "
             f"(dead after {settings['dead_feature_threshold_tokens']:,} tokens); FVU loss; b_dec = first batch mean; "
@@ -501,7 +566,15 @@ def main(argv):
     from benchmarks import write_results  # noqa: PLC0415
 
     store = Path(_STORE.value)
-    harvest_info = harvest(store) if not (store / "manifest.json").exists() else None
+    true_dictionary = None
+    if _SYNTHETIC.value:
+        recipe_file = store / "peers_quality_synthetic.json"
+        if not (recipe_file.exists() and json.loads(recipe_file.read_text()) == synthetic_recipe()):
+            synthesize(store)
+        true_dictionary = np.load(store / "true_dictionary.npy", allow_pickle=False)
+        harvest_info = {"synthetic": json.loads(recipe_file.read_text())}
+    else:
+        harvest_info = harvest(store) if not (store / "manifest.json").exists() else None
     if harvest_info is None and (store / "peers_quality_harvest.json").exists():
         harvest_info = json.loads((store / "peers_quality_harvest.json").read_text())
     train_dir, heldout = split_store(store, _HELDOUT.value, _SPLIT_SEED.value)
@@ -514,17 +587,20 @@ def main(argv):
         result = (run_saejax(train_dir, work, _STEPS.value) if name == "saejax"
                   else run_torch(name, train_dir, work, order))
         load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-        metric = score(result["weights"], _ARCH.value, _K.value, heldout, _EVAL_ROWS.value)
+        metric = score(result["weights"], _ARCH.value, _K.value, heldout, _EVAL_ROWS.value, true_dictionary)
         if name in ("saejax", "saelens"):
             checks[name] = saelens_check(result["export"], result["weights"], _ARCH.value, _K.value, heldout[:4096])
         rows.append({"contender": name, **metric, "step_s": result["step_s_median"], "wall_s": result["wall_s"],
                      "load_1m": load, "summary": summary_line(name, result["settings"]),
                      "settings": result["settings"]})
-        print(f"   {name}: FVU {metric['fvu']:.4f}, L0 {metric['l0']:.1f}, wall {result['wall_s']:.0f} s", flush=True)
+        print(f"   {name}: FVU {metric['fvu']:.4f}, L0 {metric['l0']:.1f}, dead {metric['dead_pct']:.1f} %"
+              + (f", MMCS {metric['mmcs']:.4f}" if "mmcs" in metric else "") + f", wall {result['wall_s']:.0f} s",
+              flush=True)
     settings = {"store": str(store), "train_rows": json.loads((train_dir / "manifest.json").read_text())["total_rows"],
                 "heldout_rows": int(heldout.shape[0]), "d_in": int(heldout.shape[1]), "arch": _ARCH.value,
                 "d_sae": _D_SAE.value, "k": _K.value, "batch": _BATCH.value, "steps": _STEPS.value,
                 "mode": _MODE.value, "lr": _LR.value if _MODE.value == "forced" else None, "seed": _SEED.value,
+                "sparsity": _SPARSITY.value,
                 "split_seed": _SPLIT_SEED.value,
                 "command": " ".join(["python -m benchmarks.peers_quality", *sys.argv[1:]])}
     result = {"settings": settings, "harvest": harvest_info, "rows": rows, "saelens_check": checks}

@@ -24,8 +24,8 @@ Sections (each timed in this one process, medians, so that ratios compare like w
 - precision: sae.dtype=bfloat16 (bf16 matmul inputs, f32 accumulation and master params) against
   float32: step time, and the held-out FVU of the same training run (experiments/train.py on the
   default image-patch config, relu and topk).
-- peers: PyTorch 2.13 CPU reference steps (SAELens' own training step; a plain module, eager and
-  torch.compile) against saejax on the same SAE, sizes and optimizer (Adam), each in a fresh process
+- peers: PyTorch 2.13 CPU reference steps (SAELens' own training step; sparsify's SparseCoder with
+  its Trainer's update, TopK only; a plain module, eager and torch.compile) against saejax on the same SAE, sizes and optimizer (Adam), each in a fresh process
   (benchmarks/peer_step.py), in alternating rounds; ratio = peer time / saejax time. Needs torch
   and sae-lens (the `test` extra). In one process, torch's threads slowed saejax's TopK step at
   d_sae 32768 from 1.9 s to 4.4 s, hence the separate processes.
@@ -70,6 +70,8 @@ _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "The device's nominal dens
                                   "SXM: 989); when set, bf16 step rows also report MFU against it.")
 _PEERS_MALLOC = flags.DEFINE_enum("peers_malloc", "tuned", ["tuned", "default"], "peers: every contender's process "
                                   "with saejax.runtime.tune_malloc() (tuned: equal conditions) or glibc's defaults.")
+_PEER_CONTENDERS = flags.DEFINE_list("peer_contenders", ["saejax", "saelens", "sparsify", "plain", "compiled"],
+                                     "peers: which contenders to time (saejax is always timed: ratios are to it).")
 _OUT = flags.DEFINE_string("out", str(Path(__file__).parent / "results"), "Output directory.")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +81,8 @@ FULL = {
     "step_dtypes": ("float32",), "scaling_d_in": 512,
     "d_saes": [2**12, 2**13, 2**14, 2**15, 2**16], "scaling_batch": 1024,
     "batches": [2**8, 2**9, 2**10, 2**11, 2**12], "scaling_d_sae": 8192,
-    "peer_sizes": [("relu", (512, 8192, 4096)), ("topk", (512, 8192, 4096)), ("topk", (512, 32768, 4096))],
+    # the sizes people train TopK at (d_in 384: MiniLM, 640: Gemma-3-270M), and one ReLU point
+    "peer_sizes": [("relu", (512, 8192, 4096))] + [("topk", (d, f, 4096)) for d in (384, 640) for f in (3072, 16384, 65536)],
     "compile_peers_up_to": 8192, "precision_steps": 2000, "precision_archs": ("relu", "topk"),
 }
 QUICK = {
@@ -274,8 +277,8 @@ def precision(plan: dict, repeats: int, result: dict) -> dict:
     return {"timing": timing, "training": runs}
 
 
-CONTENDERS = {"saejax": "saejax", "saelens": "SAELens training step", "plain": "PyTorch plain, eager",
-              "compiled": "PyTorch plain, torch.compile"}
+CONTENDERS = {"saejax": "saejax", "saelens": "SAELens training step", "sparsify": "sparsify (SparseCoder + Trainer step)",
+              "plain": "PyTorch plain, eager", "compiled": "PyTorch plain, torch.compile"}
 
 
 def peer_seconds(contender: str, arch: str, d: int, f: int, b: int, steps_: int, malloc: str) -> float:
@@ -286,6 +289,15 @@ def peer_seconds(contender: str, arch: str, d: int, f: int, b: int, steps_: int,
     return json.loads(result.stdout.strip().splitlines()[-1])["step_s"]
 
 
+def _version(distribution: str) -> str | None:
+    from importlib import metadata  # noqa: PLC0415
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def peers(plan: dict, repeats: int) -> dict:
     try:
         import sae_lens  # noqa: F401, PLC0415
@@ -294,7 +306,8 @@ def peers(plan: dict, repeats: int) -> dict:
         return {"skipped": f"PyTorch or sae-lens not installed ({e}); pip install -e '.[test]'"}
     rows, rounds = [], max(1, min(3, repeats))
     for arch, (d, f, b) in plan["peer_sizes"]:
-        contenders = [c for c in CONTENDERS if c != "compiled" or f <= plan["compile_peers_up_to"]]
+        contenders = [c for c in CONTENDERS if (c == "saejax" or c in _PEER_CONTENDERS.value)
+                      and (c != "compiled" or f <= plan["compile_peers_up_to"]) and (c != "sparsify" or arch == "topk")]
         times = {c: [] for c in contenders}
         for _ in range(rounds):  # alternating rounds of fresh processes: drift hits every contender alike
             for c in contenders:
@@ -304,7 +317,7 @@ def peers(plan: dict, repeats: int) -> dict:
             rows.append({"arch": arch, "d_in": d, "d_sae": f, "batch": b, "contender": CONTENDERS[c], "step_s": seconds,
                          "peer_over_saejax": seconds / medians["saejax"], "rounds": times[c]})
         print(f"peers: {arch} d_sae={f}: " + ", ".join(f"{c} {s:.3f} s" for c, s in medians.items()), flush=True)
-    return {"rows": rows, "torch": torch.__version__, "malloc": _PEERS_MALLOC.value, "rounds": rounds}
+    return {"rows": rows, "torch": torch.__version__, "sparsify": _version("eai-sparsify"), "malloc": _PEERS_MALLOC.value, "rounds": rounds}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,9 +407,9 @@ def markdown(result: dict) -> list[str]:
             lines += [f"Peers: skipped ({result['peers']['skipped']})", ""]
         else:
             lines += [f"PyTorch peers (torch {result['peers']['torch']}; each contender in its own process, malloc "
-                      f"{result['peers']['malloc']}; median of {result['peers']['rounds']} alternating rounds)", "", "| arch | d_sae | batch | contender | step (s) | × saejax's time |",
-                      "|---|---|---|---|---|---|"]
-            lines += [f"| {r['arch']} | {r['d_sae']} | {r['batch']} | {r['contender']} | {r['step_s']:.3f} | "
+                      f"{result['peers']['malloc']}; median of {result['peers']['rounds']} alternating rounds)", "", "| arch | d_in | d_sae | batch | contender | step (s) | × saejax's time |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {r['arch']} | {r['d_in']} | {r['d_sae']} | {r['batch']} | {r['contender']} | {r['step_s']:.3f} | "
                       f"{r['peer_over_saejax']:.2f} |" for r in result["peers"]["rows"]]
             lines.append("")
     return lines

@@ -1,4 +1,4 @@
-"""PyTorch reference train steps for the peer comparison (issue 8), CPU torch==2.13.0.
+"""PyTorch reference train steps for the peer comparison (`benchmarks.run`, section peers), CPU torch==2.13.0.
 
 Each builder returns a zero-argument `step()` that trains one step on a fixed batch and returns
 only when the work is done, so that `benchmarks.median_seconds(step, ...)` times it:
@@ -6,6 +6,10 @@ only when the work is done, so that `benchmarks.median_seconds(step, ...)` times
 - `saelens_step`: SAELens' own training step, as `SAETrainer._train_step` runs it: the SAE's
   `training_forward_pass` (MSE + L1 for relu, MSE + AuxK for topk), the dead-latent bookkeeping, the
   backward, gradient-norm clipping at 1, Adam, zero_grad.
+- `sparsify_step`: EleutherAI sparsify's `SparseCoder` (its fused top-k encoder with the sparse
+  backward, its embedding-bag decoder on CPU) with the update sequence of its `Trainer`: unit-norm
+  decoder rows, FVU + AuxK over the latents dead for 10M tokens, the decoder-parallel gradient
+  removed, Adam.
 - `plain_step`: a minimal module doing what saejax's step does (ReLU + L1 or TopK, MSE, Adam,
   decoder rows renormalised), eager or under `torch.compile`.
 
@@ -54,6 +58,37 @@ def saelens_step(arch: str, d_in: int, d_sae: int, x: torch.Tensor, *, k: int = 
         optimizer.step()
         optimizer.zero_grad()
         return float(out.loss.detach())
+
+    return step
+
+
+def sparsify_step(d_in: int, d_sae: int, x: torch.Tensor, *, k: int = 32, lr: float = 1e-4):
+    """One step of sparsify's Trainer on its `SparseCoder` (TopK), as its training loop runs it."""
+    from sparsify import SparseCoder, SparseCoderConfig  # noqa: PLC0415
+
+    _threads()
+    torch.manual_seed(0)
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k), "cpu", torch.float32)
+    sae.b_dec.data = x.mean(0)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+    tokens_since_fired = torch.zeros(d_sae, dtype=torch.long)
+    dead_after = 10_000_000
+    total_variance = (x - x.mean(0)).pow(2).sum()
+
+    def step():
+        sae.set_decoder_norm_to_unit_norm()
+        out = sae(x, dead_mask=tokens_since_fired > dead_after, total_variance=total_variance)
+        loss = out.fvu + out.auxk_loss / 32 + out.multi_topk_fvu / 8
+        loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            fired = torch.zeros(d_sae, dtype=torch.bool)
+            fired[out.latent_indices.flatten()] = True
+            tokens_since_fired.add_(x.shape[0])
+            tokens_since_fired[fired] = 0
+        return float(loss.detach())
 
     return step
 

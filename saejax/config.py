@@ -8,6 +8,7 @@ Field names are part of the command-line contract (see README): keep them stable
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from saejax import defaults
 from saejax.errors import ConfigError
 
 
@@ -83,8 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.auxk = placeholder(float)  # AuxK coefficient; None: 1/32 for topk/batchtopk/matryoshka, else 0
     c.loss.auxk_k = 0  # dead latents AuxK may use; 0: d_in // 2 (OpenAI's choice)
     # a latent that fired on none of this many training rows (tokens) counts as dead (AuxK, resampling,
-    # the training dead fraction): 10M, as Gao et al. 2024 and sparsify
-    c.loss.dead_tokens = 10_000_000
+    # the training dead fraction); 100k, chosen by measurement (saejax.defaults.DEAD_TOKENS)
+    c.loss.dead_tokens = defaults.DEAD_TOKENS
     c.loss.dead_steps = placeholder(int)  # the same window in steps; None: dead_tokens / train.batch_size
     c.loss.balance = 0.0  # activation-balancing (load-balancing) term
 
@@ -98,7 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     # 0.151 -> 0.170 held-out FVU on MiniLM; BUILD_NOTES.md)
     c.optim.warmup_steps = 10
     c.optim.decay = "constant"  # constant | cosine | linear (to 0 over train.steps)
-    c.optim.grad_clip = placeholder(float)  # > 0: clip the global gradient norm; None: the architecture's default
+    c.optim.grad_clip = placeholder(float)  # > 0: clip the global gradient norm; 0: off; None: 1.0 (saejax.defaults.GRAD_CLIP)
     # > 0: schedule-free training (Defazio et al. 2024) around optim.name with this momentum; evaluation,
     # plots and the export then use the averaged parameters
     c.optim.schedule_free_momentum = 0.0

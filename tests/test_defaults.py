@@ -62,8 +62,11 @@ def test_learning_rate_and_clipping_follow_the_architecture():
     topk.sae.d_sae = 1024
     assert defaults.resolve(topk)[0].optim.lr == pytest.approx(1.3e-3 * 4)
     resolved, _ = defaults.resolve(config_for("relu"))
-    assert (resolved.optim.lr, resolved.optim.grad_clip) == (1e-3, 0.0)
+    assert (resolved.optim.lr, resolved.optim.grad_clip) == (1e-3, 1.0)
     assert defaults.resolve(config_for("batchtopk"))[0].optim.grad_clip == 1.0
+    pinned = config_for("relu")
+    pinned.optim.grad_clip = 0.0  # 0 switches clipping off
+    assert defaults.resolve(pinned)[0].optim.grad_clip == 0.0
 
 
 def test_relu_gets_a_free_decoder_norm_with_a_weighted_l1_and_the_rest_unit_rows():

@@ -64,3 +64,40 @@ def test_metric_matches_a_float64_reference():
     assert got["l0"] == pytest.approx((z > 0).sum() / len(x))
     assert got["dead_pct"] == pytest.approx(100 * np.mean(fires == 0)) and got["dead_pct"] >= 100 * 4 / f
     assert got["dense_pct"] == pytest.approx(100 * np.mean(fires > 0.1 * len(x)))
+
+
+def test_synthetic_store_is_built_once_and_scored_on_dictionary_recovery(tmp_path):
+    """--synthetic writes saejax's superposition rows and their true features, and every contender
+    gets an MMCS against them; a second run reuses the store, a changed recipe rebuilds it."""
+    pytest.importorskip("sparsify")
+    store, out = tmp_path / "synthetic", tmp_path / "results"
+
+    def run(contenders="sparsify", *extra):
+        return subprocess.run(
+            [sys.executable, "-m", "benchmarks.peers_quality", "--synthetic", f"--store={store}",
+             "--synthetic_features=24", "--synthetic_d=12", "--synthetic_active=2", "--synthetic_freq_ratio=100",
+             "--synthetic_rows=600", "--d_sae=48", "--k=3", "--batch=64", "--steps=3", f"--contenders={contenders}",
+             f"--out_dir={out}", "--out=syn", f"--work_dir={tmp_path / 'runs'}", *extra],
+            cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=300)
+
+    result = run()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    true = np.load(store / "true_dictionary.npy", allow_pickle=False)
+    assert true.shape == (24, 12) and np.allclose(np.linalg.norm(true, axis=1), 1, atol=1e-5)
+    report = json.loads((out / "syn.json").read_text())
+    assert report["settings"]["train_rows"] == 540 and report["harvest"]["synthetic"]["freq_ratio"] == 100
+    assert [r["contender"] for r in report["rows"]] == ["sparsify"] and -1 <= report["rows"][0]["mmcs"] <= 1
+    assert "| MMCS |" in (out / "syn.md").read_text()
+    built = (store / "manifest.json").stat().st_mtime_ns
+    assert run("").returncode == 0 and (store / "manifest.json").stat().st_mtime_ns == built  # no training
+    assert run("", "--synthetic_freq_ratio=10").returncode == 0
+    assert json.loads((store / "peers_quality_synthetic.json").read_text())["freq_ratio"] == 10
+
+
+def test_mmcs_is_one_for_the_true_dictionary_in_any_order_and_scale():
+    from benchmarks import peers_quality as pq
+
+    true = np.linalg.qr(np.random.default_rng(0).standard_normal((8, 8)))[0][:5]  # 5 orthonormal rows
+    learned = np.concatenate([3.0 * true[::-1], np.random.default_rng(1).standard_normal((4, 8))])
+    assert pq.mmcs(learned, true) == pytest.approx(1.0)
+    assert pq.mmcs(-learned[:5], true) < 0.5  # signed, as saejax.metrics.mmcs

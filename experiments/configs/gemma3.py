@@ -33,7 +33,6 @@ def get_config():
     c.sae.normalize_activations = True
     c.loss.l1 = 0.0
     c.loss.auxk = 1 / 32
-    c.loss.dead_tokens = 200 * 1024  # a short window: AuxK acts within the run
     c.optim.lr = 5e-4
     c.train.batch_size = 1024
     c.train.steps = 4000

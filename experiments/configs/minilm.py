@@ -28,7 +28,6 @@ def get_config():
     c.sae.k = 32
     c.loss.l1 = 0.0
     c.loss.auxk = 1 / 32
-    c.loss.dead_tokens = 200 * 1024  # a short window: AuxK acts within this 2M-token run
     c.optim.lr = 1e-3
     c.train.batch_size = 1024
     c.train.steps = 2000
