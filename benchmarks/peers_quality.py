@@ -147,6 +147,7 @@ def synthesize(store: Path) -> dict:
     block = 100_000
     blocks = (source.batch(i, min(block, _SYN_ROWS.value - i * block)) for i in range(-(-_SYN_ROWS.value // block)))
     write_store(store, blocks, dtype="float32", overwrite=True)
+    (Path(f"{store}_train") / "peers_quality_split.json").unlink(missing_ok=True)  # split the new rows again
     np.save(store / "true_dictionary.npy", source.dictionary, allow_pickle=False)
     (store / "peers_quality_synthetic.json").write_text(json.dumps(recipe, indent=1) + "\n")
     return recipe

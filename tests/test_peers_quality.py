@@ -90,8 +90,10 @@ def test_synthetic_store_is_built_once_and_scored_on_dictionary_recovery(tmp_pat
     assert "| MMCS |" in (out / "syn.md").read_text()
     built = (store / "manifest.json").stat().st_mtime_ns
     assert run("").returncode == 0 and (store / "manifest.json").stat().st_mtime_ns == built  # no training
+    heldout = np.load(sorted(Path(f"{store}_heldout").glob("*.npy"))[0], allow_pickle=False)
     assert run("", "--synthetic_freq_ratio=10").returncode == 0
     assert json.loads((store / "peers_quality_synthetic.json").read_text())["freq_ratio"] == 10
+    assert not np.array_equal(heldout, np.load(sorted(Path(f"{store}_heldout").glob("*.npy"))[0], allow_pickle=False))
 
 
 def test_mmcs_is_one_for_the_true_dictionary_in_any_order_and_scale():
