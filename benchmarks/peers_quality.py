@@ -147,7 +147,6 @@ def synthesize(store: Path) -> dict:
     block = 100_000
     blocks = (source.batch(i, min(block, _SYN_ROWS.value - i * block)) for i in range(-(-_SYN_ROWS.value // block)))
     write_store(store, blocks, dtype="float32", overwrite=True)
-    (Path(f"{store}_train") / "peers_quality_split.json").unlink(missing_ok=True)  # split the new rows again
     np.save(store / "true_dictionary.npy", source.dictionary, allow_pickle=False)
     (store / "peers_quality_synthetic.json").write_text(json.dumps(recipe, indent=1) + "\n")
     return recipe
@@ -162,11 +161,13 @@ def mmcs(w_dec: np.ndarray, true: np.ndarray) -> float:
 def split_store(store: Path, heldout: float, seed: int) -> tuple[Path, np.ndarray]:
     """(STORE_train, held-out rows float32 [n_h, d_in]): one permutation of all rows, the first
     1 - heldout to STORE_train (float32), the rest to STORE_heldout; both reused when they exist
-    and were made from the same store, seed and share."""
+    and were made from the same store (path, rows and the writer's statistics), seed and share."""
     from saejax.data.store import write_store  # noqa: PLC0415
 
     train_dir, heldout_dir = Path(f"{store}_train"), Path(f"{store}_heldout")
-    recipe = {"store": str(store.resolve()), "rows": json.loads((store / "manifest.json").read_text())["total_rows"],
+    manifest = json.loads((store / "manifest.json").read_text())
+    # the writer's statistics (row mean, E‖x‖²) tell a rewritten store from the one split before
+    recipe = {"store": str(store.resolve()), "rows": manifest["total_rows"], "stats": manifest.get("stats"),
               "heldout": heldout, "seed": seed}
     marker = train_dir / "peers_quality_split.json"
     if not (marker.exists() and json.loads(marker.read_text()) == recipe and (heldout_dir / "manifest.json").exists()):

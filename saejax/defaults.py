@@ -76,9 +76,8 @@ OTHER_LR = 1e-3
 GRAD_CLIP = 1.0
 
 
-def grad_clip(arch: str, chosen: float | None = None) -> float:
-    """`chosen` (optim.grad_clip) unless it is None, else GRAD_CLIP (any architecture)."""
-    del arch  # the same for every architecture
+def grad_clip(chosen: float | None = None) -> float:
+    """`chosen` (optim.grad_clip) unless it is None, else GRAD_CLIP (the same for every architecture)."""
     return GRAD_CLIP if chosen is None else chosen
 
 
@@ -136,7 +135,7 @@ def resolve(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDic
                                                           config.train.unit_norm_decoder)
     config.loss.auxk = auxk_coeff(arch, config.loss.auxk)
     config.optim.lr = learning_rate(arch, config.sae.d_sae, config.optim.lr)
-    config.optim.grad_clip = grad_clip(arch, config.optim.grad_clip)
+    config.optim.grad_clip = grad_clip(config.optim.grad_clip)
     config.sae.dec_init_norm = encoder_init_scale(arch, config.sae.dec_init_norm)
     if config.loss.dead_steps is None:
         config.loss.dead_steps = max(1, math.ceil(config.loss.dead_tokens / config.train.batch_size))

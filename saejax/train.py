@@ -159,7 +159,7 @@ def optimizer_from_config(optim_config, train_config, sae: SAE) -> optax.Gradien
     constrained = defaults.unit_norm_decoder(sae.arch, train_config.unit_norm_decoder)
     return make_optimizer(
         base, sae, project_decoder=constrained and train_config.project_decoder_grads,
-        grad_clip=defaults.grad_clip(sae.arch, optim_config.grad_clip),
+        grad_clip=defaults.grad_clip(optim_config.grad_clip),
     )
 
 

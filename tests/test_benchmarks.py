@@ -39,9 +39,9 @@ def test_quick_suite_writes_every_section(tmp_path):
     assert {r["dtype"] for r in suite["precision"]["training"]} == {"float32", "bfloat16"}
     assert all(0 <= r["fvu"] < 2 for r in suite["precision"]["training"])
     if "skipped" not in suite["peers"]:
-        contenders = {r["contender"] for r in suite["peers"]["rows"]}
-        assert {"saejax", "SAELens training step", "PyTorch plain, eager"} <= contenders
-        assert "sparsify (SparseCoder + Trainer step)" in {r["contender"] for r in suite["peers"]["rows"] if r["arch"] == "topk"}
+        assert {"saejax", "SAELens training step", "PyTorch plain, eager"} <= {r["contender"] for r in suite["peers"]["rows"]}
+        topk_contenders = {r["contender"] for r in suite["peers"]["rows"] if r["arch"] == "topk"}
+        assert "sparsify (SparseCoder + Trainer step)" in topk_contenders
     assert (tmp_path / "scaling.png").stat().st_size > 10_000
     assert "| relu |" in (tmp_path / "suite.md").read_text()
 
