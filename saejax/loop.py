@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saejax import analysis, checkpoint, config as config_lib, dashboards, data, defaults, distributed, downstream
-from saejax import export, harvest, metrics, parallel, plots, splice, train, writers
+from saejax import export, harvest, metrics, parallel, splice, train, writers
 from saejax.errors import ConfigError, DataError, SaejaxError
 from saejax.preemption import PreemptionGuard, StopVote
 from saejax.resampling import resample_dead_latents
@@ -288,15 +288,19 @@ def evaluate(config, source, sae: SAE, state: train.TrainState) -> tuple[dict, n
         say(f"warning: data.source={source.name!r} has no held-out split here; the final metrics are measured on "
             "batches of the training stream")
 
-    def read(i):  # batch i of the split, whole (the last one is cut below)
+    def read(i):  # batch i of the split, whole (the rows past `rows` are not counted)
         if split == "train":
             return read_batch(source, EVAL_STEP_OFFSET + i, batch_size, sae.d_in)
         batch = source.heldout_batch(i, batch_size)
         check_batch(batch, i, f"{source.name} (held out)", sae.d_in)
         return batch
 
-    sums_of = jax.jit(functools.partial(train.evaluation_sums, sae))
-    sums = [jax.device_get(sums_of(state.params, state.norm_scale, read(i)[:rows - i * batch_size]))
+    def padded(batch):  # a short last batch filled up with zero rows: every batch has one shape
+        return np.pad(batch, [(0, batch_size - batch.shape[0]), (0, 0)]) if batch.shape[0] < batch_size else batch
+
+    sums_of = jax.jit(functools.partial(train.evaluation_sums, sae))  # compiled once: [batch_size, d_in]
+    sums = [jax.device_get(sums_of(state.params, state.norm_scale, padded(read(i)[:batch_size]),
+                                   np.int32(min(batch_size, rows - i * batch_size))))
             for i in range(-(-rows // batch_size))]
     scalars, density = train.combine_evaluation(sums)
     return scalars, density, split
@@ -337,8 +341,18 @@ def dictionary_recovery(source, params) -> dict:
     }
 
 
-def save_plots(workdir: Path, source, sae: SAE, params, density: np.ndarray) -> None:
-    plots.plot_training_curves(writers.read_metrics(workdir), workdir / "plots" / "training.png")
+def save_training_plot(workdir: Path, records: list[dict]) -> None:
+    """plots/training.png from the train records of metrics.jsonl (`writers.read_metrics`)."""
+    from saejax import plots  # noqa: PLC0415 (matplotlib takes ~0.4 s to import)
+
+    plots.plot_training_curves(records, workdir / "plots" / "training.png")
+
+
+def save_dictionary_plots(workdir: Path, source, sae: SAE, params, density: np.ndarray) -> None:
+    """plots/density.png from the latents' firing density [d_sae], and plots/atoms.png (the decoder
+    rows as images, densest first) for image data."""
+    from saejax import plots  # noqa: PLC0415 (matplotlib takes ~0.4 s to import)
+
     plots.plot_density_histogram(density, workdir / "plots" / "density.png")
     image_shape = getattr(source, "image_shape", None)
     if image_shape and "W_dec" in params:
@@ -355,7 +369,8 @@ def replot(workdir: str | Path, rows: int = 16384) -> Path:
     source = data.make_source(config.data, config.seed, whole_batches=True)
     sae, _, _ = train.model_from_config(config, source.d_in)
     density = analysis.feature_density(analysis.encode(params, config, source.sample(rows)))
-    save_plots(workdir, source, sae, params, density)
+    save_training_plot(workdir, writers.read_metrics(workdir))
+    save_dictionary_plots(workdir, source, sae, params, density)
     return workdir / "plots"
 
 
@@ -478,6 +493,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                                         config.log.wandb_mode) if config.log.wandb else None
         writer = writers.MetricWriter(workdir, config.train.steps, tensorboard=config.log.tensorboard,
                                       progress=config.log.progress, wandb_run=wandb_run)
+    # matplotlib draws on this thread while XLA evaluates on the main one; one worker: one plot at a time
+    plotting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plots")
     try:
         state, preempted = run_training(config, workdir, source, sae, loss, optimizer, writer, where)
         if preempted:
@@ -488,9 +505,11 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         state = state._replace(params=train.eval_params(sae, state))  # schedule-free: the averaged params
         if not main:
             return {"steps": int(state.step), "process": jax.process_index()}
+        training_plot = plotting.submit(save_training_plot, workdir, writers.read_metrics(workdir))
         eval_source = source if getattr(source, "process_count", 1) == 1 else data.make_source(
             config.data, config.seed, whole_batches=True)
         scalars, density, split = evaluate(config, eval_source, sae, state)
+        training_plot.result()  # drawn while XLA evaluated; the task evaluation below may plot too
         problem = scalars and int(state.step) > collapse_check_from(config) and collapse(scalars["fvu"], scalars["l0"])
         if problem:
             raise SaejaxError(f"the SAE collapsed: {problem} on {scalars['rows']:.0f} {split} rows after step "
@@ -500,9 +519,11 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         if text_model is not None:
             scalars.update(splice_evaluation(config, workdir, text_model, sae, state))
         writer.write(int(state.step), scalars, split="eval")
+        dictionary_plots = plotting.submit(save_dictionary_plots, workdir, source, sae, state.params, density)
     finally:
         writer.close()
-    save_plots(workdir, source, sae, state.params, density)
+        plotting.shutdown(wait=True)
+    dictionary_plots.result()  # a failed plot raises here
     summary = {
         "arch": sae.arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "steps": int(state.step),
         "eval": scalars, "eval_split": split, "export": save_export(workdir, config, sae, state),

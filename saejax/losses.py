@@ -310,8 +310,10 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_of=None) -> L
             if capacity == d_sae:  # no gather: mask the live latents instead
                 latents, usable = None, dead
             else:
-                latents = jnp.nonzero(dead, size=capacity, fill_value=0)[0]
-                usable = jnp.arange(capacity) < n_dead  # the padding repeats latent 0
+                # the dead latents in index order, then live ones as padding (masked out below); a
+                # TopK over the [d_sae] mask compiles far quicker than jnp.nonzero's cumsum and scatter
+                latents = jax.lax.top_k(dead.astype(jnp.float32), capacity)[1]
+                usable = jnp.arange(capacity) < n_dead
             pre = jnp.where(usable, encode(params, x, latents), -jnp.inf)
             z_aux = activations.topk(pre, min(k_aux, capacity))
             z_aux = jnp.where(jnp.isfinite(z_aux), z_aux, 0.0)

@@ -70,12 +70,17 @@ def _unit_rows_np(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), _EPS)
 
 
+def row_cosine_similarities(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
+    """cos(x_row, x_hat_row) of each row; a zero row gives 0. x, x_hat: [..., d_in] -> [...]."""
+    return jnp.sum(_unit_rows(x) * _unit_rows(x_hat), axis=-1)
+
+
 def cosine_similarity(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
     """Mean over rows of cos(x_row, x_hat_row); a zero row counts as 0.
 
     x, x_hat: [..., d_in]. Returns a scalar [].
     """
-    return batch_axis.mean(jnp.sum(_unit_rows(x) * _unit_rows(x_hat), axis=-1))
+    return batch_axis.mean(row_cosine_similarities(x, x_hat))
 
 
 def feature_density(z: jnp.ndarray) -> jnp.ndarray:
@@ -95,15 +100,19 @@ def log10_density_histogram(
     density: [d_sae] in [0, 1]. The `bins` equal-width bins span [lo, hi] in log10;
     positive densities outside that range are clipped into the first/last bin.
     Returns (counts [bins] int32, edges [bins + 1] float32, n_never_fired [] int32).
-    `bins`, `lo` and `hi` must be static under jit.
+    `bins`, `lo` and `hi` must be static under jit. A numpy density is counted in numpy (numpy
+    results; no XLA programs to compile for a plot).
     """
-    edges = jnp.linspace(lo, hi, bins + 1, dtype=jnp.float32)
+    xp = np if isinstance(density, np.ndarray) else jnp
+    edges = xp.linspace(lo, hi, bins + 1, dtype=xp.float32)
     alive = density > 0
-    log_d = jnp.log10(jnp.where(alive, density, 1.0))
-    idx = jnp.floor((log_d - lo) / (hi - lo) * bins).astype(jnp.int32)
-    idx = jnp.clip(idx, 0, bins - 1)
-    counts = jnp.zeros(bins, jnp.int32).at[idx].add(alive.astype(jnp.int32))
-    n_never = jnp.sum(~alive, dtype=jnp.int32)
+    log_d = xp.log10(xp.where(alive, density, 1.0))
+    idx = xp.clip(xp.floor((log_d - lo) / (hi - lo) * bins).astype(xp.int32), 0, bins - 1)
+    if xp is np:
+        counts = np.bincount(idx[alive], minlength=bins).astype(np.int32)
+    else:
+        counts = jnp.zeros(bins, jnp.int32).at[idx].add(alive.astype(jnp.int32))
+    n_never = xp.sum(~alive, dtype=xp.int32)
     return counts, edges, n_never
 
 

@@ -137,4 +137,4 @@ def _kth_largest_key(keys: jax.Array, k: int) -> jax.Array:
         enough = jnp.sum(keys >= candidate, axis=-1, keepdims=True, dtype=jnp.int32) >= k
         return jnp.where(enough, candidate, prefix)
 
-    return jax.lax.fori_loop(0, 32, add_bit, jnp.zeros(keys.shape[:-1] + (1,), jnp.uint32), unroll=True)
+    return jax.lax.fori_loop(0, 32, add_bit, jnp.zeros(keys.shape[:-1] + (1,), jnp.uint32))

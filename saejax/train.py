@@ -299,23 +299,27 @@ def jit_train_step(train_step, compiler_options: dict[str, str] | None = None):
     return jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options or None)
 
 
-def evaluation_sums(sae: SAE, params: Params, norm_scale: jax.Array, batch: jax.Array) -> dict[str, jax.Array]:
+def evaluation_sums(sae: SAE, params: Params, norm_scale: jax.Array, batch: jax.Array,
+                    rows: jax.Array | None = None) -> dict[str, jax.Array]:
     """Inference-mode sums over the rows of one batch [B, d_in], which `combine_evaluation` turns
     into metrics of all rows exactly (FVU against the mean of all rows, not of each batch): rows,
     Σ‖x − x̂‖², Σx [d_in], Σ‖x‖², Σ L0, Σ cos(x, x̂), and the rows each latent fired on [d_sae]
-    (float32 counts are exact up to 2^24 rows per batch)."""
+    (float32 counts are exact up to 2^24 rows per batch).
+    rows: [] how many of the batch's leading rows count (None: all); a short last batch padded to
+    B rows (with finite values) then compiles into the same program as the others."""
     x = batch.astype(jnp.float32) * norm_scale
     z = sae.encode(params, x)
     x_hat = sae.decode(params, z)
-    fired = (z != 0).astype(jnp.float32)
-    rows = x.shape[0]
+    counted = jnp.ones(x.shape[0], bool) if rows is None else jnp.arange(x.shape[0]) < rows
+    weight = counted.astype(jnp.float32)  # [B]
+    fired = ((z != 0) & counted[:, None]).astype(jnp.float32)
     return {
-        "rows": jnp.asarray(rows, jnp.float32),
-        "sq_err": jnp.sum(jnp.square(x - x_hat)),
-        "sum_x": jnp.sum(x, axis=0),
-        "sq_x": jnp.sum(jnp.square(x)),
+        "rows": jnp.sum(weight),
+        "sq_err": weight @ jnp.sum(jnp.square(x - x_hat), axis=-1),
+        "sum_x": weight @ x,
+        "sq_x": weight @ jnp.sum(jnp.square(x), axis=-1),
         "l0": jnp.sum(fired),
-        "cos_sim": metrics.cosine_similarity(x, x_hat) * rows,
+        "cos_sim": weight @ metrics.row_cosine_similarities(x, x_hat),
         "fired": jnp.sum(fired, axis=0),
     }
 

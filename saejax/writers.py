@@ -6,9 +6,9 @@ import json
 import math
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from saejax import tensorboard as tensorboard_lib
 from saejax.errors import ConfigError
 
 WANDB_MODES = ("offline", "online", "disabled")
@@ -49,16 +49,8 @@ class MetricWriter:
         self.total_steps = total_steps
         self.progress = progress
         self._file = open(self.path, "a", encoding="utf-8")
-        # tensorboardX takes seconds to import: a background thread opens it while the run starts up
-        self._tb_opening = ThreadPoolExecutor(max_workers=1) if tensorboard else None
-        self._tb_future = self._tb_opening.submit(_open_tensorboard, Path(workdir) / "tensorboard") \
-            if tensorboard else None
+        self._tb = tensorboard_lib.EventFileWriter(Path(workdir) / "tensorboard") if tensorboard else None
         self._last = (None, time.perf_counter())
-
-    @property
-    def _tb(self):
-        """The TensorBoard SummaryWriter (waits for it to open), or None."""
-        return None if self._tb_future is None else self._tb_future.result()
 
     def write(self, step: int, scalars: dict, split: str = "train") -> None:
         """Record scalars (floats) for `step`; split is "train" or "eval"."""
@@ -66,8 +58,7 @@ class MetricWriter:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:
-            for name, value in scalars.items():
-                self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+            self._tb.write(int(step), {f"{split}/{name}": float(value) for name, value in scalars.items()})
         if self._wandb is not None:
             self._wandb.log({f"{split}/{name}": float(value) for name, value in scalars.items()}, step=int(step))
         if self.progress:
@@ -93,15 +84,8 @@ class MetricWriter:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
-            self._tb_opening.shutdown()
         if self._wandb is not None:
             self._wandb.finish()
-
-
-def _open_tensorboard(folder: Path):
-    from tensorboardX import SummaryWriter  # noqa: PLC0415  (slow to import: only when asked for)
-
-    return SummaryWriter(str(folder))
 
 
 def _duration(seconds: float) -> str:

@@ -73,6 +73,10 @@ def test_log10_density_histogram_fixed_bins():
     np.testing.assert_allclose(edges, np.arange(-8.0, 0.5, 1.0))
     assert int(never) == 2
     assert counts.dtype == jnp.int32
+    as_numpy = metrics.log10_density_histogram(np.asarray(density), bins=8)  # counted in numpy
+    assert all(isinstance(a, (np.ndarray, np.generic)) for a in as_numpy)
+    for ours, theirs in zip(as_numpy, (counts, edges, never)):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_steps_since_fired_and_dead_fraction():
