@@ -246,3 +246,28 @@ def test_schedule_free_training_evaluates_the_averaged_params_and_keeps_buffers(
     c.optim.schedule_free_momentum = 1.5
     with pytest.raises(ConfigError, match="optim.schedule_free_momentum=1.5"):
         train.optimizer_from_config(c.optim, c.train, sae)
+
+
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf])
+def test_all_finite_reads_host_arrays_like_the_jitted_reduction(bad):
+    tree = {"w": jnp.ones((3, 4)), "b": jnp.zeros(4, jnp.bfloat16), "count": jnp.arange(3), "host": np.ones(2)}
+    if bad is not None:
+        tree["w"] = tree["w"].at[1, 2].set(bad)
+    expected = bad is None
+    assert train.all_finite(tree) is expected
+    assert bool(train._all_finite(tree)) is expected  # the path for arrays outside this process's CPU memory
+
+
+def test_evaluation_of_a_padded_last_batch_counts_only_its_rows():
+    sae = make_sae("topk", d_in=8, d_sae=32, k=4)
+    params = sae.init(jax.random.key(0))
+    rows = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    scale = jnp.float32(1.0)
+    exact = [train.evaluation_sums(sae, params, scale, rows[:32]), train.evaluation_sums(sae, params, scale, rows[32:])]
+    padded_last = np.concatenate([rows[32:], np.full((14, 8), 7.0, np.float32)])  # 18 real rows + 14 of padding
+    padded = [train.evaluation_sums(sae, params, scale, rows[:32], jnp.int32(32)),
+              train.evaluation_sums(sae, params, scale, padded_last, jnp.int32(18))]
+    (want, want_density), (got, got_density) = (train.combine_evaluation(jax.device_get(s)) for s in (exact, padded))
+    assert got["rows"] == 50
+    assert got == pytest.approx(want, rel=1e-6)
+    np.testing.assert_array_equal(got_density, want_density)
