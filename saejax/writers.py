@@ -57,10 +57,11 @@ class MetricWriter:
         record = {"step": int(step), "split": split, **{k: _jsonable(v) for k, v in scalars.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        tagged = {f"{split}/{name}": float(value) for name, value in scalars.items()}
         if self._tb is not None:
-            self._tb.write(int(step), {f"{split}/{name}": float(value) for name, value in scalars.items()})
+            self._tb.write(int(step), tagged)
         if self._wandb is not None:
-            self._wandb.log({f"{split}/{name}": float(value) for name, value in scalars.items()}, step=int(step))
+            self._wandb.log(tagged, step=int(step))
         if self.progress:
             print(self._progress_line(step, scalars, split), file=sys.stdout, flush=True)
 
