@@ -30,7 +30,10 @@ by ONE numpy metric on held-out rows.
      schedule-free (momentum 0.95); the saved weights are the schedule-free average (`eval()`), as
      the Trainer saves them. topk only.
    --mode=defaults sets only the data, the architecture, d_sae, k, batch and steps; --mode=forced
-   also sets a constant --lr with no warm-up and no decay for all of them.
+   also sets a constant --lr with no warm-up and no decay for all of them. --sparsity sets the L1
+   (relu) or L0 (jumprelu) coefficient of every contender; --target_l0 has every JumpReLU aim at
+   one L0 (SAELens: its quadratic "Gemma Scope 2" mode, --sparsity its coefficient; saejax:
+   loss.target_l0).
 3. Metric (numpy, all held-out rows, in batches): FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖²; L0 = mean
    number of nonzero latents per row; dead % = latents that never fire on the held-out rows;
    dense % = latents firing on more than 10 % of them; with --synthetic, MMCS = the mean over
@@ -91,6 +94,13 @@ _SPARSITY = flags.DEFINE_float("sparsity", None, "relu: the L1 coefficient, jump
                                "contender (saejax: loss.l1 / loss.l0; SAELens: l1_coefficient / l0_coefficient); "
                                "unset: each framework's default. Their scales differ (saejax normalises the "
                                "rows): sweep it per framework (--contenders) to compare at a matched L0.")
+_TARGET_L0 = flags.DEFINE_float("target_l0", None, "jumprelu: every contender aims at this L0 (SAELens: its "
+                                 "quadratic, Gemma Scope 2 sparsity mode; saejax: loss.target_l0); --sparsity is "
+                                 "then SAELens' coefficient of that penalty.")
+_SCALE_ROWS = flags.DEFINE_bool("scale_rows", False, "Train the torch contenders on rows scaled by saejax's "
+                                 "normalisation (one scalar s with E||s·x||² = d_in over the training rows; their "
+                                 "weights folded back to raw rows for the metric) instead of raw rows: their own "
+                                 "defaults assume activations of moderate norm, which a Gemma residual stream is not.")
 _CONTENDERS = flags.DEFINE_list("contenders", list(CONTENDERS), f"Subset of {', '.join(CONTENDERS)}.")
 _SAEJAX_FLAGS = flags.DEFINE_list("saejax_flags", [], "Extra experiments/train.py flags, e.g. --config.loss.l1=0.")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed of every contender (saejax: config.seed).")
@@ -239,16 +249,17 @@ def score(weights: dict, arch: str, k: int, x: np.ndarray, batch_rows: int = 819
     return result
 
 
-def saelens_check(sae_dir: Path, weights: dict, arch: str, k: int, x: np.ndarray) -> dict:
-    """SAELens' own SAE.load_from_disk(sae_dir) encode/decode against ours on rows x [n, d_in]:
+def saelens_check(sae_dir: Path, weights: dict, arch: str, k: int, x: np.ndarray, row_scale: float = 1.0) -> dict:
+    """SAELens' own SAE.load_from_disk(sae_dir) encode/decode against ours on rows x [n, d_in]
+    (an SAE trained on row_scale · x sees row_scale · x, its reconstruction divided by it):
     {"max_abs_dx_hat", "max_abs_dz", "fvu_saelens", "fvu_ours", "fvu_rel_diff"}."""
     import torch  # noqa: PLC0415
     from sae_lens import SAE  # noqa: PLC0415
 
     sae = SAE.load_from_disk(str(sae_dir), device="cpu")
     with torch.no_grad():
-        z_ref = sae.encode(torch.from_numpy(x))
-        x_ref = sae.decode(z_ref).numpy()
+        z_ref = sae.encode(torch.from_numpy(np.asarray(x * row_scale, np.float32)))
+        x_ref = sae.decode(z_ref).numpy() / row_scale
     z = encode(weights, arch, k, x)
     x_hat = decode(weights, z)
     var = float(np.sum((x - x.mean(0)) ** 2))
@@ -287,7 +298,9 @@ def saelens_sae(arch: str, d_in: int, d_sae: int, k: int):
     coefficient = {} if _SPARSITY.value is None else {
         "jumprelu": {"l0_coefficient": _SPARSITY.value}, "relu": {"l1_coefficient": _SPARSITY.value}}[arch]
     if arch == "jumprelu":
-        return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, **coefficient))
+        target = {} if _TARGET_L0.value is None else {"jumprelu_sparsity_loss_mode": "quadratic",
+                                                       "target_l0": _TARGET_L0.value}
+        return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, **coefficient, **target))
     return StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, **coefficient))
 
 
@@ -403,10 +416,17 @@ def run_worker(name: str) -> None:
     out = Path(_WORKER_DIR.value)
     rows = read_store(_TRAIN_STORE.value)
     order = np.load(out / "order.npy", allow_pickle=False)
+    row_scale = float(np.sqrt(rows.shape[1] / np.mean(np.sum(np.square(rows, dtype=np.float64), axis=1)))) \
+        if _SCALE_ROWS.value else 1.0
+    rows = rows * np.float32(row_scale) if _SCALE_ROWS.value else rows
     if name == "saelens":
         weights, settings, step_s = train_saelens(rows, order, out)
     else:
         weights, settings, step_s = train_sparsify(rows, order, "signum" if name == "sparsify_signum" else "adam")
+    # trained on row_scale · x: the same SAE on raw rows (pre-activations and thresholds unchanged)
+    weights = {**weights, "W_enc": weights["W_enc"] * row_scale, "W_dec": weights["W_dec"] / row_scale,
+               "b_dec": weights["b_dec"] / row_scale}
+    settings["row_scale"] = row_scale
     np.savez(out / "weights.npz", **{key: np.asarray(v, np.float32) for key, v in weights.items()})
     (out / "worker.json").write_text(json.dumps({"settings": settings, "step_s": step_s}, indent=1, default=str) + "\n")
 
@@ -451,7 +471,9 @@ def saejax_flags(train_dir: Path, workdir: Path, steps: int) -> list[str]:
         flags_.append(f"{c}data.heldout_fraction=0")
     if _MODE.value == "forced":
         flags_ += [f"{c}optim.lr={_LR.value}", f"{c}optim.warmup_steps=0", f"{c}optim.decay=constant"]
-    if _SPARSITY.value is not None and _ARCH.value in ("relu", "jumprelu"):
+    if _ARCH.value == "jumprelu" and _TARGET_L0.value is not None:
+        flags_.append(f"{c}loss.target_l0={_TARGET_L0.value}")
+    elif _SPARSITY.value is not None and _ARCH.value in ("relu", "jumprelu"):
         flags_.append(f"{c}loss.{'l1' if _ARCH.value == 'relu' else 'l0'}={_SPARSITY.value}")
     return flags_ + list(_SAEJAX_FLAGS.value)
 
@@ -490,7 +512,8 @@ def run_torch(name: str, train_dir: Path, work: Path, order: np.ndarray) -> dict
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     np.save(folder / "order.npy", order)
-    passed = [f"--{f}={flags.FLAGS[f].value}" for f in ("arch", "d_sae", "k", "mode", "lr", "seed", "sparsity")
+    passed = [f"--{f}={flags.FLAGS[f].value}"
+              for f in ("arch", "d_sae", "k", "mode", "lr", "seed", "sparsity", "target_l0", "scale_rows")
               if flags.FLAGS[f].value is not None]
     command = [sys.executable, str(Path(__file__).resolve()), f"--worker={name}", f"--worker_dir={folder}",
                f"--train_store={train_dir}", *passed]
@@ -537,10 +560,15 @@ def table(rows: list[dict], settings: dict) -> list[str]:
 
 def summary_line(name: str, settings: dict) -> str:
     """One line of the settings that matter for quality: optimizer, lr, schedule, AuxK, init."""
+    scaled = settings.get("row_scale", 1.0)
+    return _summary(name, settings) + (f"; trained on rows scaled by {scaled:.4g}" if scaled != 1.0 else "")
+
+
+def _summary(name: str, settings: dict) -> str:
     if name == "saejax":
         o, l, s = settings["optim"], settings["loss"], settings["sae"]
         return (f"{o.get('name')} lr {o.get('lr')}, warm-up {o.get('warmup_steps')}, decay {o.get('decay')}, clip "
-                f"{o.get('grad_clip')}; l1 {l.get('l1')}, l0 {l.get('l0')}, auxk {l.get('auxk')} "
+                f"{o.get('grad_clip')}; l1 {l.get('l1')}, l0 {l.get('l0')}, target_l0 {l.get('target_l0')}, auxk {l.get('auxk')} "
                 f"(dead after {l.get('dead_steps')} steps); "
                 f"dec_init_norm {s.get('dec_init_norm')}, b_dec {s.get('init_b_dec')}, normalize "
                 f"{s.get('normalize_activations')} (scale {settings['norm_scale_folded']:.4g})")
@@ -552,7 +580,8 @@ def summary_line(name: str, settings: dict) -> str:
                 f"{s.get('decoder_init_norm')}, rescale_acts_by_decoder_norm {s.get('rescale_acts_by_decoder_norm')}, "
                 f"b_dec 0, normalize {s.get('normalize_activations')}"
                 + "".join(f", {key} {s[key]}" for key in ("l1_coefficient", "l0_coefficient", "jumprelu_bandwidth",
-                                                           "jumprelu_init_threshold") if key in s))
+                                                           "jumprelu_init_threshold", "jumprelu_sparsity_loss_mode",
+                                                           "target_l0") if key in s))
     return (f"{settings['optimizer']} lr {settings['lr']:.3g}" + (f", warm-up {settings['lr_warmup_steps']}, "
             f"{settings['schedule']}" if "schedule" in settings else "") + f"; auxk_alpha {settings['auxk_alpha']} "
             f"(dead after {settings['dead_feature_threshold_tokens']:,} tokens); FVU loss; b_dec = first batch mean; "
@@ -591,7 +620,8 @@ def main(argv):
         load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         metric = score(result["weights"], _ARCH.value, _K.value, heldout, _EVAL_ROWS.value, true_dictionary)
         if name in ("saejax", "saelens"):
-            checks[name] = saelens_check(result["export"], result["weights"], _ARCH.value, _K.value, heldout[:4096])
+            checks[name] = saelens_check(result["export"], result["weights"], _ARCH.value, _K.value, heldout[:4096],
+                                         result["settings"].get("row_scale", 1.0) if name == "saelens" else 1.0)
         rows.append({"contender": name, **metric, "step_s": result["step_s_median"], "wall_s": result["wall_s"],
                      "load_1m": load, "summary": summary_line(name, result["settings"]),
                      "settings": result["settings"]})

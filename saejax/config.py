@@ -50,11 +50,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.sae = ml_collections.ConfigDict()
     c.sae.arch = "relu"  # relu | topk | batchtopk | jumprelu | gated | matryoshka | mlp
     c.sae.d_sae = 1024
-    c.sae.k = 32  # topk, batchtopk, matryoshka
+    c.sae.k = 32  # topk, batchtopk, matryoshka: active latents per row; jumprelu: the L0 it starts at and aims for
     c.sae.leak = 0.0  # relu: negative slope of a leaky ReLU (0 = plain ReLU)
     c.sae.tied = False  # W_enc = W_dec.T (relu, topk, batchtopk, jumprelu)
-    c.sae.jumprelu_init_threshold = 0.001
-    c.sae.jumprelu_bandwidth = 0.001
+    # jumprelu: None starts each latent's threshold where it fires on sae.k / d_sae of the initial
+    # sample (so the SAE starts at L0 = sae.k; saejax.initializers.jumprelu_thresholds); a number
+    # starts every threshold there instead
+    c.sae.jumprelu_init_threshold = placeholder(float)
+    c.sae.jumprelu_bandwidth = defaults.JUMPRELU_BANDWIDTH  # width of the straight-through kernel
     c.sae.matryoshka_prefixes = ""  # e.g. "64,256,1024"; empty = d_sae/16, d_sae/4, d_sae
     c.sae.mlp_hidden = "256"  # mlp: hidden widths of the encoder (decoder mirrors them)
     # initial norm of the encoder rows, W_enc = scale * W_dec.T (and of the decoder rows when their norm
@@ -78,9 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.kl = 0.0  # KL(rho || mean activation) per latent
     c.loss.rho = 0.05
     c.loss.kl_ema = 0.0  # 0: mean over the batch; in (0, 1): EMA decay of a running mean
-    c.loss.l0 = 0.0  # jumprelu: L0 via the step-function straight-through estimator
-    c.loss.target_l0 = 0.0  # jumprelu: > 0 adds coeff_target_l0 * (L0/target - 1)^2
-    c.loss.target_l0_coeff = 1.0
+    c.loss.l0 = 0.0  # jumprelu: λ · L0 via the step-function straight-through estimator
+    # jumprelu: > 0 adds target_l0_coeff · d_in · (L0/target - 1)^2; None: sae.k when loss.l0 is 0, else 0
+    c.loss.target_l0 = placeholder(float)
+    c.loss.target_l0_coeff = defaults.TARGET_L0_COEFF
     c.loss.auxk = placeholder(float)  # AuxK coefficient; None: 1/32 for topk/batchtopk/matryoshka, else 0
     c.loss.auxk_k = 0  # dead latents AuxK may use; 0: d_in // 2 (OpenAI's choice)
     # a latent that fired on none of this many training rows (tokens) counts as dead (AuxK, resampling,
@@ -99,6 +103,11 @@ def base_config() -> ml_collections.ConfigDict:
     # 0.151 -> 0.170 held-out FVU on MiniLM; BUILD_NOTES.md)
     c.optim.warmup_steps = 10
     c.optim.decay = "constant"  # constant | cosine | linear (to 0 over train.steps)
+    # jumprelu: the thresholds' steps relative to the rest's; None: saejax.defaults.THRESHOLD_LR_SCALE
+    c.optim.threshold_lr_scale = placeholder(float)
+    # the decoder rows' steps relative to the rest's; None: 2 for topk/batchtopk/matryoshka, else 1
+    # (saejax.defaults.DECODER_LR_SCALE)
+    c.optim.decoder_lr_scale = placeholder(float)
     c.optim.grad_clip = placeholder(float)  # > 0: clip the global gradient norm; 0: off; None: 1.0 (saejax.defaults.GRAD_CLIP)
     # > 0: schedule-free training (Defazio et al. 2024) around optim.name with this momentum; evaluation,
     # plots and the export then use the averaged parameters

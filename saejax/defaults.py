@@ -64,8 +64,11 @@ FREE_DECODER_NORM = ("relu",)
 # Adam's learning rate. TopK family: 1.3e-3 / sqrt(d_sae / 2^14), i.e. the 1/sqrt(d_sae) scaling of
 # Gao et al. 2024 (sparsify's Adam rule, 2e-4 / sqrt(d_sae / 2^14)) at 6.5x its size: on MiniLM activations
 # (d_sae 3072, k 32, 200 steps of 4096) lr 1e-3 / 3e-3 / 5e-3 left a held-out FVU of 0.151 / 0.115 / 0.109
-# with 0 / 0.8 / 4.6 % of latents dead (BUILD_NOTES.md). Other architectures: 1e-3.
+# with 0 / 0.8 / 4.6 % of latents dead (BUILD_NOTES.md). JumpReLU follows the same rule: aiming at L0 32
+# on the same rows, lr 1e-3 (thresholds at 30x) / 3e-3 (at 10x) gave FVU 0.130 / 0.108 with 1.8 / 4.0 %
+# dead. Other architectures: 1e-3.
 TOPK_LR_AT_16K = 1.3e-3
+SCALED_LR_ARCHS = TOPK_FAMILY + ("jumprelu",)
 OTHER_LR = 1e-3
 
 
@@ -74,6 +77,51 @@ OTHER_LR = 1e-3
 # 0.117 to 0.112 at this module's default lr, and ReLU + L1 (λ 8) from FVU 0.461 at L0 34.9 (5.8 % dead)
 # to 0.394 at L0 19.6 (4.7 % dead) (BUILD_NOTES.md).
 GRAD_CLIP = 1.0
+
+
+# The TopK family's decoder rows take Adam steps this many times the learning rate. Unit-norm rows
+# turn by ~lr·sqrt(d_in) a step while the encoder's rows (norm 0.58) turn 1.7x as fast; SAELens'
+# TopK SAE, whose decoder rows start at norm 0.1 and are normalised in the forward pass, turns them
+# ~10x as fast. On MiniLM activations (d_sae 3072, k 32, 200 steps of 4096) 1x / 2x / 3x / 10x gave a
+# held-out FVU of 0.1398 / 0.1276 / 0.1248 / 0.1269 at a constant lr of 1e-3 (SAELens 0.1365), and
+# 0.2462 / 0.1966 / 0.1797 at 2e-4 (SAELens 0.2557); at the default lr 0.1112 / 0.1094 / 0.1104 (1.0 /
+# 1.4 / 1.6 % dead); on Gemma-3-270M layer 6 0.0474 / 0.0453 / 0.0455 (10.1 / 8.1 / 7.5 % dead); on superposition
+# data (the default lr is 5.9e-3 there) dictionary recovery fell from 0.944 to 0.937 (MMCS) at 2x and
+# 3x, FVU rose from 0.016 to 0.019 / 0.021 (BUILD_NOTES.md). Other architectures: 1 (not measured).
+DECODER_LR_SCALE = {arch: 2.0 for arch in TOPK_FAMILY}
+
+
+def decoder_lr_scale(arch: str, chosen: float | None = None) -> float:
+    """`chosen` (optim.decoder_lr_scale) unless it is None, else `DECODER_LR_SCALE` of `arch` (1 if unset)."""
+    return DECODER_LR_SCALE.get(arch, 1.0) if chosen is None else chosen
+
+
+# JumpReLU (Rajamanoharan et al. 2024). Bandwidth of the straight-through kernel: 0.05, as SAELens, on
+# rows scaled to E||x||² = d_in (Gemma Scope's 0.001 is for E||x||² = 1, where pre-activations are
+# sqrt(d_in) times smaller). Sparsity: aim at an L0 (Gemma Scope 2's target-L0 penalty, here on the
+# batch's mean L0) of sae.k, starting there (thresholds from the data, `saejax.initializers`).
+JUMPRELU_BANDWIDTH = 0.05
+TARGET_L0_COEFF = 1.0
+# JumpReLU's thresholds take Adam steps this many times the learning rate: Adam moves every parameter
+# by ~lr a step, and one step of the encoder moves a pre-activation by up to ~lr · ||x||_1 (~0.3 at
+# lr 1e-3, d_in 384), so thresholds stepped at lr alone trail far behind the pre-activations (aiming
+# at L0 32 on MiniLM activations with a 38th of the default target penalty, L0 was 194 after 200 steps
+# at 1x and 48.8 at 30x; at the default penalty and lr 3e-3, 10x left FVU 0.108 with 4.0 % of latents
+# dead, 30x 0.110 with 10.4 %; BUILD_NOTES.md).
+THRESHOLD_LR_SCALE = 10.0
+
+
+def threshold_lr_scale(chosen: float | None = None) -> float:
+    """`chosen` (optim.threshold_lr_scale) unless it is None, else THRESHOLD_LR_SCALE."""
+    return THRESHOLD_LR_SCALE if chosen is None else chosen
+
+
+def target_l0(arch: str, k: int, l0_coeff: float, chosen: float | None = None) -> float:
+    """`chosen` (loss.target_l0) unless it is None, else `k` for a JumpReLU SAE without an L0
+    coefficient (`l0_coeff`, loss.l0) and 0 (no target) otherwise."""
+    if chosen is not None:
+        return chosen
+    return float(k) if arch == "jumprelu" and not l0_coeff else 0.0
 
 
 def grad_clip(chosen: float | None = None) -> float:
@@ -85,7 +133,7 @@ def learning_rate(arch: str, d_sae: int, chosen: float | None = None) -> float:
     """`chosen` (optim.lr) unless it is None, else the architecture's default (see TOPK_LR_AT_16K)."""
     if chosen is not None:
         return chosen
-    return TOPK_LR_AT_16K / math.sqrt(d_sae / 2**14) if arch in TOPK_FAMILY else OTHER_LR
+    return TOPK_LR_AT_16K / math.sqrt(d_sae / 2**14) if arch in SCALED_LR_ARCHS else OTHER_LR
 
 
 def unit_norm_decoder(arch: str, chosen: bool | None = None) -> bool:
@@ -117,7 +165,8 @@ def resolve(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDic
 
     Fields filled in when unset (None): ``train.unit_norm_decoder`` (`FREE_DECODER_NORM`),
     ``loss.l1_decoder_weighted`` (when the decoder norm is free), ``loss.auxk`` (1/32 for the TopK family, else 0),
-    ``optim.lr`` (`learning_rate`), ``optim.grad_clip`` (`grad_clip`),
+    ``optim.lr`` (`learning_rate`), ``optim.grad_clip`` (`grad_clip`), ``optim.threshold_lr_scale``,
+    ``optim.decoder_lr_scale``, ``loss.target_l0`` (`target_l0`),
     ``sae.dec_init_norm`` (`ENCODER_INIT_SCALE`) and ``loss.dead_steps`` (``loss.dead_tokens``
     rows, rounded up to whole batches). Sparsity penalties the architecture does not have
     (`PENALTIES_OF`) are set to 0, each with a note. Resolving a resolved config changes nothing.
@@ -135,7 +184,10 @@ def resolve(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDic
                                                           config.train.unit_norm_decoder)
     config.loss.auxk = auxk_coeff(arch, config.loss.auxk)
     config.optim.lr = learning_rate(arch, config.sae.d_sae, config.optim.lr)
+    config.loss.target_l0 = target_l0(arch, config.sae.k, config.loss.l0, config.loss.target_l0)
     config.optim.grad_clip = grad_clip(config.optim.grad_clip)
+    config.optim.threshold_lr_scale = threshold_lr_scale(config.optim.get("threshold_lr_scale"))
+    config.optim.decoder_lr_scale = decoder_lr_scale(arch, config.optim.get("decoder_lr_scale"))
     config.sae.dec_init_norm = encoder_init_scale(arch, config.sae.dec_init_norm)
     if config.loss.dead_steps is None:
         config.loss.dead_steps = max(1, math.ceil(config.loss.dead_tokens / config.train.batch_size))

@@ -112,7 +112,17 @@ def initial_state(config, source, sae: SAE, loss, optimizer, key) -> train.Train
         sae, loss, optimizer, key, sample,
         normalize=config.sae.normalize_activations, init_b_dec=config.sae.init_b_dec,
         mean_sq_norm=(getattr(source, "stats", None) or {}).get("mean_sq_norm"),
+        threshold_rate=jumprelu_threshold_rate(config),
     )
+
+
+def jumprelu_threshold_rate(config) -> float | None:
+    """The share of rows each JumpReLU latent starts firing on: the target L0 (loss.target_l0, else
+    sae.k) over sae.d_sae; None when sae.jumprelu_init_threshold sets the thresholds (or not JumpReLU)."""
+    sae_config = config.sae
+    if sae_config.arch != "jumprelu" or sae_config.get("jumprelu_init_threshold") is not None:
+        return None
+    return (config.loss.get("target_l0") or sae_config.k) / sae_config.d_sae
 
 
 def restore_or_keep(workdir: Path, source, sae: SAE, ckpt: checkpoint.Checkpointer, state: train.TrainState):

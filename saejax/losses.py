@@ -199,13 +199,18 @@ def jumprelu_l0(coeff: Coefficient, bandwidth: float) -> LossTerm:
 
 
 def target_l0(coeff: Coefficient, target: float, bandwidth: float) -> LossTerm:
-    """λ · (L0 / target - 1)²: steers a JumpReLU SAE towards a chosen L0 instead of trading off."""
+    """λ · d_in · (L0 / target - 1)², L0 the batch's mean: steers a JumpReLU SAE towards a chosen
+    L0 instead of trading off (Gemma Scope 2's target-L0 penalty, on the batch mean rather than
+    on each row). d_in is the scale of the summed squared error on rows normalised to
+    E||x||² = d_in, so that one λ keeps L0 near its target at every width: λ = 1 held a MiniLM
+    SAE (d_in 384) within 2 % of it (BUILD_NOTES.md)."""
     schedule = as_schedule(coeff, "loss.target_l0_coeff")
     if target <= 0:
         raise ConfigError(f"loss.target_l0={target} must be > 0")
 
     def term(params, x, out, step):
-        return {"target_l0": schedule(step) * jnp.square(l0_estimate(params, out, bandwidth) / target - 1)}
+        miss = l0_estimate(params, out, bandwidth) / target - 1
+        return {"target_l0": schedule(step) * x.shape[-1] * jnp.square(miss)}
 
     return stateless(term)
 

@@ -411,7 +411,7 @@ def _validate(arch, d_in, d_sae, k, tied, prefixes, dtype, bandwidth, init_thres
         raise ConfigError(f"sae.k={k} must be in [1, sae.d_sae={d_sae}] for sae.arch={arch!r}")
     if tied and arch not in TIEABLE:
         raise ConfigError(f"sae.tied=True is not supported for sae.arch={arch!r} (only {', '.join(TIEABLE)})")
-    if arch == "jumprelu" and not (bandwidth > 0 and init_threshold > 0):
+    if arch == "jumprelu" and not (bandwidth > 0 and (init_threshold is None or init_threshold > 0)):
         raise ConfigError(
             f"sae.jumprelu_bandwidth={bandwidth} and sae.jumprelu_init_threshold={init_threshold} must be > 0"
         )
@@ -437,8 +437,8 @@ def make_sae(
     k: int = 32,
     leak: float = 0.0,
     tied: bool = False,
-    jumprelu_init_threshold: float = 0.001,
-    jumprelu_bandwidth: float = 0.001,
+    jumprelu_init_threshold: float | None = None,
+    jumprelu_bandwidth: float = 0.05,
     matryoshka_prefixes: Sequence[int] | None = None,
     mlp_hidden: Sequence[int] = (256,),
     dec_init_norm: float = 0.1,
@@ -448,6 +448,9 @@ def make_sae(
     screen: bool | str = "auto",
 ) -> SAE:
     """Build an architecture (see module docstring). Raises ConfigError on bad options.
+
+    jumprelu_init_threshold: every JumpReLU threshold's initial value; None leaves them at 0 for
+    `train.init_train_state` to set from the data (`initializers.jumprelu_thresholds`).
 
     sparse: topk only: True decodes and back-propagates through the k selected latents only,
     False uses dense matmuls, "auto" picks sparse when d_sae >= SPARSE_MIN_RATIO · k.
@@ -476,7 +479,7 @@ def make_sae(
             return {**params, "b_gate": zeros, "b_mag": zeros, "r_mag": zeros}
         params["b_enc"] = zeros
         if arch == "jumprelu":
-            params["threshold"] = jnp.full((d_sae,), jumprelu_init_threshold, jnp.float32)
+            params["threshold"] = jnp.full((d_sae,), jumprelu_init_threshold or 0.0, jnp.float32)
         if arch in ("batchtopk", "matryoshka"):
             params["threshold"] = jnp.zeros((), jnp.float32)
         return params

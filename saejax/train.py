@@ -84,6 +84,17 @@ def zero_updates(keys: tuple[str, ...]) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def scale_updates(keys: tuple[str, ...], factor: float) -> optax.GradientTransformation:
+    """An optax transform multiplying the updates of the top-level params `keys` by `factor`: a
+    learning rate of their own for parameters whose useful step differs from the rest (JumpReLU's
+    thresholds, which must follow pre-activations that every encoder step moves)."""
+
+    def update(updates, state, params=None):
+        return {k: v * factor if k in keys else v for k, v in updates.items()}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 # ---------------------------------------------------------------------------------------------
 # Optimizer.
 
@@ -121,16 +132,27 @@ def make_optimizer(
     *,
     project_decoder: bool = True,
     grad_clip: float = 0.0,
+    threshold_lr_scale: float = 1.0,
+    decoder_lr_scale: float = 1.0,
 ) -> optax.GradientTransformation:
     """Wrap an optax optimizer for an SAE: optional global-norm clipping, removal of the gradient
-    parallel to the decoder rows, and the SAE's buffers (e.g. BatchTopK's threshold) left to
-    `sae.update_buffers` instead of the optimizer."""
+    parallel to the decoder rows, JumpReLU's thresholds stepped `threshold_lr_scale` times and the
+    decoder rows (W_dec) `decoder_lr_scale` times as far as the rest, and the SAE's buffers (e.g.
+    BatchTopK's threshold) left to `sae.update_buffers` instead of the optimizer."""
     parts = []
     if grad_clip > 0:
         parts.append(optax.clip_by_global_norm(grad_clip))
     if project_decoder and sae.arch != "mlp":
         parts.append(project_decoder_grads())
     parts.append(base)
+    if threshold_lr_scale != 1.0 and sae.arch == "jumprelu":
+        if not threshold_lr_scale > 0:
+            raise ConfigError(f"optim.threshold_lr_scale={threshold_lr_scale} must be > 0")
+        parts.append(scale_updates(("threshold",), threshold_lr_scale))
+    if decoder_lr_scale != 1.0 and sae.arch != "mlp":
+        if not decoder_lr_scale > 0:
+            raise ConfigError(f"optim.decoder_lr_scale={decoder_lr_scale} must be > 0")
+        parts.append(scale_updates(("W_dec",), decoder_lr_scale))
     if sae.buffers:
         parts.append(zero_updates(sae.buffers))
     return optax.chain(*parts)
@@ -160,6 +182,8 @@ def optimizer_from_config(optim_config, train_config, sae: SAE) -> optax.Gradien
     return make_optimizer(
         base, sae, project_decoder=constrained and train_config.project_decoder_grads,
         grad_clip=defaults.grad_clip(optim_config.grad_clip),
+        threshold_lr_scale=defaults.threshold_lr_scale(optim_config.get("threshold_lr_scale")),
+        decoder_lr_scale=defaults.decoder_lr_scale(sae.arch, optim_config.get("decoder_lr_scale")),
     )
 
 
@@ -177,12 +201,19 @@ def init_train_state(
     normalize: bool = True,
     init_b_dec: str = "geometric_median",
     mean_sq_norm: float | None = None,
+    threshold_rate: float | None = None,
 ) -> TrainState:
     """Fresh state: params from `sae.init`, b_dec from `sample` [n, d_in], and the normalisation
-    scale from `mean_sq_norm` (the data's E||x||², e.g. a store's statistics) or else the sample."""
+    scale from `mean_sq_norm` (the data's E||x||², e.g. a store's statistics) or else the sample.
+    threshold_rate: JumpReLU only: each latent's threshold where it fires on this share of the
+    sample (`initializers.jumprelu_thresholds`) instead of `sae.init`'s constant."""
     scale = initializers.activation_norm_scale(sample, mean_sq_norm) if normalize else 1.0
     params = jax.jit(sae.init)(key)
-    params["b_dec"] = initializers.initial_b_dec(np.asarray(sample, np.float32) * scale, init_b_dec)
+    normalized = np.asarray(sample, np.float32) * scale
+    params["b_dec"] = initializers.initial_b_dec(normalized, init_b_dec)
+    if threshold_rate is not None and "threshold" in params and sae.arch == "jumprelu":
+        pre_acts = jax.jit(sae.pre_acts_of)(params, normalized, None)
+        params["threshold"] = initializers.jumprelu_thresholds(pre_acts, threshold_rate)
     return state_at_step_zero(sae, loss, optimizer, params, scale)
 
 

@@ -36,6 +36,15 @@ def test_jumprelu_drops_l1_but_keeps_l0():
     assert resolved.loss.l1 == 0.0 and resolved.loss.l0 == 0.01 and "loss.l0" in notes[0]
 
 
+def test_jumprelu_aims_at_sae_k_unless_it_has_an_l0_coefficient_or_a_target():
+    c = config_for("jumprelu")
+    c.sae.k = 48
+    assert defaults.resolve(c)[0].loss.target_l0 == 48.0
+    assert defaults.resolve(config_for("jumprelu", l0=0.5))[0].loss.target_l0 == 0.0
+    assert defaults.resolve(config_for("jumprelu", target_l0=20.0))[0].loss.target_l0 == 20.0
+    assert defaults.resolve(config_for("relu"))[0].loss.target_l0 == 0.0
+
+
 def test_explicit_values_win_and_resolving_twice_changes_nothing():
     c = config_for("topk", auxk=0.0)
     c.sae.dec_init_norm, c.loss.dead_steps = 0.3, 7
@@ -61,6 +70,13 @@ def test_learning_rate_and_clipping_follow_the_architecture():
     assert defaults.resolve(topk)[0].optim.lr == pytest.approx(1.3e-3 * 2)  # 1/sqrt(d_sae): 4096 = 2^14 / 4
     topk.sae.d_sae = 1024
     assert defaults.resolve(topk)[0].optim.lr == pytest.approx(1.3e-3 * 4)
+    jumprelu = config_for("jumprelu")
+    jumprelu.sae.d_sae = 4096
+    assert defaults.resolve(jumprelu)[0].optim.lr == pytest.approx(1.3e-3 * 2)
+    assert defaults.resolve(jumprelu)[0].optim.threshold_lr_scale == defaults.THRESHOLD_LR_SCALE
+    assert [defaults.resolve(config_for(arch))[0].optim.decoder_lr_scale for arch in ("topk", "relu")] == [2.0, 1.0]
+    topk.optim.decoder_lr_scale = 1.0
+    assert defaults.resolve(topk)[0].optim.decoder_lr_scale == 1.0
     resolved, _ = defaults.resolve(config_for("relu"))
     assert (resolved.optim.lr, resolved.optim.grad_clip) == (1e-3, 1.0)
     assert defaults.resolve(config_for("batchtopk"))[0].optim.grad_clip == 1.0

@@ -320,11 +320,13 @@ def test_target_l0_is_zero_on_target_and_quadratic_elsewhere():
     assert float(_apply(L.target_l0(2.0, l0, BW), params, x, out, state=())[0]["target_l0"]) == 0.0
     target = l0 + 1.5
     term = L.target_l0(2.0, target, BW)
+    d_in = x.shape[-1]  # the penalty is on the summed squared error's scale
     assert float(_apply(term, params, x, out, state=())[0]["target_l0"]) == pytest.approx(
-        2.0 * (l0 / target - 1) ** 2, rel=1e-5)
+        2.0 * d_in * (l0 / target - 1) ** 2, rel=1e-5)
     grad = jax.grad(lambda p: term.apply(p, x, sae.forward(p, x), (), 0)[0]["target_l0"])(params)
     d_l0 = -(_rect(u).sum(0)) / BW / B
-    np.testing.assert_allclose(_np(grad["threshold"]), 2.0 * 2 * (l0 / target - 1) / target * d_l0, rtol=1e-4)
+    np.testing.assert_allclose(_np(grad["threshold"]), 2.0 * d_in * 2 * (l0 / target - 1) / target * d_l0,
+                               rtol=1e-4)
     with pytest.raises(ConfigError, match=r"loss\.target_l0"):
         L.target_l0(1.0, 0.0, BW)
 

@@ -114,6 +114,45 @@ def test_geometric_median_minimises_sum_of_distances_and_resists_outliers():
         initializers.initial_b_dec(points, "median")
 
 
+def test_jumprelu_thresholds_start_each_latent_at_the_asked_firing_rate():
+    sample = _data(4096, seed=2)
+    sae = make_sae("jumprelu", D_IN, D_SAE)
+    loss = losses.loss_from_config(base_config().loss, sae)
+    optimizer = train.make_optimizer(optax.adam(1e-3), sae)
+    state = train.init_train_state(sae, loss, optimizer, jax.random.key(0), sample, threshold_rate=0.125)
+    x = jnp.asarray(sample) * state.norm_scale
+    firing = np.asarray(sae.encode(state.params, x) > 0).mean(axis=0)  # [d_sae]: each latent's share of rows
+    threshold = np.asarray(state.params["threshold"])
+    positive = threshold > 0  # latents with fewer positive pre-activations keep threshold 0 and fire less
+    assert positive.mean() > 0.5 and np.all(threshold >= 0)
+    np.testing.assert_allclose(firing[positive], 0.125, atol=2 / 4096)
+    assert np.all(firing[~positive] <= 0.125 + 1e-6)
+    constant = train.init_train_state(sae, loss, optimizer, jax.random.key(0), sample)  # sae.init's thresholds
+    assert np.all(np.asarray(constant.params["threshold"]) == 0.0)
+    with pytest.raises(ConfigError, match="firing rate 1.5"):
+        initializers.jumprelu_thresholds(np.zeros((8, 4), np.float32), 1.5)
+
+
+def test_thresholds_and_decoder_rows_can_take_larger_steps_than_the_rest():
+    sae = make_sae("jumprelu", D_IN, D_SAE, jumprelu_init_threshold=0.5)
+    params = sae.init(jax.random.key(0))
+    grads = jax.tree.map(jnp.ones_like, params)
+
+    def first_update(**scales):
+        optimizer = train.make_optimizer(optax.sgd(0.1), sae, project_decoder=False, **scales)
+        return optimizer.update(grads, optimizer.init(params), params)[0]
+
+    plain, scaled = first_update(), first_update(threshold_lr_scale=30.0, decoder_lr_scale=2.0)
+    np.testing.assert_allclose(scaled["threshold"], 30.0 * plain["threshold"], rtol=1e-6)
+    np.testing.assert_allclose(scaled["W_dec"], 2.0 * plain["W_dec"], rtol=1e-6)
+    for name in ("W_enc", "b_enc", "b_dec"):
+        np.testing.assert_array_equal(scaled[name], plain[name])
+    with pytest.raises(ConfigError, match="optim.threshold_lr_scale=0"):
+        train.make_optimizer(optax.sgd(0.1), sae, threshold_lr_scale=0.0)
+    with pytest.raises(ConfigError, match="optim.decoder_lr_scale=-1"):
+        train.make_optimizer(optax.sgd(0.1), sae, decoder_lr_scale=-1.0)
+
+
 def test_lr_schedule_warms_up_and_decays():
     schedule = train.lr_schedule(1e-3, total_steps=100, warmup_steps=10, decay="linear")
     assert float(schedule(0)) == 0.0
