@@ -416,9 +416,13 @@ def run_worker(name: str) -> None:
     out = Path(_WORKER_DIR.value)
     rows = read_store(_TRAIN_STORE.value)
     order = np.load(out / "order.npy", allow_pickle=False)
-    row_scale = float(np.sqrt(rows.shape[1] / np.mean(np.sum(np.square(rows, dtype=np.float64), axis=1)))) \
-        if _SCALE_ROWS.value else 1.0
-    rows = rows * np.float32(row_scale) if _SCALE_ROWS.value else rows
+    if _SCALE_ROWS.value:
+        from saejax.initializers import activation_norm_scale  # noqa: PLC0415
+
+        row_scale = activation_norm_scale(rows)
+        rows = rows * np.float32(row_scale)
+    else:
+        row_scale = 1.0
     if name == "saelens":
         weights, settings, step_s = train_saelens(rows, order, out)
     else:

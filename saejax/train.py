@@ -211,7 +211,7 @@ def init_train_state(
     params = jax.jit(sae.init)(key)
     normalized = np.asarray(sample, np.float32) * scale
     params["b_dec"] = initializers.initial_b_dec(normalized, init_b_dec)
-    if threshold_rate is not None and "threshold" in params and sae.arch == "jumprelu":
+    if threshold_rate is not None and sae.arch == "jumprelu":
         pre_acts = jax.jit(sae.pre_acts_of)(params, normalized, None)
         params["threshold"] = initializers.jumprelu_thresholds(pre_acts, threshold_rate)
     return state_at_step_zero(sae, loss, optimizer, params, scale)
