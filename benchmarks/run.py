@@ -1,4 +1,4 @@
-r"""The performance suite (issue 8): one command, JSON + a markdown table + a scaling plot.
+r"""The performance suite: one command, JSON + a markdown table + a scaling plot.
 
     python -m benchmarks.run [--sections=limits,steps,speedups,scaling,precision,peers] [--repeats=5] [--plan=full|quick|gpu]
 
@@ -16,8 +16,8 @@ Sections (each timed in this one process, medians, so that ratios compare like w
   here); elsewhere the fraction uses the limits section's rate.
 - speedups: the sparse TopK step against the dense relu and dense TopK steps of the same size (and
   against itself unscreened),
-  timed in alternation (one step of each per round, median of the per-round ratios): issue 8's
-  "TopK ≥ 4× the dense relu step" without the drift between rows of the steps table.
+  timed in alternation (one step of each per round, median of the per-round ratios): the acceptance
+  point "TopK ≥ 4× the dense relu step" without the drift between rows of the steps table.
 - scaling: step time over d_sae = 2^12…2^16 (batch 1024) and over batch = 2^8…2^12 (d_sae 8192) for
   relu, topk dense and topk sparse, plus the decoder alone (forward + backward, dense matmul vs
   gather/scatter-add): results/scaling.png.
@@ -32,7 +32,7 @@ Sections (each timed in this one process, medians, so that ratios compare like w
 
 Writes OUT/suite.json, OUT/suite.md and OUT/scaling.png (OUT: benchmarks/results). Plans: full
 (d_in 512; 20–26 min on 2 CPU cores), quick (tiny sizes, about two minutes; the test suite runs it;
---quick is the same) and gpu (issue 8's accelerator sizes: d_in 2304, d_sae 16384 and 65536, batch
+--quick is the same) and gpu (the accelerator sizes: d_in 2304, d_sae 16384 and 65536, batch
 4096, every step in f32 and bf16, each against jax's own matmul rate in its dtype; with
 --peak_tflops the bf16 rows also get MFU against that nominal peak). On an accelerator:
 
@@ -92,7 +92,7 @@ QUICK = {
     "peer_sizes": [("relu", (64, 2048, 256)), ("topk", (64, 2048, 256))],
     "compile_peers_up_to": 0, "precision_steps": 30, "precision_archs": ("relu",),
 }
-GPU = {  # issue 8, point 5: MFU at d_in 2304, d_sae 16384 / 65536, batch 4096, f32 and bf16
+GPU = {  # the accelerator acceptance point: MFU at d_in 2304, d_sae 16384 / 65536, batch 4096, f32 and bf16
     **FULL, "sizes": [(2304, 16384, 4096), (2304, 65536, 4096)], "step_dtypes": ("float32", "bfloat16"),
     "scaling_batch": 4096, "batches": [2**10, 2**11, 2**12, 2**13, 2**14],
 }

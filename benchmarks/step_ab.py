@@ -10,8 +10,8 @@ step itself (MSE + AuxK 1/32 for topk, MSE + L1 5.0 for relu; Adam 1e-4, k 32) a
     PYTHONPATH=/tmp/old python benchmarks/step_ab.py --arch=topk --d_sae=32768   # saejax from /tmp/old
 
 --malloc: tuned (mallopt as `saejax.runtime.tune_malloc` does now: never trim), int_max_trim (the
-session-4 setting, trim threshold 2**31 - 1), default (glibc's). --huge_pages (default on, as
-`tune_malloc` since session 9): the heap reservation advised for transparent huge pages, taken from
+earlier setting, trim threshold 2**31 - 1), default (glibc's). --huge_pages (default on, as
+`tune_malloc` does): the heap reservation advised for transparent huge pages, taken from
 the `saejax/runtime.py` beside this script, so an older checkout on PYTHONPATH is timed under the
 same advice. Alternate contenders over several rounds and compare medians: this machine is noisy
 (BUILD_NOTES, "Performance suite").

@@ -4,7 +4,7 @@ XLA's layout assignment turns a plain ``x.T`` into a bitcast and lets every cons
 its rows. When the consumers are elementwise passes over a parameter-sized array (Adam's moment and
 parameter updates take three), each pass then touches one cache line per element: at [32768, 512]
 float32 that made the optimizer update of a sparse TopK step's W_enc gradient 110-125 ms instead of
-12-17 ms (BUILD_NOTES, issue 8 session 7). No layout-preserving op survives that pass (an
+12-17 ms (BUILD_NOTES, "Performance suite"). No layout-preserving op survives that pass (an
 optimization barrier is expanded away, a conditional's result takes the transposed layout too), but
 a dot's output is laid out row-major: `transpose` moves the rows through a batched product with a
 16 x 16 identity, 2·16 FLOPs per element, which XLA runs as a tiled matmul: the same update then took

@@ -20,7 +20,7 @@ def nonzero(z: jnp.ndarray) -> jnp.ndarray:
 
     Reductions of this read z itself on XLA's CPU backend: its YNNPACK reductions fuse float
     elementwise producers, while a comparison (``z != 0``) is first written out as a [B, d_sae]
-    mask, ~15-20 ms a step at batch 4096, d_sae 8192 (BUILD_NOTES, issue 8 session 8).
+    mask, ~15-20 ms a step at batch 4096, d_sae 8192 (BUILD_NOTES, "Performance suite").
     z: [...] -> same shape and dtype.
     """
     return jnp.sign(jnp.abs(z))

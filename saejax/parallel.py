@@ -14,7 +14,7 @@ The step is written for the global batch, so XLA's partitioner inserts the colle
 are reduced over "data", and batch statistics (KL's mean activation, BatchTopK's threshold, the
 dead-latent counters, AuxK) are global, not per shard. TopK over sharded latents stays exact (the
 partitioner gathers what top-k needs). The mesh is built with ``jax.sharding.Mesh`` (Auto axes):
-explicit-axis meshes reject ``lax.top_k`` over a sharded axis (FIELD_NOTES).
+explicit-axis meshes reject ``lax.top_k`` over a sharded axis.
 """
 
 from collections.abc import Callable

@@ -23,12 +23,12 @@ answer:
    [REPAIR_ROWS, d] x [d, F] product); a chunk with more is selected wholly in float32. Slower, never
    different. (On real activations a few rows in a thousand go uncertified once training has spread
    the encoder's column norms: re-selecting whole chunks for them cost more than the screen saved;
-   BUILD_NOTES, issue 8 session 10.)
+   BUILD_NOTES, "Performance suite".)
 
 The selected values come from the recomputation, so they equal the dense path's up to float32
 rounding (summation order), like the rest of the sparse path. The screen is taken only where bf16
 dots are fast (`bf16_dots_are_fast`) and where it pays (`worth_screening`); measurements in
-BUILD_NOTES, issue 8 session 10.
+BUILD_NOTES, "Performance suite".
 """
 
 import functools
@@ -48,7 +48,7 @@ REPAIR_ROWS = 32
 MIN_WIDTH_PER_K = 1024
 # `auto` screens batches of at least this many rows: below, the per-step cost of W_encᵀ, the bf16 weight
 # and the norms (~55 ms at d_in 512, d_sae 32768) outweighs the saving (0.98x at 1024 rows, 1.03x at
-# 2048, 1.11x at 4096; BUILD_NOTES, issue 8 session 10).
+# 2048, 1.11x at 4096; BUILD_NOTES, "Performance suite").
 MIN_ROWS = 2048
 _CPU_FLAGS = "/proc/cpuinfo"
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -102,7 +102,7 @@ def screened_top_k(x: jax.Array, w: jax.Array, w_rows: jax.Array | None, offset:
     x, w, offset = jax.lax.stop_gradient((x, w, offset))
     # [F, d] for the row gathers, written out once (`layout.transpose`): a plain w.T was fused into the
     # gather when the batch makes one chunk (no loop in between), which then read W across its rows:
-    # 200 ms instead of ~20 at batch 1024, d_sae 32768 (BUILD_NOTES, issue 8 session 10)
+    # 200 ms instead of ~20 at batch 1024, d_sae 32768 (BUILD_NOTES, "Performance suite")
     w_rows = layout.transpose(w) if w_rows is None else jax.lax.stop_gradient(w_rows)
     norms = jnp.sqrt(jnp.sum(w_rows * w_rows, axis=1))  # [F] (rows of w_rows: contiguous)
     w_low = screen_weight(w, norms)

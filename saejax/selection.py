@@ -34,7 +34,7 @@ MAX_CANDIDATE_SHARE = 1 / 8
 MIN_RADIX_SHARE = 1 / 16
 # `chunked_top_k` computes at most this many bytes of float32 rows at a time. At batch 4096, k 32,
 # [4096, 512] x [512, 32768] then top_k: whole batch 0.92 s, chunks of 1024 rows (128 MiB) 0.80 s,
-# of 256 rows 0.86-0.88 s, of 2048 rows 0.87 s (BUILD_NOTES, issue 8 session 7).
+# of 256 rows 0.86-0.88 s, of 2048 rows 0.87 s (BUILD_NOTES, "Performance suite").
 CHUNK_BYTES = 128 * 2**20
 
 
@@ -52,7 +52,7 @@ def top_k(x: jax.Array, k: int, offset: jax.Array | None = None) -> tuple[jax.Ar
 
     The offset (an encoder bias) is added block by block, after the reshape into blocks: XLA-CPU then
     fuses the addition into the block maxima instead of writing x + offset out first (14 ms of a
-    [1024, 32768] chunk's ~37 ms selection; BUILD_NOTES, issue 8 session 8). The gradient reaches
+    [1024, 32768] chunk's ~37 ms selection; BUILD_NOTES, "Performance suite"). The gradient reaches
     the offset too, as it would through ``x + offset``."""
     width = x.shape[-1]
     if offset is not None and offset.shape != (width,):

@@ -1,5 +1,5 @@
-"""The bf16 pre-screen of the sparse TopK encoder (`saejax.screening`, issue 8): certified rows select
-what float32 selects, uncertified chunks fall back to float32 exactly, the sparse step keeps the
+"""The bf16 pre-screen of the sparse TopK encoder (`saejax.screening`): certified rows select what
+float32 selects, uncertified chunks fall back to float32 exactly, the sparse step keeps the
 dense loss and gradients, and the automatic choice."""
 
 import jax

@@ -1,4 +1,4 @@
-"""The sparse TopK path (issue 8): the same loss and gradients as the dense path, AuxK included, a
+"""The sparse TopK path: the same loss and gradients as the dense path, AuxK included, a
 compiled step with no dense decoder matmul, and the automatic choice between the two."""
 
 import re

@@ -1,15 +1,17 @@
-r"""Session 8's two step changes against the code they replaced, both compiled in one process.
+r"""Two train-step changes A/B-tested against the code they replaced, both compiled in one process: the
+encoder bias added inside the block maxima (`selection.top_k`'s offset) and L0 / the fired latents from
+float arithmetic on z (`metrics.nonzero`).
 
-    python -m benchmarks.session8_ab --arch=topk --d_sae=32768 --rounds=12
-    python -m benchmarks.session8_ab --arch=relu --d_sae=8192 --rounds=12
+    python -m benchmarks.step_change_ab --arch=topk --d_sae=32768 --rounds=12
+    python -m benchmarks.step_change_ab --arch=relu --d_sae=8192 --rounds=12
 
-"before" traces the train step with the pre-session-8 functions patched in (selection with the encoder
+"before" traces the train step with the earlier functions patched in (selection with the encoder
 bias inside the row function, so that XLA writes x @ W + b out before the block maxima; L0 and the
 fired latents from `z != 0` masks); "after" is the code as it is. Both steps get the same batch
 and state, are checked to give the same metrics and parameters bit for bit, and are timed in
 alternation (the order flips every round). Prints the medians and the median per-round ratio.
 A comparison in one process leaves out the process-to-process spread of this machine, which
-hid a 3 % gain in `step_ab`'s fresh-process A/B (BUILD_NOTES, issue 8 session 8).
+hid a 3 % gain in `step_ab`'s fresh-process A/B (BUILD_NOTES, "Performance suite").
 """
 
 import contextlib
