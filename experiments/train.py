@@ -27,7 +27,26 @@ from saejax.errors import SaejaxError
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and the export.")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.", lock_config=True)
+
+
+def define_config_flag():
+    """--config and its --config.FIELD overrides. ml_collections reads the overrides from sys.argv
+    while defining the flag when --config is not given, so an unknown field may fail here."""
+    try:
+        return config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.", lock_config=True)
+    except (KeyError, AttributeError) as e:
+        sys.exit(unknown_field_error(e, sys.argv[1:]))
+
+
+def unknown_field_error(e: KeyError | AttributeError, argv: list[str]) -> str:
+    """The `error:` line for a --config.FIELD override naming a field the config does not have."""
+    field = str(e).strip("\"' ")
+    given = [arg.split("=")[0] for arg in argv if arg.startswith("--config.")]
+    named = next((arg for arg in given if arg.split(".")[-1] == field), "--config." + field)
+    return f"error: {named}: the config has no field {field!r} (see saejax/config.py for the fields)"
+
+
+_CONFIG = define_config_flag()
 flags.mark_flag_as_required("workdir")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-process run: let jax.distributed.initialize() "
                                  "find the other processes (Cloud TPU pods, SLURM, Open MPI).")
@@ -43,7 +62,9 @@ def parse_flags(argv):
     """absl's parser, with any flag or config-override error turned into one `error: ...` line."""
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    except (KeyError, AttributeError) as e:
+        sys.exit(unknown_field_error(e, argv[1:]))
+    except (flags.Error, TypeError, ValueError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         sys.exit(f"error: {message}")
 
@@ -76,4 +97,4 @@ def _number(value) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    runtime.run_then_exit(app.run, main, flags_parser=parse_flags)

@@ -13,6 +13,7 @@ checkpoint falls back to the previous one (see `saejax.checkpoint`).
 """
 
 import functools
+import importlib
 import itertools
 import json
 import sys
@@ -505,6 +506,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                                       progress=config.log.progress, wandb_run=wandb_run)
     # matplotlib draws on this thread while XLA evaluates on the main one; one worker: one plot at a time
     plotting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plots")
+    if main:  # matplotlib's import (~0.6 s) overlaps the compiles and steps instead of following them
+        plotting.submit(importlib.import_module, "saejax.plots")
     try:
         state, preempted = run_training(config, workdir, source, sae, loss, optimizer, writer, where)
         if preempted:

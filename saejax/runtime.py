@@ -2,9 +2,9 @@
 
 Each jitted CPU step allocates and frees scratch buffers of hundreds of MiB ([B, d_sae] activations
 and their gradients). glibc serves blocks that large with mmap and returns them with munmap, so every
-step page-faults its scratch memory in again: 6-11 % of a dense step on the 2-core benchmark machine
-(FIELD_NOTES.md). `tune_malloc` keeps freed memory in the process instead (one arena, no mmap for
-large blocks, no trimming), which is what ``GLIBC_TUNABLES=glibc.malloc.arena_max=1:
+step page-faults its scratch memory in again: 6-11 % of a dense step on the 2-core benchmark machine.
+`tune_malloc` keeps freed memory in the process instead (one arena, no mmap for large blocks, no
+trimming), which is what ``GLIBC_TUNABLES=glibc.malloc.arena_max=1:
 glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...`` does, but from inside Python. The price: the
 process keeps its peak heap size until it exits, which a training run does anyway.
 
@@ -18,8 +18,8 @@ Transparent huge pages: where the kernel gives 2 MiB pages only to memory that a
 numpy already asks for its large arrays (4 MiB and up), XLA does not. `tune_malloc` therefore grows the heap
 once by a large, untouched block advised ``MADV_HUGEPAGE`` and frees it (it stays in the heap, see
 above): the scratch XLA allocates later comes from that range and is faulted in as 2 MiB pages, which
-made the dense relu step ~6 % faster there (BUILD_NOTES, issue 8 session 9). The block is address space
-only; pages count towards the process's memory once written, as before. It is skipped where the kernel
+made the dense relu step ~6 % faster there (BUILD_NOTES, "Performance suite"). The block is address
+space only; pages count towards the process's memory once written, as before. It is skipped where the kernel
 does not take the advice, under strict overcommit (``vm.overcommit_memory`` 2, where the block would
 be charged), and when the environment sets SAEJAX_NO_HUGE_PAGES=1.
 
@@ -29,10 +29,10 @@ Which library runs the dots: XLA-CPU hands f32 dots to YNNPACK by default (its f
 against 0.20-0.21 s at 4096 x 512 x 8192; the dense relu step 4 % faster, side by side in one
 process), while the sparse TopK step's row-chunked encoder matmul runs faster in YNNPACK, and so do
 bfloat16 dots, which YNNPACK runs with the CPU's bf16 instructions and Eigen does not (the bf16 relu
-step at 4096 x 512 x 8192: 0.78 s in YNNPACK, 0.94 s in Eigen; BUILD_NOTES, issue 8 session 10).
+step at 4096 x 512 x 8192: 0.78 s in YNNPACK, 0.94 s in Eigen; BUILD_NOTES, "Performance suite").
 `step_compiler_options` therefore compiles dense float32 steps with YNNPACK's reductions only (XLA's
 default minus the individual dots) and leaves sparse TopK and bf16 steps at XLA's default; SAEJAX_CPU_DOTS=ynnpack
-keeps XLA's default everywhere, =eigen takes Eigen everywhere (BUILD_NOTES, issue 8 session 9).
+keeps XLA's default everywhere, =eigen takes Eigen everywhere.
 """
 
 import ctypes
@@ -192,3 +192,29 @@ def enable_compilation_cache() -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
+
+
+def run_then_exit(run, *args, **kwargs) -> None:
+    """Call `run(*args, **kwargs)` (a command's whole life, e.g. absl's ``app.run(main)``) and end
+    the process the way ``sys.exit`` would — other threads joined, atexit handlers run, stdout and
+    stderr flushed, the same exit status and message — but without the interpreter's teardown of
+    every module and of XLA's client, which takes 0.3-0.45 s after a CPU training run. Exceptions
+    other than SystemExit propagate as usual (a traceback, then a normal exit)."""
+    import atexit  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    try:
+        run(*args, **kwargs)
+        code = None
+    except SystemExit as e:
+        code = e.code
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # noqa: SLF001 (private: what the interpreter itself runs at exit)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)

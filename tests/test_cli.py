@@ -23,7 +23,7 @@ DEFAULT = ROOT / "experiments" / "configs" / "default.py"
 
 def run_cli(workdir, *flags, config=SYNTHETIC):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    args = [sys.executable, str(TRAIN), f"--workdir={workdir}", f"--config={config}", *flags]
+    args = [sys.executable, str(TRAIN), f"--workdir={workdir}", *([f"--config={config}"] if config else []), *flags]
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -179,6 +179,13 @@ def test_nan_in_data_names_step_source_and_file(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
     assert "data.source='npy'" in last and "a.npy" in last and "row 1000" in last and "non-finite" in last
+
+
+@pytest.mark.parametrize("config", [SYNTHETIC, None])  # None: the default config, read while defining --config
+def test_unknown_config_field_names_the_flag(tmp_path, config):
+    result = run_cli(tmp_path / "w", "--config.sae.widht=3", config=config)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --config.sae.widht: the config has no field 'widht'")
 
 
 @pytest.mark.parametrize("flag", ["--config.sae.widht=3", "--config.sae.d_sae=abc", "--no_such_flag=1"])

@@ -331,6 +331,25 @@ def test_target_l0_is_zero_on_target_and_quadratic_elsewhere():
         L.target_l0(1.0, 0.0, BW)
 
 
+def test_pre_act_loss_pulls_only_dead_latents_up_to_their_thresholds():
+    sae, params, x, pre, _ = _jumprelu_setup()
+    out = sae.forward(params, x)
+    term = L.pre_act(0.5, dead_steps=3)
+    steps_since_fired = jnp.asarray(np.where(np.arange(D_SAE) < D_SAE // 2, 5, 0), jnp.int32)  # first half dead
+    terms, new_state = term.apply(params, x, out, steps_since_fired, jnp.asarray(0))
+    theta, norms = _np(params["threshold"]), np.linalg.norm(_np(params["W_dec"]), axis=-1)
+    dead = np.arange(D_SAE) < D_SAE // 2
+    expected = 0.5 * np.mean(np.sum(np.maximum(theta - pre, 0) * norms * dead, -1))
+    assert float(terms["pre_act"]) == pytest.approx(expected, rel=1e-5)
+    fired = np.any(_np(out.z) != 0, axis=0)
+    np.testing.assert_array_equal(_np(new_state), np.where(fired, 0, _np(steps_since_fired) + 1))
+    grad = jax.grad(lambda p: term.apply(p, x, sae.forward(p, x), steps_since_fired, 0)[0]["pre_act"])(params)
+    assert not _np(grad["b_enc"])[~dead].any() and (_np(grad["b_enc"])[dead] <= 0).all()  # raises pre-acts
+    assert _np(grad["b_enc"])[dead].any()
+    with pytest.raises(ConfigError, match=r"loss\.pre_act"):
+        L.pre_act(-1.0, 3)
+
+
 # ---------------------------------------------------------------------------------------------
 # Gated
 
@@ -587,11 +606,18 @@ def test_config_l0_needs_jumprelu(arch):
         L.loss_from_config(_cfg(target_l0=4.0), _sae(arch))
 
 
-@pytest.mark.parametrize("field", ["mse", "l1", "tanh", "kl", "auxk", "balance", "target_l0_coeff"])
+@pytest.mark.parametrize("field", ["mse", "l1", "tanh", "kl", "auxk", "balance", "target_l0_coeff", "pre_act"])
 @pytest.mark.parametrize("bad", [-1.0, float("nan")])
 def test_config_rejects_bad_coefficients_naming_the_field(field, bad):
     with pytest.raises(ConfigError, match=rf"loss\.{field}"):
         L.loss_from_config(_cfg(**{field: bad}), _sae("relu"))
+
+
+def test_config_pre_act_needs_jumprelu():
+    terms, *_ = _config_terms(_cfg(pre_act=1e-3), "jumprelu")
+    assert "pre_act" in terms
+    with pytest.raises(ConfigError, match=r"loss\.pre_act needs sae\.arch='jumprelu'"):
+        L.loss_from_config(_cfg(pre_act=1e-3), _sae("relu"))
 
 
 def test_config_rejects_negative_l0_on_jumprelu():
