@@ -85,8 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
     # jumprelu: > 0 adds target_l0_coeff · d_in · (L0/target - 1)^2; None: sae.k when loss.l0 is 0, else 0
     c.loss.target_l0 = placeholder(float)
     c.loss.target_l0_coeff = defaults.TARGET_L0_COEFF
-    # jumprelu: Anthropic's pre-activation loss, λ · Σ over dead latents of ReLU(θ - pre) · ||W_dec[i]||
-    c.loss.pre_act = 0.0
+    # jumprelu: Anthropic's pre-activation loss, λ · Σ_i ReLU(θ_i - pre_i) · ||W_dec[i]||; None: 1e-4 for
+    # jumprelu, else 0 (saejax.defaults.PRE_ACT_COEFF)
+    c.loss.pre_act = placeholder(float)
+    c.loss.pre_act_dead_only = False  # True: on the dead latents only (SAELens' form), not every latent (Anthropic's)
     c.loss.auxk = placeholder(float)  # AuxK coefficient; None: 1/32 for topk/batchtopk/matryoshka, else 0
     c.loss.auxk_k = 0  # dead latents AuxK may use; 0: d_in // 2 (OpenAI's choice)
     # a latent that fired on none of this many training rows (tokens) counts as dead (AuxK, resampling,

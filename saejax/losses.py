@@ -215,24 +215,28 @@ def target_l0(coeff: Coefficient, target: float, bandwidth: float) -> LossTerm:
     return stateless(term)
 
 
-def pre_act(coeff: Coefficient, dead_steps: int) -> LossTerm:
-    """Anthropic's pre-activation loss for JumpReLU SAEs (Conerly et al. 2025, as SAELens writes it):
-    λ · mean_b Σ_i dead_i · ReLU(θ_i - pre_i) · ||W_dec[i]||, dead_i: latent i silent for `dead_steps`
-    steps. It raises dead latents' pre-activations towards their thresholds; their reconstruction
-    gradient is zero, so under Adam even a small λ moves them at the full learning rate.
-    State: steps since each latent last fired [d_sae] int32."""
+def pre_act(coeff: Coefficient, dead_steps: int = 0, dead_only: bool = False) -> LossTerm:
+    """Anthropic's pre-activation loss for JumpReLU SAEs (Conerly et al. 2025):
+    λ · mean_b Σ_i w_i · ReLU(θ_i - pre_i) · ||W_dec[i]||, over every latent (w_i = 1, Anthropic's
+    form) or, with `dead_only` (SAELens' form), over the latents silent for `dead_steps` steps
+    (w_i = dead_i). It raises pre-activations towards their thresholds, so a latent pushed below
+    its threshold for all rows (no reconstruction or straight-through gradient) comes back.
+    State: steps since each latent last fired [d_sae] int32 (dead_only), else none."""
     schedule = as_schedule(coeff, "loss.pre_act")
-    if dead_steps <= 0:
+    if dead_only and dead_steps <= 0:
         raise ConfigError(f"loss.dead_steps={dead_steps} must be > 0")
 
-    def init(sae):
-        return jnp.zeros((sae.d_sae,), jnp.int32)
+    def init(sae):  # steps since each latent last fired, for the dead-only form
+        return jnp.zeros((sae.d_sae,), jnp.int32) if dead_only else ()
 
     def apply(params, x, out, steps_since_fired, step):
-        weight = jnp.where(steps_since_fired >= dead_steps, decoder_norms(params), 0.0)  # [d_sae]
+        weight = decoder_norms(params)  # [d_sae]
+        if dead_only:
+            weight = jnp.where(steps_since_fired >= dead_steps, weight, 0.0)
+            steps_since_fired = metrics.reset_fired(steps_since_fired, metrics.fired_latents(out))
         gap = jax.nn.relu(params["threshold"] - out.pre_acts)  # [B, d_sae]
         loss = batch_axis.mean(jnp.sum(gap * weight, axis=-1))
-        return {"pre_act": schedule(step) * loss}, metrics.reset_fired(steps_since_fired, metrics.fired_latents(out))
+        return {"pre_act": schedule(step) * loss}, steps_since_fired
 
     return LossTerm(init, apply)
 
@@ -404,13 +408,15 @@ def loss_from_config(loss_config, sae) -> LossTerm:
             terms.append(jumprelu_l0(c.l0, bandwidth))
         if c.target_l0:
             terms.append(target_l0(c.target_l0_coeff, c.target_l0, bandwidth))
-    if c.get("pre_act"):
+    pre_act_coeff = defaults.pre_act_coeff(arch, c.get("pre_act"))
+    if pre_act_coeff:
         if arch != "jumprelu":
             raise ConfigError(f"loss.pre_act needs sae.arch='jumprelu' (its thresholds), got {arch!r}")
-        if c.dead_steps is None:
+        dead_only = c.get("pre_act_dead_only", False)
+        if dead_only and c.dead_steps is None:
             raise ConfigError("loss.dead_steps is unset; saejax.defaults.resolve(config) sets it from "
                               "loss.dead_tokens and train.batch_size")
-        terms.append(pre_act(c.pre_act, c.dead_steps))
+        terms.append(pre_act(pre_act_coeff, c.dead_steps or 0, dead_only))
     auxk_coeff = defaults.auxk_coeff(arch, c.auxk)
     if auxk_coeff:
         if arch == "mlp":
@@ -422,7 +428,8 @@ def loss_from_config(loss_config, sae) -> LossTerm:
         terms.append(auxk(auxk_coeff, c.auxk_k or max(1, sae.d_in // 2), c.dead_steps, sae.pre_acts_of))
     if c.balance:
         terms.append(activation_balance(c.balance))
-    for field in ("mse", "l1", "tanh", "kl", "l0", "balance", "target_l0_coeff", "pre_act"):
-        as_schedule(c.get(field, 0.0), f"loss.{field}")
+    for field in ("mse", "l1", "tanh", "kl", "l0", "balance", "target_l0_coeff"):
+        as_schedule(c[field], f"loss.{field}")
     as_schedule(auxk_coeff, "loss.auxk")
+    as_schedule(pre_act_coeff, "loss.pre_act")
     return chain(*terms)

@@ -334,7 +334,7 @@ def test_target_l0_is_zero_on_target_and_quadratic_elsewhere():
 def test_pre_act_loss_pulls_only_dead_latents_up_to_their_thresholds():
     sae, params, x, pre, _ = _jumprelu_setup()
     out = sae.forward(params, x)
-    term = L.pre_act(0.5, dead_steps=3)
+    term = L.pre_act(0.5, dead_steps=3, dead_only=True)  # SAELens' form
     steps_since_fired = jnp.asarray(np.where(np.arange(D_SAE) < D_SAE // 2, 5, 0), jnp.int32)  # first half dead
     terms, new_state = term.apply(params, x, out, steps_since_fired, jnp.asarray(0))
     theta, norms = _np(params["threshold"]), np.linalg.norm(_np(params["W_dec"]), axis=-1)
@@ -346,8 +346,14 @@ def test_pre_act_loss_pulls_only_dead_latents_up_to_their_thresholds():
     grad = jax.grad(lambda p: term.apply(p, x, sae.forward(p, x), steps_since_fired, 0)[0]["pre_act"])(params)
     assert not _np(grad["b_enc"])[~dead].any() and (_np(grad["b_enc"])[dead] <= 0).all()  # raises pre-acts
     assert _np(grad["b_enc"])[dead].any()
+    every = L.pre_act(0.5)  # Anthropic's form: every latent, no window, no state
+    assert every.init(sae) == ()
+    assert float(every.apply(params, x, out, (), jnp.asarray(0))[0]["pre_act"]) == pytest.approx(
+        0.5 * np.mean(np.sum(np.maximum(theta - pre, 0) * norms, -1)), rel=1e-5)
     with pytest.raises(ConfigError, match=r"loss\.pre_act"):
-        L.pre_act(-1.0, 3)
+        L.pre_act(-1.0)
+    with pytest.raises(ConfigError, match=r"loss\.dead_steps"):
+        L.pre_act(1.0, 0, dead_only=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,6 +662,8 @@ def test_config_builds_each_requested_term():
     terms, *_ = _config_terms(cfg, "topk")
     assert set(terms) == {"mse", "l1", "tanh", "kl", "auxk", "balance"}
     terms, *_ = _config_terms(_cfg(l0=0.1, target_l0=3.0), "jumprelu")
+    assert set(terms) == {"mse", "l0", "target_l0", "pre_act"}  # pre_act: JumpReLU's default
+    terms, *_ = _config_terms(_cfg(l0=0.1, target_l0=3.0, pre_act=0.0), "jumprelu")
     assert set(terms) == {"mse", "l0", "target_l0"}
     with pytest.raises(ConfigError, match="mlp"):
         L.loss_from_config(_cfg(auxk=0.1), make_sae("mlp", D_IN, D_SAE, mlp_hidden=(4,)))
