@@ -87,7 +87,11 @@ GRAD_CLIP = 1.0
 # 0.2462 / 0.1966 / 0.1797 at 2e-4 (SAELens 0.2557); at the default lr 0.1112 / 0.1094 / 0.1104 (1.0 /
 # 1.4 / 1.6 % dead); on Gemma-3-270M layer 6 0.0474 / 0.0453 / 0.0455 (10.1 / 8.1 / 7.5 % dead); on superposition
 # data (the default lr is 5.9e-3 there) dictionary recovery fell from 0.944 to 0.937 (MMCS) at 2x and
-# 3x, FVU rose from 0.016 to 0.019 / 0.021 (BUILD_NOTES.md). Other architectures: 1 (not measured).
+# 3x, FVU rose from 0.016 to 0.019 / 0.021. At 2,000 steps on MiniLM, 2x gave 0.0872 against 1x's
+# 0.0883 at a constant lr of 1e-3 (SAELens 0.0875), but 0.0898 against 0.0873 at the default lr
+# (SAELens 0.0993): it helps most where the lr is below the best (BUILD_NOTES.md). ReLU at a constant
+# 1e-3: 2x gave FVU 0.218 at L0 32 against 1x's 0.268 at L0 31.5; other architectures: 1 (not
+# measured at their defaults).
 DECODER_LR_SCALE = {arch: 2.0 for arch in TOPK_FAMILY}
 
 
