@@ -7,7 +7,7 @@ BatchTopK's k·B-th largest activation, FVU's sums) goes through these functions
 rows, and the functions combine the slices with ``lax.pmean`` / ``psum`` / ``pmax`` / ``all_gather``
 so that every replica sees the statistic of the whole batch. The pure train step therefore computes
 the same loss, gradients, counters and metrics under pmap as on one device with the whole batch;
-`mean_gradients` is the card's ``lax.pmean`` of the gradients (the identity outside pmap).
+`mean_gradients` is the data-parallel step's ``lax.pmean`` of the gradients (the identity outside pmap).
 
 Under ``jax.jit`` over a mesh (``parallel.strategy='mesh'``) the arrays are global, no axis is set,
 and XLA's partitioner inserts the same collectives itself.

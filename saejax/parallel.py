@@ -125,7 +125,7 @@ def with_shardings(abstract_state, shardings):
 
 
 # ---------------------------------------------------------------------------------------------
-# parallel.strategy='pmap': the card's data-parallel step.
+# parallel.strategy='pmap': the data-parallel step over replicas of the whole SAE.
 
 
 def replicated_shardings(mesh: Mesh, state):
