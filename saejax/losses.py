@@ -381,6 +381,14 @@ def _linear_warmup(coeff: float, warmup_steps: int, name: str) -> Coefficient:
     return coeff
 
 
+def _dead_steps(loss_config) -> int:
+    """loss.dead_steps, which `saejax.defaults.resolve` derives; a ConfigError when it is unset."""
+    if loss_config.dead_steps is None:
+        raise ConfigError("loss.dead_steps is unset; saejax.defaults.resolve(config) sets it from "
+                          "loss.dead_tokens and train.batch_size")
+    return loss_config.dead_steps
+
+
 def loss_from_config(loss_config, sae) -> LossTerm:
     """The chain of terms the `loss` section of a run's config describes, checked against the SAE."""
     c = loss_config
@@ -413,19 +421,13 @@ def loss_from_config(loss_config, sae) -> LossTerm:
         if arch != "jumprelu":
             raise ConfigError(f"loss.pre_act needs sae.arch='jumprelu' (its thresholds), got {arch!r}")
         dead_only = c.get("pre_act_dead_only", False)
-        if dead_only and c.dead_steps is None:
-            raise ConfigError("loss.dead_steps is unset; saejax.defaults.resolve(config) sets it from "
-                              "loss.dead_tokens and train.batch_size")
-        terms.append(pre_act(pre_act_coeff, c.dead_steps or 0, dead_only))
+        terms.append(pre_act(pre_act_coeff, _dead_steps(c) if dead_only else 0, dead_only))
     auxk_coeff = defaults.auxk_coeff(arch, c.auxk)
     if auxk_coeff:
         if arch == "mlp":
             raise ConfigError("loss.auxk decodes through W_dec; sae.arch='mlp' has none")
         as_schedule(auxk_coeff, "loss.auxk")  # a bad coefficient is named before anything else
-        if c.dead_steps is None:
-            raise ConfigError("loss.dead_steps is unset; saejax.defaults.resolve(config) sets it from "
-                              "loss.dead_tokens and train.batch_size")
-        terms.append(auxk(auxk_coeff, c.auxk_k or max(1, sae.d_in // 2), c.dead_steps, sae.pre_acts_of))
+        terms.append(auxk(auxk_coeff, c.auxk_k or max(1, sae.d_in // 2), _dead_steps(c), sae.pre_acts_of))
     if c.balance:
         terms.append(activation_balance(c.balance))
     for field in ("mse", "l1", "tanh", "kl", "l0", "balance", "target_l0_coeff"):

@@ -11,7 +11,8 @@ import pytest
 # saejax/runtime.py loaded by its path: the subprocesses skip importing jax (seconds each)
 LOAD_RUNTIME = textwrap.dedent(f"""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("runtime", {str(Path(__file__).parents[1] / "saejax" / "runtime.py")!r})
+    path = {str(Path(__file__).parents[1] / "saejax" / "runtime.py")!r}
+    spec = importlib.util.spec_from_file_location("runtime", path)
     runtime = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runtime)
 """)
