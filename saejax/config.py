@@ -106,7 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
     # follows the same schedule as one planned that long (a 100-step warm-up cost a 200-step TopK run
     # 0.151 -> 0.170 held-out FVU on MiniLM; BUILD_NOTES.md)
     c.optim.warmup_steps = 10
-    c.optim.decay = "constant"  # constant | cosine | linear (to 0 over train.steps)
+    c.optim.decay = "constant"  # constant | cosine | linear (to 0 at train.steps)
+    c.optim.decay_steps = 0  # the decay's length: the last decay_steps steps; 0: every step after the warm-up
     # jumprelu: the thresholds' steps relative to the rest's; None: saejax.defaults.THRESHOLD_LR_SCALE
     c.optim.threshold_lr_scale = placeholder(float)
     # the decoder rows' steps relative to the rest's; None: 2 for topk/batchtopk/matryoshka, else 1

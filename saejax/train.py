@@ -99,22 +99,30 @@ def scale_updates(keys: tuple[str, ...], factor: float) -> optax.GradientTransfo
 # Optimizer.
 
 
-def lr_schedule(lr: float, total_steps: int, warmup_steps: int = 0, decay: str = "constant") -> optax.Schedule:
-    """Linear warm-up from 0 over warmup_steps, then constant, cosine or linear decay to 0."""
+def lr_schedule(lr: float, total_steps: int, warmup_steps: int = 0, decay: str = "constant",
+                decay_steps: int = 0) -> optax.Schedule:
+    """Linear warm-up from 0 over warmup_steps, then constant, or a cosine / linear decay to 0 over the
+    last `decay_steps` steps (0: every step after the warm-up)."""
     if not lr > 0:
         raise ConfigError(f"optim.lr={lr} must be > 0")
+    if decay_steps < 0:
+        raise ConfigError(f"optim.decay_steps={decay_steps} must be >= 0 (0: decay over the whole run)")
     warmup = min(warmup_steps, total_steps)
     rest = max(total_steps - warmup, 1)
+    span = min(decay_steps, rest) if decay_steps else rest
     decays = {
         "constant": optax.constant_schedule(lr),
-        "cosine": optax.cosine_decay_schedule(lr, rest),
-        "linear": optax.linear_schedule(lr, 0.0, rest),
+        "cosine": optax.cosine_decay_schedule(lr, span),
+        "linear": optax.linear_schedule(lr, 0.0, span),
     }
     if decay not in decays:
         raise ConfigError(f"unknown optim.decay={decay!r}; choose one of {', '.join(decays)}")
-    if warmup <= 0:
-        return decays[decay]
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decays[decay]], [warmup])
+    pieces, boundaries = [decays[decay]], []
+    if decay != "constant" and span < rest:  # hold lr until the decay's last `span` steps
+        pieces, boundaries = [optax.constant_schedule(lr), decays[decay]], [total_steps - span]
+    if warmup > 0:
+        pieces, boundaries = [optax.linear_schedule(0.0, lr, warmup), *pieces], [warmup, *boundaries]
+    return pieces[0] if not boundaries else optax.join_schedules(pieces, boundaries)
 
 
 def optax_optimizer(name: str, learning_rate: optax.ScalarOrSchedule, **options) -> optax.GradientTransformation:
@@ -171,7 +179,8 @@ def model_from_config(config, d_in: int) -> tuple[SAE, losses.LossTerm, optax.Gr
 def optimizer_from_config(optim_config, train_config, sae: SAE) -> optax.GradientTransformation:
     """The optimizer the `optim` section of a run's config describes."""
     lr = defaults.learning_rate(sae.arch, sae.d_sae, optim_config.lr)
-    schedule = lr_schedule(lr, train_config.steps, optim_config.warmup_steps, optim_config.decay)
+    schedule = lr_schedule(lr, train_config.steps, optim_config.warmup_steps, optim_config.decay,
+                           optim_config.get("decay_steps", 0))
     base = optax_optimizer(optim_config.name, schedule, b1=optim_config.b1, b2=optim_config.b2)
     momentum = optim_config.get("schedule_free_momentum", 0.0)
     if momentum:

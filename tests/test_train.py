@@ -165,6 +165,20 @@ def test_lr_schedule_warms_up_and_decays():
         train.lr_schedule(-1, 100)
 
 
+@pytest.mark.parametrize("decay", ["linear", "cosine"])
+def test_lr_schedule_decays_over_the_last_decay_steps_only(decay):
+    schedule = train.lr_schedule(1e-3, total_steps=100, warmup_steps=10, decay=decay, decay_steps=20)
+    np.testing.assert_allclose([float(schedule(s)) for s in (5, 10, 50, 80)], [5e-4, 1e-3, 1e-3, 1e-3], rtol=1e-5)
+    np.testing.assert_allclose(float(schedule(90)), 5e-4, rtol=1e-4)  # halfway (cosine too)
+    np.testing.assert_allclose(float(schedule(100)), 0.0, atol=1e-9)
+    # longer than the run after the warm-up: the whole run decays, as with decay_steps=0
+    whole = train.lr_schedule(1e-3, 100, 10, decay, decay_steps=0)
+    longer = train.lr_schedule(1e-3, 100, 10, decay, decay_steps=500)
+    np.testing.assert_allclose([float(longer(s)) for s in range(101)], [float(whole(s)) for s in range(101)])
+    with pytest.raises(ConfigError, match="optim.decay_steps=-1"):
+        train.lr_schedule(1e-3, 100, decay=decay, decay_steps=-1)
+
+
 def test_any_optax_optimizer_by_name():
     sgd = train.optax_optimizer("sgd", 0.1, b1=0.9)  # options it does not take are dropped
     params = {"w": jnp.ones(3)}
