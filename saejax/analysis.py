@@ -25,7 +25,7 @@ import numpy as np
 from saejax import checkpoint, downstream, export, train
 from saejax.downstream import linear_probe_accuracy, roc_auc
 from saejax.errors import DataError
-from saejax.sae import sae_from_config
+from saejax.sae import registry, sae_from_config
 
 __all__ = ["load", "encode", "reconstruct", "feature_density", "dead_latents", "top_activating", "pca_fvu",
            "linear_probe_accuracy", "roc_auc"]
@@ -85,7 +85,7 @@ def _load_workdir(path: Path):
     params = jax.tree.map(np.asarray, train.eval_params(sae, state))
     scale = float(state.norm_scale)
     config.norm_scale = scale
-    if sae.arch != "mlp":
+    if registry.get(sae.arch).has_linear_decoder:
         params = {k: np.asarray(v) for k, v in export.fold_norm_scale(params, scale).items()}
     return params, config
 
@@ -93,7 +93,7 @@ def _load_workdir(path: Path):
 def _sae_and_scale(params, config):
     """The SAE a loaded config describes, and the factor its inputs need (1 for folded params)."""
     sae = sae_from_config(config.sae, int(np.shape(params["b_dec"])[0]))
-    return sae, (float(config.get("norm_scale", 1.0)) if sae.arch == "mlp" else 1.0)
+    return sae, (1.0 if registry.get(sae.arch).has_linear_decoder else float(config.get("norm_scale", 1.0)))
 
 
 def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:

@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.sae.matryoshka_prefixes = ""  # e.g. "64,256,1024"; empty = d_sae/16, d_sae/4, d_sae
     c.sae.mlp_hidden = "256"  # mlp: hidden widths of the encoder (decoder mirrors them)
     # initial norm of the encoder rows, W_enc = scale * W_dec.T (and of the decoder rows when their norm
-    # is free); None: the architecture's default (saejax.defaults.ENCODER_INIT_SCALE)
+    # is free); None: the architecture's default (its spec's encoder_init_scale, saejax.sae.registry)
     c.sae.dec_init_norm = placeholder(float)
     c.sae.init_b_dec = "geometric_median"  # geometric_median | mean | zeros
     c.sae.normalize_activations = True  # scale inputs so E||x||^2 = d_in; folded back at export

@@ -9,9 +9,9 @@ sae_lens/loading/pretrained_sae_loaders.py ``handle_config_defaulting``), and th
 weight names are the SAE module's parameter names (loaded with a strict
 ``load_state_dict``, so no extra tensors may be written).
 
-Architecture mapping (ours -> SAELens): relu -> standard, topk -> topk,
-jumprelu -> jumprelu, gated -> gated, batchtopk / matryoshka -> jumprelu with the scalar
-inference threshold broadcast to [d_sae] (SAELens saves its own BatchTopK SAEs this way).
+Architecture mapping (ours -> SAELens, each architecture's spec `export`): relu -> standard,
+topk -> topk, jumprelu -> jumprelu, gated -> gated, batchtopk / matryoshka -> jumprelu with the
+scalar inference threshold broadcast to [d_sae] (SAELens saves its own BatchTopK SAEs this way).
 Tied SAEs are written untied (W_enc = W_dec.T). The activation-normalisation scale is
 folded into the weights, so the cfg says ``normalize_activations: "none"``.
 
@@ -27,6 +27,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from saejax.errors import DataError, SaejaxError
+from saejax.sae import ARCHITECTURES, registry
+from saejax.sae.registry import SAELensExport
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -35,14 +37,14 @@ WEIGHTS_FILENAME = "sae_weights.safetensors"
 # legacy (pre-6) config and drops our nested metadata, so we declare the v6 format.
 SAELENS_FORMAT_VERSION = "6.0.0"
 
-SAELENS_ARCH = {
-    "relu": "standard",
-    "topk": "topk",
-    "jumprelu": "jumprelu",
-    "gated": "gated",
-    "batchtopk": "jumprelu",
-    "matryoshka": "jumprelu",
-}
+def saelens_export(arch: str) -> SAELensExport | None:
+    """How our `arch` is written in SAELens' layout (its spec's `export`), None if it is not."""
+    spec = registry.find(arch)
+    return None if spec is None else spec.export
+
+
+# Our architecture -> SAELens' architecture name, for the shipped architectures that export.
+SAELENS_ARCH = {name: saelens_export(name).architecture for name in ARCHITECTURES if saelens_export(name)}
 
 # Tensors of each SAELens inference architecture (its nn.Parameters), in file order.
 SAELENS_WEIGHTS = {
@@ -94,7 +96,7 @@ def _expected_shapes(arch: str, d_in: int, d_sae: int) -> dict[str, tuple]:
         "r_mag": (d_sae,),
         "b_mag": (d_sae,),
     }
-    names = SAELENS_WEIGHTS[SAELENS_ARCH[arch]]
+    names = SAELENS_WEIGHTS[saelens_export(arch).architecture]
     return {name: shapes[name] for name in names}
 
 
@@ -107,7 +109,7 @@ def _saelens_tensors(
         if name not in params:
             raise SaejaxError(f"{arch} params have no {name!r} to export")
         value = np.asarray(params[name], dtype=np.float32)
-        if name == "threshold" and arch in ("batchtopk", "matryoshka"):
+        if name == "threshold" and saelens_export(arch).scalar_threshold:
             if value.size != 1:
                 raise SaejaxError(
                     f"{arch} threshold must be a scalar, got shape {value.shape}"
@@ -133,7 +135,7 @@ def _saelens_cfg(
 ) -> dict[str, Any]:
     """The cfg.json dict SAELens' SAEConfig.from_dict reads for our `arch`."""
     cfg: dict[str, Any] = {
-        "architecture": SAELENS_ARCH[arch],
+        "architecture": saelens_export(arch).architecture,
         "d_in": int(d_in),
         "d_sae": int(d_sae),
         "dtype": "float32",
@@ -142,7 +144,7 @@ def _saelens_cfg(
         "normalize_activations": "none",
         "reshape_activations": "none",
     }
-    if arch == "topk":
+    if saelens_export(arch).writes_k:
         cfg["k"] = int(k)
         cfg["rescale_acts_by_decoder_norm"] = False
     cfg["metadata"] = {
@@ -180,12 +182,14 @@ def export_saelens(
     k is required for topk. metadata (JSON-serialisable, e.g. hook_name, model_name)
     is merged into cfg["metadata"]. Returns out_dir as a Path.
     """
-    if arch == "mlp":
-        raise SaejaxError("arch 'mlp' (deep SAE) is not exportable to SAELens")
-    if arch not in SAELENS_ARCH:
+    spec = registry.find(arch)
+    if spec is not None and spec.export is None:
+        kind = "deep SAE" if not spec.has_linear_decoder else "no SAELens equivalent"
+        raise SaejaxError(f"arch {arch!r} ({kind}) is not exportable to SAELens")
+    if spec is None:
         raise SaejaxError(f"cannot export unknown arch {arch!r}")
-    if arch == "topk" and (k is None or int(k) < 1):
-        raise SaejaxError(f"exporting a topk SAE needs k >= 1, got k={k}")
+    if spec.export.writes_k and (k is None or int(k) < 1):
+        raise SaejaxError(f"exporting a {arch} SAE needs k >= 1, got k={k}")
     tied = "W_enc" not in params
     tensors = _saelens_tensors(fold_norm_scale(params, norm_scale), arch, d_in, d_sae)
     cfg = _saelens_cfg(arch, d_in, d_sae, k, norm_scale, tied, metadata)
@@ -244,19 +248,19 @@ def encode_saelens(
         raise SaejaxError("encode_saelens does not support rescale_acts_by_decoder_norm")
     p = params
     sae_in = x - p["b_dec"] if cfg.get("apply_b_dec_to_input", True) else x
-    arch = cfg["architecture"]
-    if arch == "gated":
+    kind = cfg["architecture"]
+    if kind == "gated":
         gate = (sae_in @ p["W_enc"] + p["b_gate"]) > 0
         mag = _relu(sae_in @ (p["W_enc"] * np.exp(p["r_mag"])) + p["b_mag"])
         return gate * mag
     pre = sae_in @ p["W_enc"] + p["b_enc"]
-    if arch == "standard":
+    if kind == "standard":
         return _relu(pre)
-    if arch == "topk":
+    if kind == "topk":
         return _topk_relu(pre, int(cfg["k"]))
-    if arch == "jumprelu":
+    if kind == "jumprelu":
         return _relu(pre) * (pre > p["threshold"])
-    raise SaejaxError(f"encode_saelens: unsupported SAELens architecture {arch!r}")
+    raise SaejaxError(f"encode_saelens: unsupported SAELens architecture {kind!r}")
 
 
 def decode_saelens(
@@ -271,17 +275,21 @@ def decode_saelens(
 # ---------------------------------------------------------------------------------------------
 # Importing SAEs trained elsewhere.
 
-SAEJAX_ARCH = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+# SAELens' architecture -> ours: the shipped architecture each SAELens architecture is written from
+# as it is (not batchtopk / matryoshka, whose scalar threshold SAELens' jumprelu does not keep).
+SAEJAX_ARCH = {saelens_export(name).architecture: name for name in ARCHITECTURES
+               if saelens_export(name) and not saelens_export(name).scalar_threshold}
 
 
 def fold_input_bias(params: Mapping[str, np.ndarray], arch: str) -> dict[str, np.ndarray]:
     """Params of an SAE whose encoder sees x itself (pre = x @ W_enc + b_enc: Gemma Scope, SAELens
     with apply_b_dec_to_input=False) rewritten for ours, which sees x - b_dec: the encoder biases
     absorb b_dec @ W_enc (scaled by exp(r_mag) on gated's magnitude path), so every
-    pre-activation, and so every output, is unchanged."""
+    pre-activation, and so every output, is unchanged. `arch`: ours; the biases to shift are those
+    of its SAELens tensors (gated: b_gate and b_mag, else b_enc)."""
     out = {k: np.asarray(v, np.float32) for k, v in params.items()}
     shift = out["b_dec"].astype(np.float64) @ out["W_enc"].astype(np.float64)
-    if arch == "gated":
+    if "b_gate" in SAELENS_WEIGHTS[saelens_export(arch).architecture]:
         out["b_gate"] = (out["b_gate"] + shift).astype(np.float32)
         out["b_mag"] = (out["b_mag"] + shift * np.exp(out["r_mag"])).astype(np.float32)
     else:

@@ -31,7 +31,7 @@ from saejax import export, harvest, metrics, parallel, splice, train, writers
 from saejax.errors import ConfigError, DataError, SaejaxError
 from saejax.preemption import PreemptionGuard, StopVote
 from saejax.resampling import resample_dead_latents
-from saejax.sae import SAE
+from saejax.sae import SAE, registry
 
 INIT_SAMPLE_ROWS = 8192
 # Evaluation batches are drawn at these step indices, far from any training step.
@@ -121,7 +121,8 @@ def jumprelu_threshold_rate(config) -> float | None:
     """The share of rows each JumpReLU latent starts firing on: the target L0 (loss.target_l0, else
     sae.k) over sae.d_sae; None when sae.jumprelu_init_threshold sets the thresholds (or not JumpReLU)."""
     sae_config = config.sae
-    if sae_config.arch != "jumprelu" or sae_config.get("jumprelu_init_threshold") is not None:
+    spec = registry.find(sae_config.arch)
+    if spec is None or not spec.learned_thresholds or sae_config.get("jumprelu_init_threshold") is not None:
         return None
     return (config.loss.get("target_l0") or sae_config.k) / sae_config.d_sae
 
@@ -387,10 +388,12 @@ def replot(workdir: str | Path, rows: int = 16384) -> Path:
 
 def save_export(workdir: Path, config, sae: SAE, state: train.TrainState) -> str:
     """SAELens-format export with the normalisation folded back in; returns what happened."""
-    if sae.arch == "mlp":
-        return "skipped: sae.arch='mlp' has no SAELens equivalent"
-    if sae.arch == "relu" and sae.hparams["leak"]:
-        return "skipped: SAELens has no leaky-ReLU SAE (sae.leak > 0)"
+    spec = registry.get(sae.arch)
+    if spec.export is None:
+        return f"skipped: sae.arch={sae.arch!r} has no SAELens equivalent"
+    skip = spec.export_skip(sae.hparams)
+    if skip:
+        return skip
     params = jax.tree.map(np.asarray, state.params)
     path = export.export_saelens(
         workdir / "export", params, arch=sae.arch, d_in=sae.d_in, d_sae=sae.d_sae, k=sae.hparams["k"],

@@ -31,6 +31,7 @@ import optax
 
 from saejax import activations, batch_axis, defaults, latent_axis, metrics
 from saejax import sae as sae_lib
+from saejax.sae import registry
 from saejax.errors import ConfigError
 
 Coefficient = float | Callable[[jax.Array], jax.Array]
@@ -374,11 +375,24 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_of=None) -> L
 # The loss a run's config asks for.
 
 
+# The reconstruction term an architecture's spec names: (coeff, normalized) -> LossTerm.
+RECONSTRUCTION_TERMS = {
+    "mse": mse,
+    "matryoshka_mse": lambda coeff, normalized: matryoshka_mse(coeff),
+}
+
+
 def _linear_warmup(coeff: float, warmup_steps: int, name: str) -> Coefficient:
     as_schedule(coeff, name)  # validates
     if warmup_steps > 0:
         return optax.linear_schedule(0.0, coeff, warmup_steps)
     return coeff
+
+
+def _with(capability: str) -> str:
+    """'sae.arch=NAME' (or 'one of sae.arch=A, B') for the registered architectures whose spec has `capability`."""
+    having = [name for name in registry.names() if getattr(registry.get(name), capability)]
+    return f"sae.arch={having[0]!r}" if len(having) == 1 else f"one of sae.arch={', '.join(map(repr, having))}"
 
 
 def _dead_steps(loss_config) -> int:
@@ -390,27 +404,29 @@ def _dead_steps(loss_config) -> int:
 
 
 def loss_from_config(loss_config, sae) -> LossTerm:
-    """The chain of terms the `loss` section of a run's config describes, checked against the SAE."""
+    """The chain of terms the `loss` section of a run's config describes, checked against the SAE
+    (what its architecture's spec, `saejax.sae.registry`, says it has)."""
     c = loss_config
-    arch = sae.arch
-    terms: list[LossTerm] = [matryoshka_mse(c.mse) if arch == "matryoshka" else mse(c.mse, c.normalized_mse)]
+    arch, spec = sae.arch, registry.get(sae.arch)
+    reconstruction = RECONSTRUCTION_TERMS[spec.reconstruction]
+    terms: list[LossTerm] = [reconstruction(c.mse, c.normalized_mse)]
     l1_coeff = _linear_warmup(c.l1, c.l1_warmup_steps, "loss.l1")
-    if arch == "gated":
+    if spec.l1_term == "gated_sparsity":
         terms.append(gated_sparsity(l1_coeff))
     elif c.l1:
         weighted = defaults.l1_decoder_weighted(arch, c.l1_decoder_weighted)
-        if weighted and arch == "mlp":
-            raise ConfigError("loss.l1_decoder_weighted=True needs a linear decoder; sae.arch='mlp' has none")
+        if weighted and not spec.has_linear_decoder:
+            raise ConfigError(f"loss.l1_decoder_weighted=True needs a linear decoder; sae.arch={arch!r} has none")
         terms.append(l1(l1_coeff, weighted))
     if c.tanh:
-        if arch == "mlp":
-            raise ConfigError("loss.tanh weights latents by decoder norms; sae.arch='mlp' has no linear decoder")
+        if not spec.has_linear_decoder:
+            raise ConfigError(f"loss.tanh weights latents by decoder norms; sae.arch={arch!r} has no linear decoder")
         terms.append(tanh_penalty(c.tanh, c.tanh_scale))
     if c.kl:
         terms.append(kl_sparsity(c.kl, c.rho, c.kl_ema))
     if c.l0 or c.target_l0:
-        if arch != "jumprelu":
-            raise ConfigError(f"loss.l0 / loss.target_l0 need sae.arch='jumprelu', got {arch!r}")
+        if not spec.learned_thresholds:
+            raise ConfigError(f"loss.l0 / loss.target_l0 need {_with('learned_thresholds')}, got {arch!r}")
         bandwidth = sae.hparams["bandwidth"]
         if c.l0:
             terms.append(jumprelu_l0(c.l0, bandwidth))
@@ -418,14 +434,14 @@ def loss_from_config(loss_config, sae) -> LossTerm:
             terms.append(target_l0(c.target_l0_coeff, c.target_l0, bandwidth))
     pre_act_coeff = defaults.pre_act_coeff(arch, c.get("pre_act"))
     if pre_act_coeff:
-        if arch != "jumprelu":
-            raise ConfigError(f"loss.pre_act needs sae.arch='jumprelu' (its thresholds), got {arch!r}")
+        if not spec.learned_thresholds:
+            raise ConfigError(f"loss.pre_act needs {_with('learned_thresholds')} (its thresholds), got {arch!r}")
         dead_only = c.get("pre_act_dead_only", False)
         terms.append(pre_act(pre_act_coeff, _dead_steps(c) if dead_only else 0, dead_only))
     auxk_coeff = defaults.auxk_coeff(arch, c.auxk)
     if auxk_coeff:
-        if arch == "mlp":
-            raise ConfigError("loss.auxk decodes through W_dec; sae.arch='mlp' has none")
+        if not spec.has_linear_decoder:
+            raise ConfigError(f"loss.auxk decodes through W_dec; sae.arch={arch!r} has none")
         as_schedule(auxk_coeff, "loss.auxk")  # a bad coefficient is named before anything else
         terms.append(auxk(auxk_coeff, c.auxk_k or max(1, sae.d_in // 2), _dead_steps(c), sae.pre_acts_of))
     if c.balance:

@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from saejax import batch_axis, latent_axis
+from saejax.sae import registry
 from saejax.errors import ConfigError
 
 AXES = ("data", "model")
@@ -63,8 +64,8 @@ def check_sizes(mesh: Mesh, sae, batch_size: int) -> None:
     if sae.d_sae % model:
         raise ConfigError(f"sae.d_sae={sae.d_sae} must divide by the mesh's model axis ({model}); "
                           f"parallel.mesh_shape={data},{model}")
-    if model > 1 and sae.arch == "mlp":
-        raise ConfigError("sae.arch='mlp' cannot shard its latents; use parallel.mesh_shape='D,1'")
+    if model > 1 and not registry.get(sae.arch).has_linear_decoder:
+        raise ConfigError(f"sae.arch={sae.arch!r} cannot shard its latents; use parallel.mesh_shape='D,1'")
 
 
 def param_specs(sae, params) -> dict:

@@ -21,7 +21,7 @@ import optax
 
 from saejax import batch_axis, defaults, initializers, losses, metrics, runtime
 from saejax.errors import ConfigError
-from saejax.sae import SAE, Params, sae_from_config
+from saejax.sae import SAE, Params, registry, sae_from_config
 
 
 class TrainState(NamedTuple):
@@ -150,14 +150,15 @@ def make_optimizer(
     parts = []
     if grad_clip > 0:
         parts.append(optax.clip_by_global_norm(grad_clip))
-    if project_decoder and sae.arch != "mlp":
+    spec = registry.get(sae.arch)
+    if project_decoder and spec.has_linear_decoder:
         parts.append(project_decoder_grads())
     parts.append(base)
-    if threshold_lr_scale != 1.0 and sae.arch == "jumprelu":
+    if threshold_lr_scale != 1.0 and spec.learned_thresholds:
         if not threshold_lr_scale > 0:
             raise ConfigError(f"optim.threshold_lr_scale={threshold_lr_scale} must be > 0")
         parts.append(scale_updates(("threshold",), threshold_lr_scale))
-    if decoder_lr_scale != 1.0 and sae.arch != "mlp":
+    if decoder_lr_scale != 1.0 and spec.has_linear_decoder:
         if not decoder_lr_scale > 0:
             raise ConfigError(f"optim.decoder_lr_scale={decoder_lr_scale} must be > 0")
         parts.append(scale_updates(("W_dec",), decoder_lr_scale))
@@ -171,8 +172,8 @@ def model_from_config(config, d_in: int) -> tuple[SAE, losses.LossTerm, optax.Gr
     for inputs of width `d_in`."""
     config, _ = defaults.resolve(config)
     sae = sae_from_config(config.sae, d_in, unit_norm_decoder=config.train.unit_norm_decoder)
-    if config.train.resample_every and sae.arch == "mlp":
-        raise ConfigError("train.resample_every > 0 needs linear decoder rows; sae.arch='mlp' has none")
+    if config.train.resample_every and not registry.get(sae.arch).has_linear_decoder:
+        raise ConfigError(f"train.resample_every > 0 needs linear decoder rows; sae.arch={sae.arch!r} has none")
     return sae, losses.loss_from_config(config.loss, sae), optimizer_from_config(config.optim, config.train, sae)
 
 
@@ -220,7 +221,7 @@ def init_train_state(
     params = jax.jit(sae.init)(key)
     normalized = np.asarray(sample, np.float32) * scale
     params["b_dec"] = initializers.initial_b_dec(normalized, init_b_dec)
-    if threshold_rate is not None and sae.arch == "jumprelu":
+    if threshold_rate is not None and registry.get(sae.arch).learned_thresholds:
         pre_acts = jax.jit(sae.pre_acts_of)(params, normalized, None)
         params["threshold"] = initializers.jumprelu_thresholds(pre_acts, threshold_rate)
     return state_at_step_zero(sae, loss, optimizer, params, scale)
@@ -315,7 +316,7 @@ def make_train_step(
     """The pure train step (state, batch [B, d_in]) -> (state, metrics); jit it with `jit_train_step`,
     which compiles it with the step's `compiler_options` (attribute: XLA options for this SAE's
     matmuls on CPU, see `runtime.step_compiler_options`; {} elsewhere)."""
-    constrain = unit_norm_decoder and sae.arch != "mlp"
+    constrain = unit_norm_decoder and registry.get(sae.arch).has_linear_decoder
 
     def loss_fn(params, x, loss_state, step):
         out = sae.forward(params, x, train=True)

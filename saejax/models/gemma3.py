@@ -59,9 +59,9 @@ def _gguf_config(reader) -> Gemma3Config:
             return default
         return f.contents()
 
-    arch = field("general.architecture")
-    if arch != "gemma3":
-        raise DataError(f"GGUF general.architecture={arch!r}, not gemma3")
+    architecture = field("general.architecture")
+    if architecture != "gemma3":
+        raise DataError(f"GGUF general.architecture={architecture!r}, not gemma3")
     embed = next(t for t in reader.tensors if t.name == "token_embd.weight")
     return Gemma3Config(
         vocab_size=int(embed.shape[1]), d_model=int(field("gemma3.embedding_length")),
