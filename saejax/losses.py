@@ -5,7 +5,11 @@ A term is a `LossTerm(init, apply)` of pure functions:
     init(sae) -> state
     apply(params, x, out, state, step) -> (terms: dict[str, scalar], new_state)
 
-where x [B, d_in] is the (normalised) input batch and out the SAE's `SAEOutput`. `chain(*terms)`
+where x [B, d_in] is the (normalised) input batch and out the SAE's `SAEOutput`. When the
+reconstruction's target is not the input (an architecture with d_out != d_in, fed batches of
+(inputs, targets)), terms are also given ``target=`` [B, d_out]: the reconstruction terms (`mse`,
+`matryoshka_mse`, `auxk`'s residual) measure against it, the others ignore it; `chain` passes it
+on only when there is one, so terms written without a `target` argument work for every SAE. `chain(*terms)`
 combines terms into one; the loss is the sum of the returned dict's values, and the dict doubles
 as metrics. Each coefficient is a constant >= 0 or an optax schedule of the step (warm-ups).
 Stateful terms (AuxK's dead-latent counters, KL's running mean) carry their state exactly like
@@ -54,10 +58,20 @@ def as_schedule(coeff: Coefficient, name: str) -> optax.Schedule:
 
 
 def stateless(term_fn: Callable[..., dict[str, jax.Array]]) -> LossTerm:
-    """A LossTerm from a function (params, x, out, step) -> terms, with no state."""
+    """A LossTerm from a function (params, x, out, step) -> terms, with no state (it ignores `target`)."""
 
-    def apply(params, x, out, state, step):
+    def apply(params, x, out, state, step, target=None):
         return term_fn(params, x, out, step), state
+
+    return LossTerm(lambda sae: (), apply)
+
+
+def reconstruction_term(term_fn: Callable[..., dict[str, jax.Array]]) -> LossTerm:
+    """A stateless LossTerm from a function (y, out, step) -> terms of the reconstruction target y
+    [B, d_out]: the batch's `target` when it has one, else the input x."""
+
+    def apply(params, x, out, state, step, target=None):
+        return term_fn(x if target is None else target, out, step), state
 
     return LossTerm(lambda sae: (), apply)
 
@@ -68,10 +82,11 @@ def chain(*terms: LossTerm) -> LossTerm:
     def init(sae):
         return tuple(term.init(sae) for term in terms)
 
-    def apply(params, x, out, state, step):
+    def apply(params, x, out, state, step, target=None):
+        given = {} if target is None else {"target": target}
         merged, new_state = {}, []
         for term, term_state in zip(terms, state):
-            values, term_state = term.apply(params, x, out, term_state, step)
+            values, term_state = term.apply(params, x, out, term_state, step, **given)
             clash = merged.keys() & values.keys()
             if clash:
                 raise ConfigError(f"two loss terms both produce {sorted(clash)}; each name may appear once")
@@ -103,14 +118,15 @@ def decoder_norms(params) -> jax.Array:
 
 def mse(coeff: Coefficient = 1.0, normalized: bool = False) -> LossTerm:
     """Reconstruction: mean_b ||x - x̂||², or normalised by the batch's variance around its mean
-    (Σ||x - x̂||² / Σ||x - mean(x)||², i.e. the fraction of variance unexplained)."""
+    (Σ||x - x̂||² / Σ||x - mean(x)||², i.e. the fraction of variance unexplained). x: the target
+    (`reconstruction_term`)."""
     schedule = as_schedule(coeff, "loss.mse")
 
-    def term(params, x, out, step):
+    def term(x, out, step):
         err = metrics.fvu(x, out.x_hat) if normalized else squared_error(x, out.x_hat)
         return {"mse": schedule(step) * err}
 
-    return stateless(term)
+    return reconstruction_term(term)
 
 
 def matryoshka_mse(coeff: Coefficient = 1.0) -> LossTerm:
@@ -118,11 +134,11 @@ def matryoshka_mse(coeff: Coefficient = 1.0) -> LossTerm:
     each x̂_{1:m} decoded from latents [0, m) only (the SAE's aux["prefix_x_hats"])."""
     schedule = as_schedule(coeff, "loss.mse")
 
-    def term(params, x, out, step):
+    def term(x, out, step):
         errors = [squared_error(x, x_hat) for x_hat in out.aux["prefix_x_hats"]]
         return {"mse": schedule(step) * sum(errors)}
 
-    return stateless(term)
+    return reconstruction_term(term)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +190,7 @@ def kl_sparsity(coeff: Coefficient, rho: float = 0.05, ema_decay: float = 0.0, e
     def init(sae):
         return jnp.full((sae.d_sae,), rho, jnp.float32)
 
-    def apply(params, x, out, running_mean, step):
+    def apply(params, x, out, running_mean, step, target=None):
         rho_hat = batch_axis.mean(out.z, axis=0)
         if ema_decay:
             rho_hat = ema_decay * running_mean + (1 - ema_decay) * rho_hat
@@ -230,7 +246,7 @@ def pre_act(coeff: Coefficient, dead_steps: int = 0, dead_only: bool = False) ->
     def init(sae):  # steps since each latent last fired, for the dead-only form
         return jnp.zeros((sae.d_sae,), jnp.int32) if dead_only else ()
 
-    def apply(params, x, out, steps_since_fired, step):
+    def apply(params, x, out, steps_since_fired, step, target=None):
         weight = decoder_norms(params)  # [d_sae]
         if dead_only:
             weight = jnp.where(steps_since_fired >= dead_steps, weight, 0.0)
@@ -355,7 +371,7 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_of=None) -> L
 
         return loss
 
-    def apply(params, x, out, steps_since_fired, step):
+    def apply(params, x, out, steps_since_fired, step, target=None):
         if pre_acts_of is None and "b_enc" not in params:
             raise ConfigError("AuxK's default encoder is linear (W_enc, b_enc); build the term with "
                               "pre_acts_of=sae.pre_acts_of for this SAE (loss_from_config does)")
@@ -364,7 +380,7 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_of=None) -> L
         n_dead = jnp.sum(dead)
         branch = jnp.where(n_dead == 0, 0, 1 + jnp.searchsorted(jnp.asarray(capacities), n_dead))
         branches = [lambda *_: jnp.zeros((), jnp.float32)] + [dead_latents_loss(c) for c in capacities]
-        residual = jax.lax.stop_gradient(x - out.x_hat)
+        residual = jax.lax.stop_gradient((x if target is None else target) - out.x_hat)
         loss = switch_with_gradient(branch, branches, params, x, residual, dead)
         return {"auxk": schedule(step) * loss}, metrics.reset_fired(steps_since_fired, metrics.fired_latents(out))
 

@@ -50,7 +50,8 @@ def resample_dead_latents(
     Returns the new state and the number of latents resampled ([] int32). Pure; jit it.
     """
     if not registry.get(sae.arch).has_linear_decoder:
-        raise ConfigError(f"train.resample_every > 0 is not supported for sae.arch={sae.arch!r} (no linear decoder rows)")
+        raise ConfigError(f"train.resample_every > 0 is not supported for sae.arch={sae.arch!r} "
+                          "(no linear decoder rows)")
     params = state.params
     dead = state.steps_since_fired >= dead_steps
     k_draw, k_init = jax.random.split(key)

@@ -315,18 +315,23 @@ def make_train_step(
 ):
     """The pure train step (state, batch [B, d_in]) -> (state, metrics); jit it with `jit_train_step`,
     which compiles it with the step's `compiler_options` (attribute: XLA options for this SAE's
-    matmuls on CPU, see `runtime.step_compiler_options`; {} elsewhere)."""
+    matmuls on CPU, see `runtime.step_compiler_options`; {} elsewhere).
+    A batch may also be a pair (inputs [B, d_in], targets [B, d_out]) for an architecture whose
+    reconstruction's target is not its input (`SAE.d_out`); both are scaled by the state's norm scale."""
     constrain = unit_norm_decoder and registry.get(sae.arch).has_linear_decoder
 
-    def loss_fn(params, x, loss_state, step):
+    def loss_fn(params, x, loss_state, step, target):
         out = sae.forward(params, x, train=True)
-        terms, loss_state = loss.apply(params, x, out, loss_state, step)
+        given = {} if target is None else {"target": target}
+        terms, loss_state = loss.apply(params, x, out, loss_state, step, **given)
         return losses.total(terms), (terms, out, loss_state)
 
-    def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-        x = batch.astype(jnp.float32) * state.norm_scale
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        inputs, targets = batch if isinstance(batch, tuple) else (batch, None)
+        x = inputs.astype(jnp.float32) * state.norm_scale
+        target = None if targets is None else targets.astype(jnp.float32) * state.norm_scale
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (value, (terms, out, loss_state)), grads = grad_fn(state.params, x, state.loss_state, state.step)
+        (value, (terms, out, loss_state)), grads = grad_fn(state.params, x, state.loss_state, state.step, target)
         grads = batch_axis.mean_gradients(grads)  # lax.pmean over pmap replicas; identity otherwise
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -336,7 +341,7 @@ def make_train_step(
         fired = metrics.reset_fired(state.steps_since_fired, metrics.fired_latents(out))
         new_state = TrainState(state.step + 1, params, opt_state, loss_state, fired, state.norm_scale)
         logged = {"loss": value, **{f"loss/{name}": v for name, v in terms.items()}}
-        return new_state, {**logged, **step_metrics(x, out, fired, dead_steps)}
+        return new_state, {**logged, **step_metrics(x if target is None else target, out, fired, dead_steps)}
 
     train_step.compiler_options = runtime.step_compiler_options(sparse=bool(sae.hparams.get("sparse")),
                                                                 dtype=jnp.dtype(sae.hparams.get("dtype", "float32")).name)
