@@ -106,8 +106,12 @@ def base_config() -> ml_collections.ConfigDict:
     # follows the same schedule as one planned that long (a 100-step warm-up cost a 200-step TopK run
     # 0.151 -> 0.170 held-out FVU on MiniLM; BUILD_NOTES.md)
     c.optim.warmup_steps = 10
-    c.optim.decay = "constant"  # constant | cosine | linear (to 0 at train.steps)
-    c.optim.decay_steps = 0  # the decay's length: the last decay_steps steps; 0: every step after the warm-up
+    # constant | cosine | linear (to 0 at train.steps); None: linear for the TopK family and JumpReLU,
+    # constant for the rest (saejax.defaults.lr_decay)
+    c.optim.decay = placeholder(str)
+    # the decay's length: the last decay_steps steps; 0: every step after the warm-up; None: the last
+    # 20 % of train.steps (saejax.defaults.DECAY_FRACTION)
+    c.optim.decay_steps = placeholder(int)
     # jumprelu: the thresholds' steps relative to the rest's; None: saejax.defaults.THRESHOLD_LR_SCALE
     c.optim.threshold_lr_scale = placeholder(float)
     # the decoder rows' steps relative to the rest's; None: 2 for topk/batchtopk/matryoshka, else 1

@@ -12,8 +12,10 @@ reconstruction's target is not the input (an architecture with d_out != d_in, fe
 on only when there is one, so terms written without a `target` argument work for every SAE. `chain(*terms)`
 combines terms into one; the loss is the sum of the returned dict's values, and the dict doubles
 as metrics. Each coefficient is a constant >= 0 or an optax schedule of the step (warm-ups).
-Stateful terms (AuxK's dead-latent counters, KL's running mean) carry their state exactly like
-optimizer state. A new penalty is one new function returning a LossTerm, no edit elsewhere:
+Stateful terms (KL's running mean) carry their state exactly like optimizer state. Terms that ask
+which latents are dead (AuxK, the dead-only pre-activation loss) read the train state's one counter,
+which the train step hands them as ``out.aux["steps_since_fired"]`` (`dead_counter`); resampling
+resets it, so every user sees the same dead latents. A new penalty is one new function returning a LossTerm, no edit elsewhere:
 
     loss = chain(mse(), l1(optax.linear_schedule(0.0, 5.0, 1000)))
     state = loss.init(sae)
@@ -110,6 +112,15 @@ def squared_error(x: jax.Array, x_hat: jax.Array) -> jax.Array:
 def decoder_norms(params) -> jax.Array:
     """||W_dec[i]|| for every latent. -> [d_sae]"""
     return jnp.linalg.norm(params["W_dec"], axis=-1)
+
+
+def dead_counter(out, term: str) -> jax.Array:
+    """The steps since each latent last fired [d_sae] int32, as the train step hands it to the loss
+    terms (``out.aux["steps_since_fired"]``, the train state's counter before this batch)."""
+    if "steps_since_fired" not in out.aux:
+        raise ConfigError(f"{term} reads the dead-latent counter out.aux['steps_since_fired'] [d_sae], which "
+                          "saejax.train's step adds; called on its own, add it to the SAEOutput's aux")
+    return out.aux["steps_since_fired"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,24 +249,19 @@ def pre_act(coeff: Coefficient, dead_steps: int = 0, dead_only: bool = False) ->
     form) or, with `dead_only` (SAELens' form), over the latents silent for `dead_steps` steps
     (w_i = dead_i). It raises pre-activations towards their thresholds, so a latent pushed below
     its threshold for all rows (no reconstruction or straight-through gradient) comes back.
-    State: steps since each latent last fired [d_sae] int32 (dead_only), else none."""
+    No state; the dead-only form reads the train step's counter (`dead_counter`)."""
     schedule = as_schedule(coeff, "loss.pre_act")
     if dead_only and dead_steps <= 0:
         raise ConfigError(f"loss.dead_steps={dead_steps} must be > 0")
 
-    def init(sae):  # steps since each latent last fired, for the dead-only form
-        return jnp.zeros((sae.d_sae,), jnp.int32) if dead_only else ()
-
-    def apply(params, x, out, steps_since_fired, step, target=None):
+    def term(params, x, out, step):
         weight = decoder_norms(params)  # [d_sae]
         if dead_only:
-            weight = jnp.where(steps_since_fired >= dead_steps, weight, 0.0)
-            steps_since_fired = metrics.reset_fired(steps_since_fired, metrics.fired_latents(out))
+            weight = jnp.where(dead_counter(out, "loss.pre_act_dead_only") >= dead_steps, weight, 0.0)
         gap = jax.nn.relu(params["threshold"] - out.pre_acts)  # [B, d_sae]
-        loss = batch_axis.mean(jnp.sum(gap * weight, axis=-1))
-        return {"pre_act": schedule(step) * loss}, steps_since_fired
+        return {"pre_act": schedule(step) * batch_axis.mean(jnp.sum(gap * weight, axis=-1))}
 
-    return LossTerm(init, apply)
+    return stateless(term)
 
 
 def gated_sparsity(coeff: Coefficient) -> LossTerm:
@@ -341,14 +347,14 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_of=None) -> L
     TopK SAEs.
     pre_acts_of: the SAE's `pre_acts_of` (params, x, latents [n] or None) -> [B, n]; default: a
     linear encoder's (x - b_dec) @ W_enc[:, latents] + b_enc[latents] in float32.
-    State: steps since each latent last fired [d_sae] int32."""
+    No state: the dead latents come from the train step's counter (`dead_counter`)."""
     schedule = as_schedule(coeff, "loss.auxk")
     if k_aux <= 0 or dead_steps <= 0:
         raise ConfigError(f"loss.auxk_k={k_aux} and loss.dead_steps={dead_steps} must be > 0")
     encode = pre_acts_of or functools.partial(sae_lib.linear_pre_acts_of, dtype="float32")
 
     def init(sae):
-        return jnp.zeros((sae.d_sae,), jnp.int32)
+        return ()
 
     def dead_latents_loss(capacity):
         """The AuxK loss over a sub-dictionary of `capacity` latents holding every dead one."""
@@ -371,18 +377,18 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_of=None) -> L
 
         return loss
 
-    def apply(params, x, out, steps_since_fired, step, target=None):
+    def apply(params, x, out, state, step, target=None):
         if pre_acts_of is None and "b_enc" not in params:
             raise ConfigError("AuxK's default encoder is linear (W_enc, b_enc); build the term with "
                               "pre_acts_of=sae.pre_acts_of for this SAE (loss_from_config does)")
-        dead = steps_since_fired >= dead_steps
+        dead = dead_counter(out, "loss.auxk") >= dead_steps
         capacities = auxk_capacities(dead.shape[0])
         n_dead = jnp.sum(dead)
         branch = jnp.where(n_dead == 0, 0, 1 + jnp.searchsorted(jnp.asarray(capacities), n_dead))
         branches = [lambda *_: jnp.zeros((), jnp.float32)] + [dead_latents_loss(c) for c in capacities]
         residual = jax.lax.stop_gradient((x if target is None else target) - out.x_hat)
         loss = switch_with_gradient(branch, branches, params, x, residual, dead)
-        return {"auxk": schedule(step) * loss}, metrics.reset_fired(steps_since_fired, metrics.fired_latents(out))
+        return {"auxk": schedule(step) * loss}, state
 
     return LossTerm(init, apply)
 

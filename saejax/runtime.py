@@ -38,6 +38,7 @@ keeps XLA's default everywhere, =eigen takes Eigen everywhere.
 import ctypes
 import ctypes.util
 import functools
+import glob
 import os
 import sys
 
@@ -46,6 +47,8 @@ _MADV_HUGEPAGE = 14
 HUGE_PAGE = 2 << 20
 HUGE_PAGE_RESERVE_CAP = 64 << 30
 DISABLE_ENV = "SAEJAX_NO_MALLOC_TUNING"
+# Device files of NVIDIA GPUs and of TPUs (v4 and later: /dev/accel*, v2/v3: /dev/vfio).
+ACCELERATOR_DEVICES = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
 NO_HUGE_PAGES_ENV = "SAEJAX_NO_HUGE_PAGES"
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 OVERCOMMIT = "/proc/sys/vm/overcommit_memory"
@@ -56,15 +59,26 @@ _done = False
 huge_page_bytes = 0  # the heap range `tune_malloc` advised for huge pages (0: none)
 
 
+def accelerator_host(environ=os.environ, device_globs=ACCELERATOR_DEVICES) -> bool:
+    """Whether JAX will run on a GPU or TPU here, decided before JAX is imported: JAX_PLATFORMS names
+    a platform other than cpu, or (JAX_PLATFORMS unset) a GPU or TPU device file exists. The CPU
+    settings of this module were measured on a CPU-only host and stay off on the others."""
+    platforms = [p.strip() for p in environ.get("JAX_PLATFORMS", "").lower().split(",") if p.strip()]
+    if platforms:
+        return platforms[0] != "cpu"
+    return any(glob.glob(pattern) for pattern in device_globs)
+
+
 def tune_malloc() -> bool:
     """Keep freed heap memory for reuse and back the heap's future large blocks with huge pages
-    (glibc on Linux only; a no-op elsewhere, or when the environment sets SAEJAX_NO_MALLOC_TUNING=1).
+    (glibc on Linux only; a no-op elsewhere, on GPU and TPU hosts (`accelerator_host`), or when the
+    environment sets SAEJAX_NO_MALLOC_TUNING=1).
     Returns whether the allocator settings were applied; `huge_page_bytes` says how much of the heap
     was advised for huge pages (module docstring)."""
     global _done
     if _done:
         return True
-    if not sys.platform.startswith("linux") or _env_set(DISABLE_ENV):
+    if not sys.platform.startswith("linux") or _env_set(DISABLE_ENV) or accelerator_host():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

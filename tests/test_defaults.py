@@ -95,3 +95,15 @@ def test_relu_gets_a_free_decoder_norm_with_a_weighted_l1_and_the_rest_unit_rows
     for arch in ("topk", "jumprelu", "gated", "mlp"):
         resolved, _ = defaults.resolve(config_for(arch))
         assert resolved.train.unit_norm_decoder is True and resolved.loss.l1_decoder_weighted is False, arch
+
+
+@pytest.mark.parametrize("arch, decay", [("topk", "linear"), ("batchtopk", "linear"), ("matryoshka", "linear"),
+                                         ("jumprelu", "linear"), ("relu", "constant"), ("gated", "constant")])
+def test_lr_decays_over_the_last_fifth_where_it_was_measured_to_help(arch, decay):
+    c = base_config()
+    c.sae.arch, c.train.steps = arch, 2000
+    resolved, _ = defaults.resolve(c)
+    assert (resolved.optim.decay, resolved.optim.decay_steps) == (decay, 400)
+    c.optim.decay, c.optim.decay_steps = "cosine", 0  # chosen values stay
+    resolved, _ = defaults.resolve(c)
+    assert (resolved.optim.decay, resolved.optim.decay_steps) == ("cosine", 0)

@@ -74,18 +74,22 @@ def test_warmup_schedule_scales_the_term_by_step():
         assert value == pytest.approx(factor * base, rel=1e-6, abs=1e-12)
 
 
+def _counted(out, counters):
+    """out with the train step's dead-latent counter in its aux, as the loss terms are given it."""
+    return out._replace(aux={**out.aux, "steps_since_fired": counters})
+
+
 def test_chain_merges_terms_and_keeps_state_per_term():
     sae = make_sae("topk", D_IN, D_SAE, k=2)
     params = _perturbed(sae)
     x = _x()
-    out = sae.forward(params, x)
+    out = _counted(sae.forward(params, x), jnp.zeros(D_SAE, jnp.int32))
     parts = [L.mse(), L.kl_sparsity(0.1, rho=0.2), L.l1(0.3), L.auxk(1.0, k_aux=2, dead_steps=3)]
     loss = L.chain(*parts)
     state = loss.init(sae)
     assert isinstance(state, tuple) and len(state) == 4
-    assert state[0] == () and state[2] == ()
+    assert state[0] == () and state[2] == () and state[3] == ()
     np.testing.assert_array_equal(np.asarray(state[1]), np.full(D_SAE, 0.2, np.float32))
-    np.testing.assert_array_equal(np.asarray(state[3]), np.zeros(D_SAE, np.int32))
 
     terms, new_state = loss.apply(params, x, out, state, jnp.asarray(0))
     assert set(terms) == {"mse", "kl", "l1", "auxk"}
@@ -336,14 +340,14 @@ def test_pre_act_loss_pulls_only_dead_latents_up_to_their_thresholds():
     out = sae.forward(params, x)
     term = L.pre_act(0.5, dead_steps=3, dead_only=True)  # SAELens' form
     steps_since_fired = jnp.asarray(np.where(np.arange(D_SAE) < D_SAE // 2, 5, 0), jnp.int32)  # first half dead
-    terms, new_state = term.apply(params, x, out, steps_since_fired, jnp.asarray(0))
+    assert term.init(sae) == ()  # it reads the train step's counter
+    terms, new_state = term.apply(params, x, _counted(out, steps_since_fired), (), jnp.asarray(0))
     theta, norms = _np(params["threshold"]), np.linalg.norm(_np(params["W_dec"]), axis=-1)
     dead = np.arange(D_SAE) < D_SAE // 2
     expected = 0.5 * np.mean(np.sum(np.maximum(theta - pre, 0) * norms * dead, -1))
-    assert float(terms["pre_act"]) == pytest.approx(expected, rel=1e-5)
-    fired = np.any(_np(out.z) != 0, axis=0)
-    np.testing.assert_array_equal(_np(new_state), np.where(fired, 0, _np(steps_since_fired) + 1))
-    grad = jax.grad(lambda p: term.apply(p, x, sae.forward(p, x), steps_since_fired, 0)[0]["pre_act"])(params)
+    assert float(terms["pre_act"]) == pytest.approx(expected, rel=1e-5) and new_state == ()
+    grad = jax.grad(lambda p: term.apply(p, x, _counted(sae.forward(p, x), steps_since_fired), (), 0)[0]["pre_act"])(
+        params)
     assert not _np(grad["b_enc"])[~dead].any() and (_np(grad["b_enc"])[dead] <= 0).all()  # raises pre-acts
     assert _np(grad["b_enc"])[dead].any()
     every = L.pre_act(0.5)  # Anthropic's form: every latent, no window, no state
@@ -467,19 +471,20 @@ def _auxk_reference(params, x, out, dead):
     return scale * np.mean(np.sum((resid - recon) ** 2, -1)), z_aux, resid, recon, scale
 
 
-def test_auxk_zero_without_dead_latents_and_counter_update():
+def test_auxk_zero_without_dead_latents_and_keeps_no_counter_of_its_own():
     sae, params, x = _auxk_setup()
     out = sae.forward(params, x)
     fired = (_np(out.z) != 0).any(0)
     assert fired.any() and not fired.all()
     counters = jnp.asarray([0, 1, 2, 3, 4, 0, 1, 4], jnp.int32)  # all < DEAD_STEPS
     term = L.auxk(1.0, K_AUX, DEAD_STEPS)
-    terms, new = term.apply(params, x, out, counters, jnp.asarray(0))
-    assert float(terms["auxk"]) == 0.0
-    assert new.dtype == jnp.int32
-    np.testing.assert_array_equal(np.asarray(new), np.where(fired, 0, np.asarray(counters) + 1))
-    grads = jax.grad(lambda p: term.apply(p, x, sae.forward(p, x), counters, 0)[0]["auxk"])(params)
+    assert term.init(sae) == ()
+    terms, new = term.apply(params, x, _counted(out, counters), (), jnp.asarray(0))
+    assert float(terms["auxk"]) == 0.0 and new == ()
+    grads = jax.grad(lambda p: term.apply(p, x, _counted(sae.forward(p, x), counters), (), 0)[0]["auxk"])(params)
     assert all(not np.asarray(g).any() for g in jax.tree_util.tree_leaves(grads))
+    with pytest.raises(ConfigError, match="steps_since_fired"):  # the counter is the train step's
+        term.apply(params, x, out, (), 0)
 
 
 @pytest.mark.parametrize("counters", [[0, 7, 2, 5, 9, 0, 6, 1], [9, 0, 0, 0, 0, 5, 0, 0]], ids=["4dead", "2dead"])
@@ -491,11 +496,9 @@ def test_auxk_matches_hand_computation(counters):
     ref, z_aux, *_ , scale = _auxk_reference(params, x, out, dead)
     assert (z_aux > 0).any() and scale == min(1.0, dead.sum() / K_AUX)
     term = L.auxk(0.25, K_AUX, DEAD_STEPS)
-    terms, new = term.apply(params, x, out, counters, jnp.asarray(0))
+    terms, _ = term.apply(params, x, _counted(out, counters), (), jnp.asarray(0))
     assert float(terms["auxk"]) == pytest.approx(0.25 * ref, rel=1e-5)
-    fired = (_np(out.z) != 0).any(0)
-    np.testing.assert_array_equal(np.asarray(new), np.where(fired, 0, np.asarray(counters) + 1))
-    jitted, _ = jax.jit(term.apply)(params, x, out, counters, jnp.asarray(0))
+    jitted, _ = jax.jit(term.apply)(params, x, _counted(out, counters), (), jnp.asarray(0))
     assert float(jitted["auxk"]) == pytest.approx(0.25 * ref, rel=1e-5)
 
 
@@ -506,7 +509,7 @@ def test_auxk_gradient_reaches_only_dead_decoder_rows():
     term = L.auxk(1.0, K_AUX, DEAD_STEPS)
 
     def value(p):
-        return term.apply(p, x, sae.forward(p, x), counters, 0)[0]["auxk"]
+        return term.apply(p, x, _counted(sae.forward(p, x), counters), (), 0)[0]["auxk"]
 
     grad_w = _np(jax.grad(value)(params)["W_dec"])
     out = sae.forward(params, x)
@@ -547,7 +550,7 @@ def test_auxk_over_the_dead_sub_dictionary_matches_the_dense_formula(arch, tied)
 
     @jax.jit
     def ours(p, counters):
-        return jax.value_and_grad(lambda p: term.apply(p, x, sae.forward(p, x), counters, 0)[0]["auxk"])(p)
+        return jax.value_and_grad(lambda p: term.apply(p, x, _counted(sae.forward(p, x), counters), (), 0)[0]["auxk"])(p)
 
     @jax.jit
     def reference(p, counters):
@@ -573,8 +576,9 @@ def test_auxk_default_encoder_is_linear_and_says_so():
     x = _x()
     counters = jnp.full(D_SAE, DEAD_STEPS, jnp.int32)
     with pytest.raises(ConfigError, match="pre_acts_of=sae.pre_acts_of"):
-        L.auxk(1.0, K_AUX, DEAD_STEPS).apply(params, x, gated.forward(params, x), counters, 0)
-    terms, _ = L.auxk(1.0, K_AUX, DEAD_STEPS, gated.pre_acts_of).apply(params, x, gated.forward(params, x), counters, 0)
+        L.auxk(1.0, K_AUX, DEAD_STEPS).apply(params, x, _counted(gated.forward(params, x), counters), (), 0)
+    terms, _ = L.auxk(1.0, K_AUX, DEAD_STEPS, gated.pre_acts_of).apply(
+        params, x, _counted(gated.forward(params, x), counters), (), 0)
     assert float(terms["auxk"]) > 0
 
 
@@ -635,7 +639,7 @@ def _config_terms(cfg, arch, step=0):
     sae = _sae(arch)
     params = _perturbed(sae)
     x = _x()
-    out = sae.forward(params, x)
+    out = _counted(sae.forward(params, x), jnp.zeros(sae.d_sae, jnp.int32))  # as the train step gives it
     loss = L.loss_from_config(cfg, sae)
     return loss.apply(params, x, out, loss.init(sae), jnp.asarray(step))[0], params, x, out
 
@@ -716,13 +720,14 @@ def _every_term():
     ]
 
 
-@pytest.mark.parametrize("name,arch,term,state", _every_term(), ids=[t[0] for t in _every_term()])
-def test_every_term_jits_and_is_finite(name, arch, term, state):
+@pytest.mark.parametrize("name,arch,term,counters", _every_term(), ids=[t[0] for t in _every_term()])
+def test_every_term_jits_and_is_finite(name, arch, term, counters):
     sae = _sae(arch)
     params = _perturbed(sae, scale=0.2)
     x = _x()
-    out = sae.forward(params, x)
-    state = term.init(sae) if state is None else state
+    counters = jnp.zeros(sae.d_sae, jnp.int32) if counters is None else counters  # the train step's dead counter
+    out = _counted(sae.forward(params, x), counters)
+    state = term.init(sae)
     eager, _ = term.apply(params, x, out, state, jnp.asarray(3))
     jitted, new_state = jax.jit(term.apply)(params, x, out, state, jnp.asarray(3))
     assert set(jitted) == set(eager) and jitted
@@ -730,5 +735,6 @@ def test_every_term_jits_and_is_finite(name, arch, term, state):
         assert value.shape == () and np.isfinite(float(value)), key
         assert float(value) == pytest.approx(float(eager[key]), rel=1e-5, abs=1e-6), key
     # and the gradient of the jitted total is finite
-    grads = jax.jit(jax.grad(lambda p: L.total(term.apply(p, x, sae.forward(p, x), state, 3)[0])))(params)
+    grads = jax.jit(jax.grad(lambda p: L.total(term.apply(p, x, _counted(sae.forward(p, x), counters), state, 3)[0])))(
+        params)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))

@@ -202,6 +202,25 @@ def test_bfloat16_compute_trains():
     assert float(metrics["loss"]) < 0.8 * first
 
 
+def test_auxk_sees_the_counter_that_resampling_resets():
+    """One dead-latent counter: AuxK works on the latents the train state calls dead, so after
+    resampling revives them it stops treating them as dead."""
+    sae, loss, optimizer, state = _setup("topk")
+    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer, dead_steps=1000))
+    assert jax.tree.leaves(state.loss_state) == []  # no counter of its own
+    dead = np.zeros(D_SAE, bool)
+    dead[:6] = True
+    state = state._replace(steps_since_fired=jnp.where(dead, 10_000, 0))
+    _, metrics = step(jax.tree.map(jnp.copy, state), _data(seed=3))  # the step donates its state
+    assert float(metrics["loss/auxk"]) > 0  # the dead latents are AuxK's
+    x = jnp.asarray(_data()) * state.norm_scale
+    revived, n = jax.jit(lambda s, x, k: resample_dead_latents(sae, optimizer, s, x, k, dead_steps=1000))(
+        state, x, jax.random.key(7))
+    assert int(n) == 6
+    _, metrics = step(revived, _data(seed=3))
+    assert float(metrics["loss/auxk"]) == 0.0 and float(metrics["dead_fraction"]) == 0.0
+
+
 def test_resampling_replaces_only_dead_latents_and_resets_their_moments():
     sae, loss, optimizer, state = _setup("relu")
     step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
@@ -324,3 +343,17 @@ def test_evaluation_of_a_padded_last_batch_counts_only_its_rows():
     assert got["rows"] == 50
     assert got == pytest.approx(want, rel=1e-6)
     np.testing.assert_array_equal(got_density, want_density)
+
+
+@pytest.mark.parametrize("arch,options", [(arch, {}) for arch in ARCHITECTURES] + [("topk", {"sparse": True})])
+def test_evaluation_measures_what_encode_then_decode_gives(arch, options):
+    sae = make_sae(arch, d_in=8, d_sae=32, k=4, **options)
+    params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape, p.dtype),
+                          sae.init(jax.random.key(0)))
+    rows = jnp.asarray(np.random.default_rng(0).standard_normal((40, 8)), jnp.float32)
+    sums = jax.device_get(jax.jit(lambda p, x: train.evaluation_sums(sae, p, jnp.float32(1.0), x))(params, rows))
+    z = sae.encode(params, rows)
+    x_hat = sae.decode(params, z)
+    np.testing.assert_allclose(sums["sq_err"], float(jnp.sum(jnp.square(rows - x_hat))), rtol=1e-5)
+    np.testing.assert_array_equal(sums["fired"], np.count_nonzero(np.asarray(z), axis=0))
+    assert sums["l0"] == np.count_nonzero(np.asarray(z))

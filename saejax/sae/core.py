@@ -49,7 +49,8 @@ class SAEOutput(NamedTuple):
     pre_acts: [B, d_sae] encoder pre-activations (gated: the magnitude path).
     aux: architecture extras: gated "gate_pre" [B, d_sae]; batchtopk/matryoshka "min_selected" [];
       matryoshka "prefix_x_hats" (one [B, d_in] reconstruction per nested prefix); sparse topk
-      "values" [B, k] (the ReLU'd selected activations) and "indices" [B, k] int32.
+      "values" [B, k] (the ReLU'd selected activations) and "indices" [B, k] int32. In training the
+      step adds "steps_since_fired" [d_sae] int32 (its dead-latent counter) for the loss terms.
     """
 
     x_hat: jax.Array

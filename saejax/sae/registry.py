@@ -93,7 +93,7 @@ class Architecture:
     penalties: the sparsity penalties (loss fields) the loss has; others are switched off.
     reconstruction: the reconstruction loss term, "mse" or "matryoshka_mse" (`saejax.losses`).
     l1_term: the loss term loss.l1 weighs, "l1" or "gated_sparsity".
-    encoder_init_scale, scaled_lr, decoder_lr_scale, auxk, pre_act, free_decoder_norm,
+    encoder_init_scale, scaled_lr, decoder_lr_scale, lr_decay, auxk, pre_act, free_decoder_norm,
     target_l0_from_k: the defaults `saejax.defaults.resolve` fills in (see there).
     export: the SAELens mapping, None when not exportable; export_skip(hparams) -> a reason to skip
       the export of this particular SAE, or None.
@@ -125,6 +125,7 @@ class Architecture:
     encoder_init_scale: float = 0.1
     scaled_lr: bool = False
     decoder_lr_scale: float = 1.0
+    lr_decay: str = "constant"
     auxk: float = 0.0
     pre_act: float = 0.0
     free_decoder_norm: bool = False

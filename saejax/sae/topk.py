@@ -55,9 +55,10 @@ ENCODER_INIT_SCALE = 1 / math.sqrt(3)
 DECODER_LR_SCALE = 2.0
 
 # What the TopK family (topk, batchtopk, matryoshka) declares alike: sparsity from sae.k, no sparsity
-# penalty, the 1/sqrt(d_sae) learning rate (`saejax.defaults.learning_rate`), AuxK on.
+# penalty, the 1/sqrt(d_sae) learning rate (`saejax.defaults.learning_rate`) decaying linearly to 0 over
+# the last fifth of the run (`saejax.defaults.DECAY_FRACTION`), AuxK on.
 FAMILY = dict(tieable=True, needs_k=True, penalties=(), encoder_init_scale=ENCODER_INIT_SCALE, scaled_lr=True,
-              decoder_lr_scale=DECODER_LR_SCALE, auxk=AUXK_COEFF)
+              decoder_lr_scale=DECODER_LR_SCALE, lr_decay="linear", auxk=AUXK_COEFF)
 # BatchTopK's scalar inference threshold has no latent axis.
 SCALAR_THRESHOLD_AXES = {**registry.LINEAR_LATENT_AXES, "threshold": None}
 
