@@ -75,9 +75,8 @@ def train_setup(arch: str, d_in: int, d_sae: int, x, dead_fraction: float = 0.0,
     state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), np.asarray(x[:1024]))
     if dead_fraction:  # dead from the first step, and kept dead by a very negative encoder bias
         n_dead = int(dead_fraction * d_sae)
-        mse_state, counters = state.loss_state
         params = {**state.params, "b_enc": state.params["b_enc"].at[:n_dead].set(-1e3)}
-        state = state._replace(params=params, loss_state=(mse_state, counters.at[:n_dead].set(AUXK_DEAD_STEPS)))
+        state = state._replace(params=params, steps_since_fired=state.steps_since_fired.at[:n_dead].set(AUXK_DEAD_STEPS))
     return saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer)), state
 
 

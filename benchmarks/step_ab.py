@@ -86,8 +86,7 @@ def main(argv):
     state = saejax.init_train_state(sae, loss, optimizer, jax.random.key(0), np.asarray(x[:1024]))
     n_dead = int(_DEAD.value * f)
     if n_dead:
-        mse_state, counters = state.loss_state
-        state = state._replace(loss_state=(mse_state, counters.at[:n_dead].set(DEAD_STEPS)),
+        state = state._replace(steps_since_fired=state.steps_since_fired.at[:n_dead].set(DEAD_STEPS),
                                params={**state.params, "b_enc": state.params["b_enc"].at[:n_dead].set(-1e3)})
     step = saejax.jit_train_step(saejax.make_train_step(sae, loss, optimizer)).lower(state, x).compile()
     state, out = step(state, x)

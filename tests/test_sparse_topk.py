@@ -91,8 +91,7 @@ def test_sparse_training_follows_the_dense_trajectory():
         finals.append((state, logged))
     (s_d, m_d), (s_s, m_s) = finals
     p_d, p_s = s_d.params, s_s.params
-    np.testing.assert_array_equal(s_s.steps_since_fired, s_d.steps_since_fired)  # read off the sparse values
-    np.testing.assert_array_equal(s_s.loss_state[1], s_d.loss_state[1])  # AuxK's own counters
+    np.testing.assert_array_equal(s_s.steps_since_fired, s_d.steps_since_fired)  # read off the sparse values (AuxK's too)
     assert float(m_s["l0"]) == float(m_d["l0"]) and float(m_s["dead_fraction"]) == float(m_d["dead_fraction"])
     assert float(m_d["loss/auxk"]) > 0  # some latents died after 3 steps, so AuxK was active
     for name in p_d:
