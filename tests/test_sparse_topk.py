@@ -39,10 +39,12 @@ def _loss_and_grads(sae, params, x, dead_latents):
     """mse + L1 (so z's gradient is exercised too) + AuxK with `dead_latents` marked dead."""
     loss = losses.chain(losses.mse(), losses.l1(0.3), losses.auxk(0.5, 8, 10, sae.pre_acts_of))
     state = loss.init(sae)
-    state = (state[0], state[1], state[2].at[:dead_latents].set(100))
+    counters = jnp.zeros(sae.d_sae, jnp.int32).at[:dead_latents].set(100)  # the train step's dead counter
 
     def total(params):
-        terms, _ = loss.apply(params, x, sae.forward(params, x), state, jnp.asarray(0))
+        out = sae.forward(params, x)
+        out = out._replace(aux={**out.aux, "steps_since_fired": counters})
+        terms, _ = loss.apply(params, x, out, state, jnp.asarray(0))
         return losses.total(terms), terms
 
     return jax.jit(jax.value_and_grad(total, has_aux=True))(params)
@@ -147,7 +149,8 @@ def test_auxk_needs_no_pre_activation_gradient_from_the_sparse_forward():
     same term as the SAE's own pre_acts_of."""
     _, sparse = _pair()
     params, x = _params(sparse), _x()
-    state = jnp.zeros(D_SAE, jnp.int32).at[:100].set(10)
-    values = [losses.auxk(0.5, 8, 10, *encoder).apply(params, x, sparse.forward(params, x), state, 0)[0]["auxk"]
+    out = sparse.forward(params, x)
+    out = out._replace(aux={**out.aux, "steps_since_fired": jnp.zeros(D_SAE, jnp.int32).at[:100].set(10)})
+    values = [losses.auxk(0.5, 8, 10, *encoder).apply(params, x, out, (), 0)[0]["auxk"]
               for encoder in ((), (sparse.pre_acts_of,))]
     assert float(values[0]) > 0 and float(values[0]) == float(values[1])
