@@ -15,6 +15,7 @@ from saejax import runtime
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_suite_writes_every_section(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--repeats=1", "--peak_tflops=1",
@@ -46,6 +47,7 @@ def test_quick_suite_writes_every_section(tmp_path):
     assert "| relu |" in (tmp_path / "suite.md").read_text()
 
 
+@pytest.mark.slow
 def test_step_ab_times_one_variant_with_latents_kept_dead():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-m", "benchmarks.step_ab", "--d_in=16", "--d_sae=256", "--batch=32",
@@ -56,6 +58,7 @@ def test_step_ab_times_one_variant_with_latents_kept_dead():
     assert row["d_sae"] == 256 and row["dead_fraction"] == 0.1 and row["step_s"] > 0 and row["faults_per_step"] >= 0
 
 
+@pytest.mark.slow
 def test_screen_ab_and_certification_scripts_run(tmp_path):
     """`benchmarks.screen_ab` (screened against unscreened step) and `benchmarks.screen_certification`
     (on a store of random rows instead of a harvested model) at tiny sizes."""
@@ -80,6 +83,7 @@ def test_screen_ab_and_certification_scripts_run(tmp_path):
     assert all(0 <= r["certified_rows"] <= 1 and r["column_norm_max_over_median"] >= 1 for r in cert["rows"])
 
 
+@pytest.mark.slow
 def test_tune_malloc_is_idempotent_and_can_be_turned_off():
     """In subprocesses: the settings are process-wide and should not leak into the test session."""
     code = "from saejax import runtime; print(runtime.tune_malloc(), runtime.tune_malloc())"
@@ -115,6 +119,7 @@ def test_tune_malloc_keeps_a_freed_block_over_2_gib():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not runtime.kernel_takes_huge_page_advice(),
                     reason="needs transparent huge pages on request ([madvise]) and overcommit that is not strict")
+@pytest.mark.slow
 def test_tune_malloc_backs_later_large_blocks_with_huge_pages_without_touching_them():
     """The reserved heap range is address space only (RSS does not grow by it), and a large block
     allocated afterwards, as XLA's scratch is, is faulted in as 2 MiB pages; SAEJAX_NO_HUGE_PAGES=1

@@ -34,6 +34,7 @@ SMALL_SYNTHETIC = [
 ]
 
 
+@pytest.mark.slow
 def test_synthetic_dictionary_recovery_relu_l1_through_the_cli(tmp_path):
     result = run_cli(tmp_path, *SMALL_SYNTHETIC, "--config.train.steps=1500", "--config.loss.l1=1.0",
                      "--config.optim.lr=3e-3")
@@ -42,6 +43,7 @@ def test_synthetic_dictionary_recovery_relu_l1_through_the_cli(tmp_path):
     assert summary["eval"]["mmcs"] >= 0.99, summary
 
 
+@pytest.mark.slow
 def test_synthetic_dictionary_recovery_topk(tmp_path):
     # the small version of experiments/configs/synthetic.py:topk: k = mean active + 1, AuxK with
     # k_aux = d_in / 2 (the default) and a short dead window
@@ -56,6 +58,7 @@ def test_synthetic_dictionary_recovery_topk(tmp_path):
     assert summary["eval"]["mmcs"] >= 0.99, summary
 
 
+@pytest.mark.slow
 def test_workdir_contents_and_resume(tmp_path):
     flags = ["--config.data.source=patches", "--config.data.patch_size=6", "--config.data.n_patches=4000",
              "--config.sae.d_sae=64", "--config.loss.l1=0.1", "--config.train.batch_size=128",
@@ -89,6 +92,7 @@ def _write_npy_store(directory: Path, rows=3000, d=24, seed=0):
     return data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu"])
 def test_npy_export_works_on_raw_activations(tmp_path, arch):
     data = _write_npy_store(tmp_path / "store")
@@ -197,6 +201,7 @@ def test_bad_flags_give_one_error_line(tmp_path, flag):
     assert flag.split("=")[0].split(".")[-1].lstrip("-") in lines[-1]
 
 
+@pytest.mark.slow
 def test_resume_with_incompatible_config_is_one_clear_error(tmp_path):
     flags = [*SMALL_SYNTHETIC, "--config.train.steps=5", "--config.train.log_every=5"]
     assert run_cli(tmp_path, *flags).returncode == 0
@@ -260,6 +265,7 @@ def test_prefetch_keeps_order_and_reraises():
     assert seen == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_trains_on_a_shard_store_folder_with_its_statistics(tmp_path):
     from saejax.data import store
 
@@ -275,6 +281,7 @@ def test_trains_on_a_shard_store_folder_with_its_statistics(tmp_path):
     assert cfg["metadata"]["saejax"]["norm_scale_folded"] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_on_data_of_another_width_is_one_clear_error(tmp_path):
     from saejax.data import store
 
@@ -290,6 +297,7 @@ def test_resume_on_data_of_another_width_is_one_clear_error(tmp_path):
     assert "d_in=24" in last and "width 20" in last and last.startswith("error: ")
 
 
+@pytest.mark.slow
 def test_topk_from_the_default_config_inherits_no_l1_and_reports_held_out_metrics(tmp_path):
     # no --config: the image-patches job (ReLU + L1) with only the architecture changed
     result = run_cli(tmp_path, "--config.sae.arch=topk", "--config.sae.k=8", "--config.data.patch_size=6",
@@ -308,6 +316,7 @@ def test_topk_from_the_default_config_inherits_no_l1_and_reports_held_out_metric
     assert "loss/l1" not in (tmp_path / "metrics.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_a_collapsed_run_stops_with_one_line_and_exports_nothing(tmp_path):
     flags = ["--config.data.patch_size=6", "--config.data.n_patches=4000", "--config.sae.d_sae=64",
              "--config.train.batch_size=128", "--config.train.log_every=10", "--config.train.checkpoint_every=50",

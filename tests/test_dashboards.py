@@ -64,6 +64,7 @@ def test_dashboards_render_in_headless_chromium(pages, tmp_path):
     assert any("boom" in line for line in console)  # the check does see console errors
 
 
+@pytest.mark.slow
 def test_dashboards_cli_needs_a_model_run(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), f"--workdir={tmp_path}",
                           "--config=experiments/configs/synthetic.py", "--config.train.steps=5",

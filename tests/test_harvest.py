@@ -16,6 +16,8 @@ from saejax.harvest import harvest  # noqa: E402
 from saejax.models import corpus  # noqa: E402
 from saejax.models.loading import load_text_model  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the full suite only, not `-m "not slow"`
+
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = [f"Sentence number {i} talks about {topic} in some detail, for a while."
              for i, topic in enumerate(["cats", "dogs", "sparse codes", "JAX", "TPUs", "dictionaries"] * 4)]

@@ -10,6 +10,8 @@ import saejax
 from saejax import analysis, export
 from saejax.errors import DataError
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the full suite only, not `-m "not slow"`
+
 ARCHS = ("relu", "topk", "jumprelu", "gated", "batchtopk")
 D_IN, D_SAE, NORM_SCALE = 12, 40, 2.5
 

@@ -537,6 +537,7 @@ def _auxk_dense_reference(sae, k_aux, dead):
     return value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,tied", [("topk", False), ("topk", True), ("gated", False)])
 def test_auxk_over_the_dead_sub_dictionary_matches_the_dense_formula(arch, tied):
     """d_sae 8192 has sub-dictionaries of 512, 2048 and 4096 latents besides the whole: 100, 1000,

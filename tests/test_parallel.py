@@ -16,6 +16,8 @@ import pytest
 
 import saejax
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the full suite only, not `-m "not slow"`
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "experiments" / "train.py"
 SYNTHETIC = ROOT / "experiments" / "configs" / "synthetic.py"

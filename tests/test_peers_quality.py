@@ -13,6 +13,8 @@ import pytest
 
 from saejax.data.store import write_store
 
+pytestmark = pytest.mark.slow  # end-to-end runs: the full suite only, not `-m "not slow"`
+
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = ("saejax", "saelens", "sparsify", "sparsify_signum")
 

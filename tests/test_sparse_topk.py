@@ -79,6 +79,7 @@ def test_sparse_path_has_the_dense_loss_and_gradients(monkeypatch, tied, dead_la
     assert out_s.aux["indices"].shape == (B, K)
 
 
+@pytest.mark.slow
 def test_sparse_training_follows_the_dense_trajectory():
     dense, sparse = _pair()
     x = np.asarray(_x())
@@ -107,6 +108,7 @@ def _dot_shapes(step, state, x):
     return re.findall(r"= f32\[([\d,]*)\]\{[^}]*\} dot\(", hlo)
 
 
+@pytest.mark.slow
 def test_the_compiled_sparse_step_has_no_dense_decoder_or_encoder_backward_matmul():
     """Dense step: encoder forward, decoder forward, dW_dec, dz and dW_enc are [B, F]-sized dots.
     Sparse: only the encoder forward is; everything else touches k latents per row. (Without AuxK:

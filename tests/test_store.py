@@ -396,6 +396,7 @@ _STREAM_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_while_streaming_a_store_larger_than_the_budget(tmp_path):
     """A 256 MiB store streams through with resident memory growing by less than a 48 MiB budget
     (the shuffle windows are 16 MiB each; nothing stays memory-mapped)."""
