@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.target_l0 = placeholder(float)
     c.loss.target_l0_coeff = defaults.TARGET_L0_COEFF
     # jumprelu: Anthropic's pre-activation loss, λ · Σ_i ReLU(θ_i - pre_i) · ||W_dec[i]||; None: 1e-4 for
-    # jumprelu, else 0 (saejax.defaults.PRE_ACT_COEFF)
+    # jumprelu, else 0 (saejax/sae/jumprelu.py PRE_ACT_COEFF)
     c.loss.pre_act = placeholder(float)
     c.loss.pre_act_dead_only = False  # True: on the dead latents only (SAELens' form), not every latent (Anthropic's)
     c.loss.auxk = placeholder(float)  # AuxK coefficient; None: 1/32 for topk/batchtopk/matryoshka, else 0
@@ -115,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     # jumprelu: the thresholds' steps relative to the rest's; None: saejax.defaults.THRESHOLD_LR_SCALE
     c.optim.threshold_lr_scale = placeholder(float)
     # the decoder rows' steps relative to the rest's; None: 2 for topk/batchtopk/matryoshka, else 1
-    # (saejax.defaults.DECODER_LR_SCALE)
+    # (saejax/sae/topk.py DECODER_LR_SCALE)
     c.optim.decoder_lr_scale = placeholder(float)
     c.optim.grad_clip = placeholder(float)  # > 0: clip the global gradient norm; 0: off; None: 1.0 (saejax.defaults.GRAD_CLIP)
     # > 0: schedule-free training (Defazio et al. 2024) around optim.name with this momentum; evaluation,

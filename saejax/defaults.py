@@ -18,7 +18,7 @@ import math
 import ml_collections
 
 from saejax import sae as sae_lib
-from saejax.sae import jumprelu, registry, topk
+from saejax.sae import registry
 
 # What each architecture is, and its own defaults (encoder init scale, decoder lr scale, AuxK and
 # pre-activation coefficients, free decoder norm, sparsity penalties), is declared by its spec in
@@ -29,8 +29,6 @@ from saejax.sae import jumprelu, registry, topk
 # `penalties`) are switched off by `resolve` (TopK-style SAEs get their sparsity from k; JumpReLU
 # from its L0 term).
 SPARSITY_PENALTIES = ("l1", "tanh", "kl", "l0", "target_l0")
-
-AUXK_COEFF = topk.AUXK_COEFF  # the TopK family's, 1/32 (saejax/sae/topk.py)
 
 # The dead window (config `loss.dead_tokens`): a latent that fired on none of this many training rows
 # counts as dead, for AuxK, resampling and the training dead fraction. Gao et al. 2024 and sparsify use
@@ -88,7 +86,6 @@ TARGET_L0_COEFF = 1.0
 # at 1x and 48.8 at 30x; at the default penalty and lr 3e-3, 10x left FVU 0.108 with 4.0 % of latents
 # dead, 30x 0.110 with 10.4 %; BUILD_NOTES.md).
 THRESHOLD_LR_SCALE = 10.0
-PRE_ACT_COEFF = jumprelu.PRE_ACT_COEFF  # JumpReLU's, 1e-4 (saejax/sae/jumprelu.py)
 
 
 def threshold_lr_scale(chosen: float | None = None) -> float:
@@ -153,8 +150,8 @@ def auxk_coeff(arch: str, chosen: float | None = None) -> float:
 
 
 def pre_act_coeff(arch: str, chosen: float | None = None) -> float:
-    """`chosen` (loss.pre_act) unless it is None, else the architecture's `pre_act`: `PRE_ACT_COEFF` for
-    JumpReLU and 0 for the rest."""
+    """`chosen` (loss.pre_act) unless it is None, else the architecture's `pre_act`: 1e-4 for JumpReLU
+    (saejax/sae/jumprelu.py) and 0 for the rest."""
     return _default(arch, "pre_act", 0.0) if chosen is None else chosen
 
 
@@ -163,7 +160,7 @@ def resolve(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDic
 
     Fields filled in when unset (None): ``train.unit_norm_decoder`` (the spec's `free_decoder_norm`),
     ``loss.l1_decoder_weighted`` (when the decoder norm is free), ``loss.auxk`` (1/32 for the TopK family, else 0),
-    ``loss.pre_act`` (`PRE_ACT_COEFF` for JumpReLU, else 0),
+    ``loss.pre_act`` (1e-4 for JumpReLU, else 0),
     ``optim.lr`` (`learning_rate`), ``optim.grad_clip`` (`grad_clip`), ``optim.decay`` (`lr_decay`),
     ``optim.decay_steps`` (`decay_steps`), ``optim.threshold_lr_scale``,
     ``optim.decoder_lr_scale``, ``loss.target_l0`` (`target_l0`),
@@ -211,11 +208,5 @@ def _default(arch: str, field: str, unknown):
     return unknown if spec is None else getattr(spec, field)
 
 
-# Views of the shipped architectures' specs, by name.
+# The shipped architectures whose sparsity is sae.k (a view of their specs).
 TOPK_FAMILY = tuple(name for name in sae_lib.ARCHITECTURES if registry.get(name).needs_k)
-PENALTIES_OF = {name: registry.get(name).penalties for name in sae_lib.ARCHITECTURES}
-ENCODER_INIT_SCALE = {name: registry.get(name).encoder_init_scale for name in sae_lib.ARCHITECTURES}
-FREE_DECODER_NORM = tuple(name for name in sae_lib.ARCHITECTURES if registry.get(name).free_decoder_norm)
-SCALED_LR_ARCHS = tuple(name for name in sae_lib.ARCHITECTURES if registry.get(name).scaled_lr)
-DECODER_LR_SCALE = {name: registry.get(name).decoder_lr_scale for name in sae_lib.ARCHITECTURES
-                    if registry.get(name).decoder_lr_scale != 1.0}

@@ -15,7 +15,8 @@ as metrics. Each coefficient is a constant >= 0 or an optax schedule of the step
 Stateful terms (KL's running mean) carry their state exactly like optimizer state. Terms that ask
 which latents are dead (AuxK, the dead-only pre-activation loss) read the train state's one counter,
 which the train step hands them as ``out.aux["steps_since_fired"]`` (`dead_counter`); resampling
-resets it, so every user sees the same dead latents. A new penalty is one new function returning a LossTerm, no edit elsewhere:
+resets it, so every user sees the same dead latents. A new penalty is one new function returning a
+LossTerm, no edit elsewhere:
 
     loss = chain(mse(), l1(optax.linear_schedule(0.0, 5.0, 1000)))
     state = loss.init(sae)
