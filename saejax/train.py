@@ -370,7 +370,7 @@ def evaluation_sums(sae: SAE, params: Params, norm_scale: jax.Array, batch: jax.
     rows: [] how many of the batch's leading rows count (None: all); a short last batch padded to
     B rows (with finite values) then compiles into the same program as the others.
     The inference-mode forward, not encode + decode: a sparse TopK SAE then decodes from its k
-    selected rows (1.44x faster at d_sae 16384, the same at 3072; BUILD_NOTES.md)."""
+    selected rows (1.44x faster at d_sae 16384, the same at 3072; BUILD_NOTES.md, "Performance")."""
     x = batch.astype(jnp.float32) * norm_scale
     out = sae.forward(params, x, train=False)
     z, x_hat = out.z, out.x_hat
