@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags, logging
 
-from saejax import loop
+from saejax.evaluate import artifacts
 from saejax.errors import SaejaxError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's --workdir.")
@@ -25,7 +25,7 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     try:
-        print(f"plots in {loop.replot(_WORKDIR.value, _ROWS.value)}")
+        print(f"plots in {artifacts.replot(_WORKDIR.value, _ROWS.value)}")
     except SaejaxError as e:
         sys.exit(f"error: {e}")
 

@@ -12,19 +12,38 @@ or, from a config: `saejax.train_and_evaluate(config, workdir)`; afterwards
 `params, config = saejax.load(workdir)` (params act on raw activations).
 """
 
-from saejax import activations, defaults, losses, metrics
-from saejax.analysis import load
-from saejax.config import base_config
-from saejax.errors import ConfigError, DataError, SaejaxError
-from saejax.export import export_saelens, load_saelens
-from saejax.loop import train_and_evaluate
-from saejax.sae import ARCHITECTURES, SAE, SAEOutput, make_sae, sae_from_config
-from saejax.train import (
-    TrainState,
-    init_train_state,
-    jit_train_step,
-    make_optimizer,
-    make_train_step,
-)
+import importlib
+
+# The public API: each name is imported from its module on first use, so that `import saejax` (and
+# `import saejax.data`, say) costs no more than what is used.
+_EXPORTS = {
+    "load": "saejax.analysis",
+    "base_config": "saejax.config",
+    "ConfigError": "saejax.errors", "DataError": "saejax.errors", "SaejaxError": "saejax.errors",
+    "export_saelens": "saejax.export", "load_saelens": "saejax.export",
+    "make_optimizer": "saejax.optimizers",
+    "ARCHITECTURES": "saejax.sae", "SAE": "saejax.sae", "SAEOutput": "saejax.sae", "make_sae": "saejax.sae",
+    "sae_from_config": "saejax.sae",
+    "TrainState": "saejax.step", "init_train_state": "saejax.step", "jit_train_step": "saejax.step",
+    "make_train_step": "saejax.step",
+    "train_and_evaluate": "saejax.train",
+}
+_SUBMODULES = ("activations", "defaults", "losses", "metrics")
+__all__ = [*_EXPORTS, *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"saejax.{name}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'saejax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __version__ = "0.1.0"

@@ -22,10 +22,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from saejax import checkpoint, downstream, export, train
+from saejax import checkpoint, downstream, export, from_config
+from saejax import step as step_lib
 from saejax.downstream import linear_probe_accuracy, roc_auc
 from saejax.errors import DataError
-from saejax.sae import registry, sae_from_config
+from saejax.sae import sae_from_config
 
 __all__ = ["load", "encode", "reconstruct", "feature_density", "dead_latents", "top_activating", "pca_fvu",
            "linear_probe_accuracy", "roc_auc"]
@@ -77,15 +78,15 @@ def _load_workdir(path: Path):
         if ckpt.latest_step() is None:
             raise DataError(f"{path / 'checkpoints'}: holds no checkpoint yet")
         config = ml_collections.ConfigDict(ckpt.restore_config())
-        sae, loss, optimizer = train.model_from_config(config, ckpt.saved_shape("params", "b_dec")[0])
-        like = train.abstract_train_state(sae, loss, optimizer)
-        state, _, _ = ckpt.restore_latest_good(like, is_good=lambda s: train.all_finite(s.params))
+        sae, loss, optimizer = from_config.model_from_config(config, ckpt.saved_shape("params", "b_dec")[0])
+        like = step_lib.abstract_train_state(sae, loss, optimizer)
+        state, _, _ = ckpt.restore_latest_good(like, is_good=lambda s: step_lib.all_finite(s.params))
     finally:
         ckpt.close()
-    params = jax.tree.map(np.asarray, train.eval_params(sae, state))
+    params = jax.tree.map(np.asarray, step_lib.eval_params(sae, state))
     scale = float(state.norm_scale)
     config.norm_scale = scale
-    if registry.get(sae.arch).has_linear_decoder:
+    if sae.spec.has_linear_decoder:
         params = {k: np.asarray(v) for k, v in export.fold_norm_scale(params, scale).items()}
     return params, config
 
@@ -93,7 +94,7 @@ def _load_workdir(path: Path):
 def _sae_and_scale(params, config):
     """The SAE a loaded config describes, and the factor its inputs need (1 for folded params)."""
     sae = sae_from_config(config.sae, int(np.shape(params["b_dec"])[0]))
-    return sae, (1.0 if registry.get(sae.arch).has_linear_decoder else float(config.get("norm_scale", 1.0)))
+    return sae, (1.0 if sae.spec.has_linear_decoder else float(config.get("norm_scale", 1.0)))
 
 
 def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:

@@ -127,6 +127,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.steps = 2000
     c.train.log_every = 50
     c.train.eval_rows = 100_000  # held-out rows the final metrics are measured on (all of them if fewer)
+    # what runs after training, by name (saejax.evaluate.EVALUATORS): comma-separated, or "auto" = every
+    # evaluator that applies to the run (held-out metrics, dictionary recovery, the source's task, splice
+    # and dashboards with model.name, plots, export)
+    c.train.evaluators = "auto"
     c.train.checkpoint_every = 1000  # also always at the end; 0 = only at the end
     c.train.keep_checkpoints = 2
     # keep decoder rows at unit norm; None: the architecture's default (free for relu, saejax.defaults)
@@ -164,6 +168,14 @@ STRATEGIES = ("none", "pmap", "mesh")
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def complete(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """(a copy of `config` with the architecture's defaults filled in, notes for the user), validated:
+    `saejax.defaults.resolve`, then `validate`."""
+    config, notes = defaults.resolve(config)
+    validate(config)
+    return config, notes
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -37,8 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from saejax import activations, batch_axis, defaults, latent_axis, metrics
-from saejax import sae as sae_lib
-from saejax.sae import registry
+from saejax.sae import linear, registry
 from saejax.errors import ConfigError
 
 Coefficient = float | Callable[[jax.Array], jax.Array]
@@ -352,7 +351,7 @@ def auxk(coeff: Coefficient, k_aux: int, dead_steps: int, pre_acts_of=None) -> L
     schedule = as_schedule(coeff, "loss.auxk")
     if k_aux <= 0 or dead_steps <= 0:
         raise ConfigError(f"loss.auxk_k={k_aux} and loss.dead_steps={dead_steps} must be > 0")
-    encode = pre_acts_of or functools.partial(sae_lib.linear_pre_acts_of, dtype="float32")
+    encode = pre_acts_of or functools.partial(linear.linear_pre_acts_of, dtype="float32")
 
     def init(sae):
         return ()
@@ -430,7 +429,7 @@ def loss_from_config(loss_config, sae) -> LossTerm:
     """The chain of terms the `loss` section of a run's config describes, checked against the SAE
     (what its architecture's spec, `saejax.sae.registry`, says it has)."""
     c = loss_config
-    arch, spec = sae.arch, registry.get(sae.arch)
+    arch, spec = sae.arch, sae.spec
     reconstruction = RECONSTRUCTION_TERMS[spec.reconstruction]
     terms: list[LossTerm] = [reconstruction(c.mse, c.normalized_mse)]
     l1_coeff = _linear_warmup(c.l1, c.l1_warmup_steps, "loss.l1")

@@ -1,6 +1,6 @@
 """Many devices: a ("data", "model") mesh for the one pure train step.
 
-``parallel.strategy='mesh'`` with ``parallel.mesh_shape="D,M"`` runs `train.make_train_step`'s pure
+``parallel.strategy='mesh'`` with ``parallel.mesh_shape="D,M"`` runs `step.make_train_step`'s pure
 function under `jax.jit` over ``jax.sharding.Mesh(devices[D, M], ("data", "model"))``:
 
 - the batch [B, d_in] is split over "data" (B must divide by D);
@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from saejax import batch_axis, latent_axis
-from saejax.sae import registry
+from saejax import step as step_lib
 from saejax.errors import ConfigError
 
 AXES = ("data", "model")
@@ -64,7 +64,7 @@ def check_sizes(mesh: Mesh, sae, batch_size: int) -> None:
     if sae.d_sae % model:
         raise ConfigError(f"sae.d_sae={sae.d_sae} must divide by the mesh's model axis ({model}); "
                           f"parallel.mesh_shape={data},{model}")
-    if model > 1 and not registry.get(sae.arch).has_linear_decoder:
+    if model > 1 and not sae.spec.has_linear_decoder:
         raise ConfigError(f"sae.arch={sae.arch!r} cannot shard its latents; use parallel.mesh_shape='D,1'")
 
 
@@ -193,9 +193,7 @@ def placement(strategy: str, mesh: Mesh | None, sae, optimizer, abstract_state, 
     """The Placement of ``parallel.strategy`` on `mesh` (None for 'none') for `abstract_state`."""
     d_in = sae.d_in
     if strategy == "none":
-        from saejax.train import jit_train_step  # noqa: PLC0415 (train imports nothing from here)
-
-        return Placement(None, None, None, (batch_size, d_in), jit_train_step)
+        return Placement(None, None, None, (batch_size, d_in), step_lib.jit_train_step)
     if strategy == "pmap":
         replicas = mesh.devices.size
         return Placement(mesh, replicated_shardings(mesh, abstract_state), pmap_batch_sharding(mesh),
@@ -203,6 +201,19 @@ def placement(strategy: str, mesh: Mesh | None, sae, optimizer, abstract_state, 
     shardings = state_shardings(mesh, sae, optimizer, abstract_state)
     return Placement(mesh, shardings, batch_sharding(mesh), (batch_size, d_in),
                      lambda step: jit_mesh_step(step, mesh, shardings))
+
+
+def placement_from_config(config, sae, loss, optimizer) -> Placement:
+    """The Placement `config.parallel.strategy` asks for; sizes (and, with several processes, each
+    process's rows) checked before anything compiles."""
+    strategy, batch_size = config.parallel.strategy, config.train.batch_size
+    mesh = None
+    if strategy != "none":
+        mesh = make_mesh(config.parallel.mesh_shape if strategy == "mesh" else "")
+        check_sizes(mesh, sae, batch_size)
+    where = placement(strategy, mesh, sae, optimizer, step_lib.abstract_train_state(sae, loss, optimizer), batch_size)
+    check_process_rows(where)
+    return where
 
 
 def check_process_rows(where: Placement) -> None:

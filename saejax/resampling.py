@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import optax
 
 from saejax.errors import ConfigError
-from saejax.sae import SAE, Params, registry
-from saejax.train import TrainState, unit_rows
+from saejax.sae import SAE, Params
+from saejax.step import TrainState, unit_rows
 
 
 def _replace_latents(value: jax.Array, replacement: jax.Array, dead: jax.Array, axis: int) -> jax.Array:
@@ -49,7 +49,7 @@ def resample_dead_latents(
 
     Returns the new state and the number of latents resampled ([] int32). Pure; jit it.
     """
-    if not registry.get(sae.arch).has_linear_decoder:
+    if not sae.spec.has_linear_decoder:
         raise ConfigError(f"train.resample_every > 0 is not supported for sae.arch={sae.arch!r} "
                           "(no linear decoder rows)")
     params = state.params

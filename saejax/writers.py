@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+
 from saejax import tensorboard as tensorboard_lib
 from saejax.errors import ConfigError
 
@@ -115,3 +117,48 @@ def drop_records_after(workdir: str | Path, step: int) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def say(message: str) -> None:
+    """Print a progress message (from process 0 only in a multi-process run)."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` in one rename (other processes may be reading it)."""
+    tmp = path.with_name(f".{path.name}.{jax.process_index()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class NoWriter:
+    """What processes other than 0 log through: nothing."""
+
+    def write(self, step, scalars, split="train") -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def for_run(workdir: Path, config) -> "MetricWriter | NoWriter":
+    """The writer of a run's metrics as its `log` section asks (a NoWriter outside process 0)."""
+    if jax.process_index() != 0:
+        return NoWriter()
+    log = config.log
+    wandb_run = start_wandb(workdir, json.loads(config.to_json_best_effort()), log.wandb_project,
+                            log.wandb_mode) if log.wandb else None
+    return MetricWriter(workdir, config.train.steps, tensorboard=log.tensorboard, progress=log.progress,
+                        wandb_run=wandb_run)
+
+
+def write_config(workdir: Path, config) -> None:
+    """workdir (made if missing) and workdir/config.json (process 0); ConfigError naming the workdir
+    when it cannot be written."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            write_atomically(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    except OSError as e:
+        raise ConfigError(f"--workdir={workdir}: {e.strerror or e}") from None

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import saejax
-from saejax import export
+from saejax import export, optimizers
+from saejax import step as step_lib
 from saejax.config import base_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,12 +120,12 @@ def test_npy_export_works_on_raw_activations(tmp_path, arch):
 
 
 def _restore_params(workdir, c, sae):
-    from saejax import checkpoint, defaults, losses, train
+    from saejax import checkpoint, defaults, losses
 
     c, _ = defaults.resolve(c)  # as the run did: AuxK on for topk, its dead window in steps
     loss = losses.loss_from_config(c.loss, sae)
-    optimizer = train.optimizer_from_config(c.optim, c.train, sae)
-    like = train.init_train_state(sae, loss, optimizer, jax.random.key(0), np.ones((4, sae.d_in), np.float32))
+    optimizer = optimizers.optimizer_from_config(c.optim, c.train, sae)
+    like = step_lib.init_train_state(sae, loss, optimizer, jax.random.key(0), np.ones((4, sae.d_in), np.float32))
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
     state, _, _ = ckpt.restore_latest_good(like)
     ckpt.close()
@@ -229,9 +230,9 @@ class _SourceWithNanAtStep:
 
 
 def test_non_finite_batch_stops_the_run_naming_step_and_source(tmp_path, monkeypatch):
-    from saejax import loop
+    from saejax import assemble
 
-    monkeypatch.setattr(loop.data, "make_source", lambda data, seed: _SourceWithNanAtStep())
+    monkeypatch.setattr(assemble.data, "make_source", lambda data, seed: _SourceWithNanAtStep())
     c = base_config()
     c.sae.d_sae, c.train.batch_size, c.train.steps, c.log.progress = 16, 32, 20, False
     with pytest.raises(saejax.DataError, match=r"non-finite value inf in the batch at step 7 from "
@@ -240,7 +241,7 @@ def test_non_finite_batch_stops_the_run_naming_step_and_source(tmp_path, monkeyp
 
 
 def test_wrong_batch_width_names_step_and_source():
-    from saejax.loop import check_batch
+    from saejax.data.batches import check_batch
 
     with pytest.raises(saejax.DataError, match=r"batch at step 3 from data.source='npy' has shape \(4, 7\); "
                                                r"the SAE expects \[batch, 8\]"):
@@ -248,7 +249,7 @@ def test_wrong_batch_width_names_step_and_source():
 
 
 def test_prefetch_keeps_order_and_reraises():
-    from saejax.loop import prefetch
+    from saejax.data.batches import prefetch
 
     assert list(prefetch(lambda s: s * s, range(5, 10))) == [(s, s * s) for s in range(5, 10)]
     assert list(prefetch(lambda s: s, [])) == []

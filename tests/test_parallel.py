@@ -32,7 +32,8 @@ _EQUIVALENCE = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np
     import saejax
-    from saejax import latent_axis, losses, parallel, train
+    from saejax import latent_axis, losses, optimizers, parallel, train
+    from saejax import step as step_lib
     from saejax.data.synthetic import SyntheticSource
     from saejax.resampling import resample_dead_latents
 
@@ -57,10 +58,10 @@ _EQUIVALENCE = textwrap.dedent("""
         c, _ = saejax.defaults.resolve(c)  # as a run completes its config (dead window, clipping, ...)
         sae = saejax.sae_from_config(c.sae, 16)
         loss = losses.loss_from_config(c.loss, sae)
-        optimizer = train.optimizer_from_config(c.optim, c.train, sae)
-        pure = train.make_train_step(sae, loss, optimizer, dead_steps=c.loss.dead_steps)
-        fresh = lambda: train.init_train_state(sae, loss, optimizer, jax.random.key(0), source.sample(256))
-        abstract = train.abstract_train_state(sae, loss, optimizer)
+        optimizer = optimizers.optimizer_from_config(c.optim, c.train, sae)
+        pure = step_lib.make_train_step(sae, loss, optimizer, dead_steps=c.loss.dead_steps)
+        fresh = lambda: step_lib.init_train_state(sae, loss, optimizer, jax.random.key(0), source.sample(256))
+        abstract = step_lib.abstract_train_state(sae, loss, optimizer)
 
         where_of = {}
 
@@ -186,7 +187,8 @@ _GATHERS = textwrap.dedent("""
     import json, re
     import jax, numpy as np
     import saejax
-    from saejax import losses, parallel, train
+    from saejax import losses, optimizers, parallel, train
+    from saejax import step as step_lib
     from saejax.data.synthetic import SyntheticSource
 
     source = SyntheticSource(0, d=16, n_features=32, avg_active=3)
@@ -195,11 +197,11 @@ _GATHERS = textwrap.dedent("""
     c, _ = saejax.defaults.resolve(c)
     sae = saejax.sae_from_config(c.sae, 16)
     loss = losses.loss_from_config(c.loss, sae)
-    optimizer = train.optimizer_from_config(c.optim, c.train, sae)
-    pure = train.make_train_step(sae, loss, optimizer, dead_steps=c.loss.dead_steps)
+    optimizer = optimizers.optimizer_from_config(c.optim, c.train, sae)
+    pure = step_lib.make_train_step(sae, loss, optimizer, dead_steps=c.loss.dead_steps)
     where = parallel.placement("mesh", parallel.make_mesh("2,4"), sae, optimizer,
-                               train.abstract_train_state(sae, loss, optimizer), 64)
-    state = parallel.put_state(train.init_train_state(sae, loss, optimizer, jax.random.key(0), source.sample(256)),
+                               step_lib.abstract_train_state(sae, loss, optimizer), 64)
+    state = parallel.put_state(step_lib.init_train_state(sae, loss, optimizer, jax.random.key(0), source.sample(256)),
                                where.state_shardings)
     hlo = where.compile(pure).lower(state, parallel.put_batch(source.batch(0, 64), where)).compile().as_text()
     sizes = [int(np.prod([int(d) for d in m.group(1).split(",") if d]))

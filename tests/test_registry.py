@@ -7,7 +7,8 @@ import optax
 import pytest
 
 import saejax
-from saejax import defaults, losses, train
+from saejax import defaults, from_config, losses, optimizers
+from saejax import step as step_lib
 from saejax.config import base_config
 from saejax.errors import ConfigError
 from saejax.sae import linear, registry, relu
@@ -106,10 +107,10 @@ def test_a_new_architecture_is_one_spec_and_trains_from_a_config(registered):
     assert config.loss.kl == 0.0 and any("loss.kl" in note for note in notes)
     assert config.optim.lr == defaults.OTHER_LR and config.train.unit_norm_decoder
 
-    sae, loss, optimizer = train.model_from_config(config, D_IN)
+    sae, loss, optimizer = from_config.model_from_config(config, D_IN)
     assert sae.arch == "relu6"
-    state = train.init_train_state(sae, loss, optimizer, jax.random.key(0), _data(512, seed=1))
-    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer, dead_steps=config.loss.dead_steps))
+    state = step_lib.init_train_state(sae, loss, optimizer, jax.random.key(0), _data(512, seed=1))
+    step = step_lib.jit_train_step(step_lib.make_train_step(sae, loss, optimizer, dead_steps=config.loss.dead_steps))
     seen = []
     for i in range(30):
         state, metrics = step(state, _data(128, seed=i % 4))
@@ -129,9 +130,9 @@ def test_the_reconstruction_target_may_differ_from_the_input(registered):
 
     mixing = np.random.default_rng(7).normal(size=(D_IN, d_out)).astype(np.float32)
     loss = losses.chain(losses.mse(), losses.l1(1e-3))
-    optimizer = train.make_optimizer(optax.adam(3e-3), sae)
-    state = train.state_at_step_zero(sae, loss, optimizer, params, 1.0)
-    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
+    optimizer = optimizers.make_optimizer(optax.adam(3e-3), sae)
+    state = step_lib.state_at_step_zero(sae, loss, optimizer, params, 1.0)
+    step = step_lib.jit_train_step(step_lib.make_train_step(sae, loss, optimizer))
     seen = []
     for i in range(60):
         x = _data(128, seed=i % 4)

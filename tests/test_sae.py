@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from saejax import sae as sae_lib
+from saejax.sae import linear, topk
 from saejax.errors import ConfigError, DataError
 
 D_IN, D_SAE, K = 16, 48, 4
@@ -147,7 +148,7 @@ def test_batchtopk_train_vs_inference_threshold():
     pre = np.asarray(out.pre_acts)
     np.testing.assert_allclose(z, np.where(pre > updated["threshold"], np.maximum(pre, 0), 0), atol=1e-6)
     later = sae.update_buffers(updated, out._replace(aux={"min_selected": jnp.asarray(1.0)}), jnp.asarray(10**6))
-    expected = updated["threshold"] + (1.0 - updated["threshold"]) / sae_lib.THRESHOLD_WINDOW
+    expected = updated["threshold"] + (1.0 - updated["threshold"]) / topk.THRESHOLD_WINDOW
     np.testing.assert_allclose(later["threshold"], expected, rtol=1e-6)
 
 
@@ -167,7 +168,7 @@ def test_centered_matmul_gradients_match_autodiff():
     g = jax.random.normal(jax.random.key(4), (32, D_SAE))
 
     def ours(x, b, w):
-        return jnp.sum(sae_lib.centered_matmul(x, b, w, "float32") * g)
+        return jnp.sum(linear.centered_matmul(x, b, w, "float32") * g)
 
     def plain(x, b, w):
         return jnp.sum(((x - b) @ w) * g)
@@ -183,10 +184,10 @@ def test_decoder_matmul_gradients_match_autodiff(dtype):
     g = jax.random.normal(jax.random.key(4), (32, D_IN))
 
     def ours(z, w):
-        return jnp.sum(sae_lib.decoder_matmul(z, w, dtype) * g)
+        return jnp.sum(linear.decoder_matmul(z, w, dtype) * g)
 
     def plain(z, w):
-        return jnp.sum(sae_lib.matmul(z, w, dtype) * g)
+        return jnp.sum(linear.matmul(z, w, dtype) * g)
 
     def exact(z, w):
         return jnp.sum(jnp.matmul(z, w, precision="highest") * g)

@@ -8,7 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from saejax import initializers, losses, train
+from saejax import initializers, losses, optimizers
+from saejax.evaluate import heldout
+from saejax import step as step_lib
 from saejax.config import base_config
 from saejax.errors import ConfigError, DataError
 from saejax.resampling import resample_dead_latents
@@ -33,8 +35,8 @@ def _setup(arch, optimizer=None, **loss_fields):
                 "topk": {"auxk": 1 / 32}, "batchtopk": {"auxk": 1 / 32}, "matryoshka": {"auxk": 1 / 32}}
     loss_config.update({**defaults[arch], **loss_fields})
     loss = losses.loss_from_config(loss_config, sae)
-    optimizer = train.make_optimizer(optimizer or optax.adam(3e-3), sae, project_decoder=arch != "mlp")
-    state = train.init_train_state(sae, loss, optimizer, jax.random.key(0), _data(1024, seed=1))
+    optimizer = optimizers.make_optimizer(optimizer or optax.adam(3e-3), sae, project_decoder=arch != "mlp")
+    state = step_lib.init_train_state(sae, loss, optimizer, jax.random.key(0), _data(1024, seed=1))
     return sae, loss, optimizer, state
 
 
@@ -45,9 +47,9 @@ def test_step_compiles_once_and_reduces_loss(arch):
 
     def counted(state, batch):
         traces.append(1)
-        return train.make_train_step(sae, loss, optimizer)(state, batch)
+        return step_lib.make_train_step(sae, loss, optimizer)(state, batch)
 
-    step = train.jit_train_step(counted)
+    step = step_lib.jit_train_step(counted)
     losses_seen = []
     for i in range(40):
         state, metrics = step(state, _data(seed=i % 4))
@@ -61,7 +63,7 @@ def test_step_compiles_once_and_reduces_loss(arch):
 @pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu", "gated"])
 def test_decoder_rows_stay_unit_norm(arch):
     sae, loss, optimizer, state = _setup(arch)
-    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
+    step = step_lib.jit_train_step(step_lib.make_train_step(sae, loss, optimizer))
     for i in range(3):
         state, _ = step(state, _data(seed=i))
         np.testing.assert_allclose(np.linalg.norm(state.params["W_dec"], axis=1), 1.0, rtol=1e-5)
@@ -70,7 +72,7 @@ def test_decoder_rows_stay_unit_norm(arch):
 def test_gradient_projection_leaves_no_parallel_component():
     w = jax.random.normal(jax.random.key(0), (D_SAE, D_IN))
     g = jax.random.normal(jax.random.key(1), (D_SAE, D_IN)) + w  # strongly parallel to start with
-    transform = train.project_decoder_grads()
+    transform = optimizers.project_decoder_grads()
     projected, _ = transform.update({"W_dec": g, "b_dec": jnp.ones(D_IN)}, transform.init(None), {"W_dec": w})
     parallel = np.sum(np.asarray(projected["W_dec"]) * np.asarray(w), axis=1)
     np.testing.assert_allclose(parallel, 0.0, atol=1e-4)
@@ -83,7 +85,7 @@ def test_gradient_projection_leaves_no_parallel_component():
 
 def test_buffers_are_not_moved_by_the_optimizer():
     sae, loss, optimizer, state = _setup("batchtopk", optimizer=optax.adamw(1e-2, weight_decay=0.5))
-    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
+    step = step_lib.jit_train_step(step_lib.make_train_step(sae, loss, optimizer))
     out = sae.forward(state.params, jnp.asarray(_data()) * state.norm_scale)
     new_state, _ = step(state, _data())  # donates `state`
     # the threshold follows the batches' smallest selected activation, weight decay is not applied
@@ -118,8 +120,8 @@ def test_jumprelu_thresholds_start_each_latent_at_the_asked_firing_rate():
     sample = _data(4096, seed=2)
     sae = make_sae("jumprelu", D_IN, D_SAE)
     loss = losses.loss_from_config(base_config().loss, sae)
-    optimizer = train.make_optimizer(optax.adam(1e-3), sae)
-    state = train.init_train_state(sae, loss, optimizer, jax.random.key(0), sample, threshold_rate=0.125)
+    optimizer = optimizers.make_optimizer(optax.adam(1e-3), sae)
+    state = step_lib.init_train_state(sae, loss, optimizer, jax.random.key(0), sample, threshold_rate=0.125)
     x = jnp.asarray(sample) * state.norm_scale
     firing = np.asarray(sae.encode(state.params, x) > 0).mean(axis=0)  # [d_sae]: each latent's share of rows
     threshold = np.asarray(state.params["threshold"])
@@ -127,7 +129,7 @@ def test_jumprelu_thresholds_start_each_latent_at_the_asked_firing_rate():
     assert positive.mean() > 0.5 and np.all(threshold >= 0)
     np.testing.assert_allclose(firing[positive], 0.125, atol=2 / 4096)
     assert np.all(firing[~positive] <= 0.125 + 1e-6)
-    constant = train.init_train_state(sae, loss, optimizer, jax.random.key(0), sample)  # sae.init's thresholds
+    constant = step_lib.init_train_state(sae, loss, optimizer, jax.random.key(0), sample)  # sae.init's thresholds
     assert np.all(np.asarray(constant.params["threshold"]) == 0.0)
     with pytest.raises(ConfigError, match="firing rate 1.5"):
         initializers.jumprelu_thresholds(np.zeros((8, 4), np.float32), 1.5)
@@ -139,7 +141,7 @@ def test_thresholds_and_decoder_rows_can_take_larger_steps_than_the_rest():
     grads = jax.tree.map(jnp.ones_like, params)
 
     def first_update(**scales):
-        optimizer = train.make_optimizer(optax.sgd(0.1), sae, project_decoder=False, **scales)
+        optimizer = optimizers.make_optimizer(optax.sgd(0.1), sae, project_decoder=False, **scales)
         return optimizer.update(grads, optimizer.init(params), params)[0]
 
     plain, scaled = first_update(), first_update(threshold_lr_scale=30.0, decoder_lr_scale=2.0)
@@ -148,52 +150,52 @@ def test_thresholds_and_decoder_rows_can_take_larger_steps_than_the_rest():
     for name in ("W_enc", "b_enc", "b_dec"):
         np.testing.assert_array_equal(scaled[name], plain[name])
     with pytest.raises(ConfigError, match="optim.threshold_lr_scale=0"):
-        train.make_optimizer(optax.sgd(0.1), sae, threshold_lr_scale=0.0)
+        optimizers.make_optimizer(optax.sgd(0.1), sae, threshold_lr_scale=0.0)
     with pytest.raises(ConfigError, match="optim.decoder_lr_scale=-1"):
-        train.make_optimizer(optax.sgd(0.1), sae, decoder_lr_scale=-1.0)
+        optimizers.make_optimizer(optax.sgd(0.1), sae, decoder_lr_scale=-1.0)
 
 
 def test_lr_schedule_warms_up_and_decays():
-    schedule = train.lr_schedule(1e-3, total_steps=100, warmup_steps=10, decay="linear")
+    schedule = optimizers.lr_schedule(1e-3, total_steps=100, warmup_steps=10, decay="linear")
     assert float(schedule(0)) == 0.0
     np.testing.assert_allclose(float(schedule(5)), 5e-4, rtol=1e-5)
     np.testing.assert_allclose(float(schedule(10)), 1e-3, rtol=1e-5)
     np.testing.assert_allclose(float(schedule(100)), 0.0, atol=1e-9)
     with pytest.raises(ConfigError, match="optim.decay='step'"):
-        train.lr_schedule(1e-3, 100, decay="step")
+        optimizers.lr_schedule(1e-3, 100, decay="step")
     with pytest.raises(ConfigError, match="optim.lr=-1"):
-        train.lr_schedule(-1, 100)
+        optimizers.lr_schedule(-1, 100)
 
 
 @pytest.mark.parametrize("decay", ["linear", "cosine"])
 def test_lr_schedule_decays_over_the_last_decay_steps_only(decay):
-    schedule = train.lr_schedule(1e-3, total_steps=100, warmup_steps=10, decay=decay, decay_steps=20)
+    schedule = optimizers.lr_schedule(1e-3, total_steps=100, warmup_steps=10, decay=decay, decay_steps=20)
     np.testing.assert_allclose([float(schedule(s)) for s in (5, 10, 50, 80)], [5e-4, 1e-3, 1e-3, 1e-3], rtol=1e-5)
     np.testing.assert_allclose(float(schedule(90)), 5e-4, rtol=1e-4)  # halfway (cosine too)
     np.testing.assert_allclose(float(schedule(100)), 0.0, atol=1e-9)
     # longer than the run after the warm-up: the whole run decays, as with decay_steps=0
-    whole = train.lr_schedule(1e-3, 100, 10, decay, decay_steps=0)
-    longer = train.lr_schedule(1e-3, 100, 10, decay, decay_steps=500)
+    whole = optimizers.lr_schedule(1e-3, 100, 10, decay, decay_steps=0)
+    longer = optimizers.lr_schedule(1e-3, 100, 10, decay, decay_steps=500)
     np.testing.assert_allclose([float(longer(s)) for s in range(101)], [float(whole(s)) for s in range(101)])
     with pytest.raises(ConfigError, match="optim.decay_steps=-1"):
-        train.lr_schedule(1e-3, 100, decay=decay, decay_steps=-1)
+        optimizers.lr_schedule(1e-3, 100, decay=decay, decay_steps=-1)
 
 
 def test_any_optax_optimizer_by_name():
-    sgd = train.optax_optimizer("sgd", 0.1, b1=0.9)  # options it does not take are dropped
+    sgd = optimizers.optax_optimizer("sgd", 0.1, b1=0.9)  # options it does not take are dropped
     params = {"w": jnp.ones(3)}
     updates, _ = sgd.update({"w": jnp.ones(3)}, sgd.init(params), params)
     np.testing.assert_allclose(updates["w"], -0.1)
     with pytest.raises(ConfigError, match="optim.name='adamm'"):
-        train.optax_optimizer("adamm", 0.1)
+        optimizers.optax_optimizer("adamm", 0.1)
 
 
 def test_bfloat16_compute_trains():
     sae = make_sae("relu", D_IN, D_SAE, dtype="bfloat16")
     loss = losses.chain(losses.mse(), losses.l1(0.1))
-    optimizer = train.make_optimizer(optax.adam(3e-3), sae)
-    state = train.init_train_state(sae, loss, optimizer, jax.random.key(0), _data(1024))
-    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
+    optimizer = optimizers.make_optimizer(optax.adam(3e-3), sae)
+    state = step_lib.init_train_state(sae, loss, optimizer, jax.random.key(0), _data(1024))
+    step = step_lib.jit_train_step(step_lib.make_train_step(sae, loss, optimizer))
     first = None
     for i in range(30):
         state, metrics = step(state, _data(seed=i % 4))
@@ -206,7 +208,7 @@ def test_auxk_sees_the_counter_that_resampling_resets():
     """One dead-latent counter: AuxK works on the latents the train state calls dead, so after
     resampling revives them it stops treating them as dead."""
     sae, loss, optimizer, state = _setup("topk")
-    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer, dead_steps=1000))
+    step = step_lib.jit_train_step(step_lib.make_train_step(sae, loss, optimizer, dead_steps=1000))
     assert jax.tree.leaves(state.loss_state) == []  # no counter of its own
     dead = np.zeros(D_SAE, bool)
     dead[:6] = True
@@ -223,7 +225,7 @@ def test_auxk_sees_the_counter_that_resampling_resets():
 
 def test_resampling_replaces_only_dead_latents_and_resets_their_moments():
     sae, loss, optimizer, state = _setup("relu")
-    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
+    step = step_lib.jit_train_step(step_lib.make_train_step(sae, loss, optimizer))
     for i in range(3):
         state, _ = step(state, _data(seed=i))
     dead = np.zeros(D_SAE, bool)
@@ -270,54 +272,55 @@ def test_dense_steps_run_their_dots_in_eigen_and_sparse_topk_keeps_xla_default(m
     bfloat16 step (YNNPACK has the bf16 kernels) keep XLA's default, SAEJAX_CPU_DOTS overrides both
     ways and rejects other values."""
     from saejax import runtime
+    from saejax import step as step_lib
 
     monkeypatch.delenv(runtime.CPU_DOTS_ENV, raising=False)
     relu, loss, optimizer, state = _setup("relu")
-    step = train.make_train_step(relu, loss, optimizer)
+    step = step_lib.make_train_step(relu, loss, optimizer)
     assert step.compiler_options == runtime.EIGEN_DOTS
-    plain, ynn = _plain_and_library_dots(train.jit_train_step(step), state, _data())
+    plain, ynn = _plain_and_library_dots(step_lib.jit_train_step(step), state, _data())
     assert plain >= 4 and ynn == 0, (plain, ynn)
-    default_plain, default_ynn = _plain_and_library_dots(train.jit_train_step(step, {}), state, _data())
+    default_plain, default_ynn = _plain_and_library_dots(step_lib.jit_train_step(step, {}), state, _data())
     assert default_ynn >= 3, (default_plain, default_ynn)  # XLA's default: YNNPACK takes the forward dots
 
     topk = make_sae("topk", D_IN, 512, k=4, sparse=True)
     topk_loss = losses.chain(losses.mse())
-    assert train.make_train_step(topk, topk_loss, optimizer).compiler_options == {}
+    assert step_lib.make_train_step(topk, topk_loss, optimizer).compiler_options == {}
     relu_bf16 = make_sae("relu", D_IN, 512, dtype="bfloat16")
-    assert train.make_train_step(relu_bf16, loss, optimizer).compiler_options == {}
+    assert step_lib.make_train_step(relu_bf16, loss, optimizer).compiler_options == {}
     monkeypatch.setenv(runtime.CPU_DOTS_ENV, "eigen")
-    assert train.make_train_step(relu_bf16, loss, optimizer).compiler_options == runtime.EIGEN_DOTS
-    assert train.make_train_step(topk, topk_loss, optimizer).compiler_options == runtime.EIGEN_DOTS
+    assert step_lib.make_train_step(relu_bf16, loss, optimizer).compiler_options == runtime.EIGEN_DOTS
+    assert step_lib.make_train_step(topk, topk_loss, optimizer).compiler_options == runtime.EIGEN_DOTS
     monkeypatch.setenv(runtime.CPU_DOTS_ENV, "ynnpack")
-    assert train.make_train_step(relu, loss, optimizer).compiler_options == {}
+    assert step_lib.make_train_step(relu, loss, optimizer).compiler_options == {}
     monkeypatch.setenv(runtime.CPU_DOTS_ENV, "mkl")
     with pytest.raises(ValueError, match="SAEJAX_CPU_DOTS='mkl'"):
-        train.make_train_step(relu, loss, optimizer)
+        step_lib.make_train_step(relu, loss, optimizer)
 
 
 def test_schedule_free_training_evaluates_the_averaged_params_and_keeps_buffers():
     c = base_config()
     c.sae.arch, c.optim.name, c.optim.lr, c.optim.schedule_free_momentum = "batchtopk", "sign_sgd", 1e-2, 0.9
     sae = make_sae("batchtopk", D_IN, D_SAE, k=4)
-    optimizer = train.optimizer_from_config(c.optim, c.train, sae)
+    optimizer = optimizers.optimizer_from_config(c.optim, c.train, sae)
     loss = losses.chain(losses.mse())
-    state = train.init_train_state(sae, loss, optimizer, jax.random.key(0), _data(512))
-    assert train.schedule_free_state(state.opt_state) is not None
-    step = train.jit_train_step(train.make_train_step(sae, loss, optimizer))
+    state = step_lib.init_train_state(sae, loss, optimizer, jax.random.key(0), _data(512))
+    assert step_lib.schedule_free_state(state.opt_state) is not None
+    step = step_lib.jit_train_step(step_lib.make_train_step(sae, loss, optimizer))
     for i in range(5):
         state, _ = step(state, jnp.asarray(_data(256, seed=i + 2)))
-    free = train.schedule_free_state(state.opt_state)
-    averaged = train.eval_params(sae, state)
+    free = step_lib.schedule_free_state(state.opt_state)
+    averaged = step_lib.eval_params(sae, state)
     np.testing.assert_allclose(averaged["W_enc"], (state.params["W_enc"] - 0.1 * free.z["W_enc"]) / 0.9,
                                rtol=1e-5, atol=1e-8)  # float32 rounding where y and (1 - b1) z nearly cancel
     assert not np.allclose(averaged["W_enc"], state.params["W_enc"])
     assert float(averaged["threshold"]) == float(state.params["threshold"]) > 0  # a buffer: as trained
-    plain = train.optimizer_from_config(base_config().optim, c.train, sae)
-    plain_state = train.init_train_state(sae, loss, plain, jax.random.key(0), _data(512))
-    assert train.eval_params(sae, plain_state) is plain_state.params
+    plain = optimizers.optimizer_from_config(base_config().optim, c.train, sae)
+    plain_state = step_lib.init_train_state(sae, loss, plain, jax.random.key(0), _data(512))
+    assert step_lib.eval_params(sae, plain_state) is plain_state.params
     c.optim.schedule_free_momentum = 1.5
     with pytest.raises(ConfigError, match="optim.schedule_free_momentum=1.5"):
-        train.optimizer_from_config(c.optim, c.train, sae)
+        optimizers.optimizer_from_config(c.optim, c.train, sae)
 
 
 @pytest.mark.parametrize("bad", [None, np.nan, np.inf])
@@ -326,8 +329,8 @@ def test_all_finite_reads_host_arrays_like_the_jitted_reduction(bad):
     if bad is not None:
         tree["w"] = tree["w"].at[1, 2].set(bad)
     expected = bad is None
-    assert train.all_finite(tree) is expected
-    assert bool(train._all_finite(tree)) is expected  # the path for arrays outside this process's CPU memory
+    assert step_lib.all_finite(tree) is expected
+    assert bool(step_lib._all_finite(tree)) is expected  # the path for arrays outside this process's CPU memory
 
 
 def test_evaluation_of_a_padded_last_batch_counts_only_its_rows():
@@ -335,11 +338,11 @@ def test_evaluation_of_a_padded_last_batch_counts_only_its_rows():
     params = sae.init(jax.random.key(0))
     rows = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
     scale = jnp.float32(1.0)
-    exact = [train.evaluation_sums(sae, params, scale, rows[:32]), train.evaluation_sums(sae, params, scale, rows[32:])]
+    exact = [heldout.evaluation_sums(sae, params, scale, rows[:32]), heldout.evaluation_sums(sae, params, scale, rows[32:])]
     padded_last = np.concatenate([rows[32:], np.full((14, 8), 7.0, np.float32)])  # 18 real rows + 14 of padding
-    padded = [train.evaluation_sums(sae, params, scale, rows[:32], jnp.int32(32)),
-              train.evaluation_sums(sae, params, scale, padded_last, jnp.int32(18))]
-    (want, want_density), (got, got_density) = (train.combine_evaluation(jax.device_get(s)) for s in (exact, padded))
+    padded = [heldout.evaluation_sums(sae, params, scale, rows[:32], jnp.int32(32)),
+              heldout.evaluation_sums(sae, params, scale, padded_last, jnp.int32(18))]
+    (want, want_density), (got, got_density) = (heldout.combine_evaluation(jax.device_get(s)) for s in (exact, padded))
     assert got["rows"] == 50
     assert got == pytest.approx(want, rel=1e-6)
     np.testing.assert_array_equal(got_density, want_density)
@@ -351,7 +354,7 @@ def test_evaluation_measures_what_encode_then_decode_gives(arch, options):
     params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape, p.dtype),
                           sae.init(jax.random.key(0)))
     rows = jnp.asarray(np.random.default_rng(0).standard_normal((40, 8)), jnp.float32)
-    sums = jax.device_get(jax.jit(lambda p, x: train.evaluation_sums(sae, p, jnp.float32(1.0), x))(params, rows))
+    sums = jax.device_get(jax.jit(lambda p, x: heldout.evaluation_sums(sae, p, jnp.float32(1.0), x))(params, rows))
     z = sae.encode(params, rows)
     x_hat = sae.decode(params, z)
     np.testing.assert_allclose(sums["sq_err"], float(jnp.sum(jnp.square(rows - x_hat))), rtol=1e-5)

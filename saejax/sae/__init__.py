@@ -28,23 +28,6 @@ from saejax.sae.core import (
     make_sae,
     sae_from_config,
 )
-from saejax.sae.gated import gated_magnitude, gated_pre_acts_of
-from saejax.sae.linear import (
-    centered_matmul,
-    decoder_matmul,
-    encoder_weight,
-    init_linear,
-    linear_decode,
-    linear_pre_acts,
-    linear_pre_acts_of,
-    linear_top_k,
-    matmul,
-    random_unit_rows,
-    scatter_rows,
-    selected_pre_acts,
-    sparse_decode,
-)
-from saejax.sae.topk import THRESHOLD_WINDOW
 
 for _spec in (relu.SPEC, topk.TOPK, topk.BATCHTOPK, jumprelu.SPEC, gated.SPEC, matryoshka.SPEC, mlp.SPEC):
     registry.register(_spec)

@@ -88,6 +88,11 @@ class SAE(NamedTuple):
     pre_acts_of: Callable[..., jax.Array] | None = None
     d_out: int | None = None
 
+    @property
+    def spec(self) -> registry.Architecture:
+        """What this SAE's architecture is and can do (its `registry.Architecture`)."""
+        return registry.get(self.arch)
+
 
 # ---------------------------------------------------------------------------------------------
 # Linear building blocks.
@@ -156,7 +161,7 @@ def make_sae(
     """Build the architecture registered as `arch` (see module docstring). Raises ConfigError on bad options.
 
     jumprelu_init_threshold: every JumpReLU threshold's initial value; None leaves them at 0 for
-    `train.init_train_state` to set from the data (`initializers.jumprelu_thresholds`).
+    `step.init_train_state` to set from the data (`initializers.jumprelu_thresholds`).
 
     sparse: topk only: True decodes and back-propagates through the k selected latents only,
     False uses dense matmuls, "auto" picks sparse when d_sae >= SPARSE_MIN_RATIO · k.

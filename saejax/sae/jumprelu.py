@@ -27,7 +27,7 @@ def validate(opts: registry.Options) -> None:
 
 def init(key: jax.Array, opts: registry.Options) -> registry.Params:
     """Linear params, b_enc [d_sae] at zero and threshold [d_sae] at opts.init_threshold (None: 0,
-    for `saejax.train.init_train_state` to set from the data)."""
+    for `saejax.step.init_train_state` to set from the data)."""
     threshold = jnp.full((opts.d_sae,), opts.init_threshold or 0.0, jnp.float32)
     return {**linear.init_linear_of(key, opts), "b_enc": linear.zero_latents(opts), "threshold": threshold}
 

@@ -1,0 +1,78 @@
+"""Everything a run is made of, built once from its config: the completed config, the data
+source, the SAE, loss and optimizer, where the state and batches live, and (with `model.name`) the
+text model whose activations were harvested.
+
+    run = prepare(config, workdir)         # checks everything that needs no data first
+    for step, batch in batches(run, first):
+        ...
+"""
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from saejax import config as config_lib, data, from_config, harvest, parallel, resampling, writers
+from saejax.data import batches as batch_lib
+
+
+class Run(NamedTuple):
+    config: ml_collections.ConfigDict  # completed (`saejax.config.complete`)
+    workdir: Path
+    source: Any  # `saejax.data.Source`
+    sae: Any  # `saejax.sae.SAE`
+    loss: Any  # `saejax.losses.LossTerm`
+    optimizer: optax.GradientTransformation
+    where: parallel.Placement
+    text_model: Any  # `saejax.models` TextModel, or None without model.name
+
+
+def prepare(config, workdir: Path) -> Run:
+    """The Run a config describes, its notes printed; harvests first when `model.name` is set.
+    Everything that needs no training data is checked here, before anything compiles."""
+    config, notes = config_lib.complete(config)
+    for note in notes:
+        writers.say(f"note: {note}")
+    text_model = harvest.prepare_run(config, workdir)
+    source = data.make_source(config.data, config.seed)
+    sae, loss, optimizer = from_config.model_from_config(config, source.d_in)
+    where = parallel.placement_from_config(config, sae, loss, optimizer)
+    return Run(config, workdir, source, sae, loss, optimizer, where, text_model)
+
+
+def describe(run: Run) -> str:
+    """One line saying what trains where."""
+    config = run.config
+    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    strategy = config.parallel.strategy
+    return (f"{run.sae.arch} SAE d_in={run.sae.d_in} d_sae={run.sae.d_sae} on data.source={run.source.name!r}; "
+            f"{jax.device_count()} {jax.default_backend()} device(s){processes}"
+            + (f" as a {dict(run.where.mesh.shape)} mesh" if strategy == "mesh" else "")
+            + (" as pmap replicas" if strategy == "pmap" else "") + f"; workdir {run.workdir}")
+
+
+def batches(run: Run, first: int):
+    """(step, batch) for steps first .. train.steps - 1: this process's rows, checked and copied onto
+    the run's devices on a background thread while the previous step runs."""
+    t = run.config.train
+
+    def next_batch(step):
+        rows = batch_lib.read_local_batch(run.source, step, t.batch_size, run.sae.d_in)
+        return parallel.put_batch(rows, run.where)
+
+    return batch_lib.prefetch(next_batch, range(first, t.steps))
+
+
+def resample_step(run: Run):
+    """Jitted (state, batch, key) -> (state, resampled count): `resampling.resample_dead_latents`
+    over the global batch (pmap's [N, B/N, d_in] flattened); the state stays on its shardings."""
+    sae, shardings = run.sae, run.where.state_shardings
+
+    def resample(state, batch, key):
+        x = batch.reshape(-1, sae.d_in).astype(jnp.float32) * state.norm_scale
+        return resampling.resample_dead_latents(sae, run.optimizer, state, x, key, run.config.loss.dead_steps)
+
+    return jax.jit(resample, out_shardings=None if shardings is None else (shardings, None))

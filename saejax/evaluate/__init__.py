@@ -1,0 +1,83 @@
+"""Evaluators: what a run does with the trained SAE, built by name from `train.evaluators`.
+
+    names = selected(run)                 # "auto": every evaluator that applies to this run
+    results = evaluate_all(run, state, names)
+
+An evaluator is a pair of functions: `applies(run) -> str | None` (why it does not apply, or None)
+and `evaluate(run, state, found) -> dict`, where `run` is the `saejax.assemble.Run`, `state` the host
+TrainState holding the params to evaluate and `found` what the evaluators before it returned.
+Numbers in the results are the run's eval metrics; "density" [d_sae], "eval_split" and "export"
+are the held-out firing density, the split the metrics come from and where the export went.
+Evaluators marked `background` (the plots) run on one worker thread while the rest go on.
+"""
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+from saejax.errors import ConfigError
+from saejax.evaluate import artifacts, heldout, language, tasks
+
+
+class Evaluator(NamedTuple):
+    applies: Callable
+    evaluate: Callable
+    background: bool = False  # draws plots: runs on the worker thread
+    draws: bool = False  # draws plots on this thread: waits for the worker first (one plot at a time)
+
+
+def _always(run) -> None:
+    return None
+
+
+EVALUATORS = {  # in the order they run
+    "curves": Evaluator(_always, artifacts.curves, background=True),
+    "heldout": Evaluator(_always, heldout.evaluate),
+    "dictionary": Evaluator(tasks.dictionary_applies, tasks.dictionary_recovery),
+    "task": Evaluator(tasks.task_applies, tasks.task, draws=True),
+    "splice": Evaluator(language.applies, language.splice_metrics),
+    "dashboards": Evaluator(language.dashboards_apply, language.feature_dashboards),
+    "plots": Evaluator(_always, artifacts.dictionary_plots, background=True),
+    "export": Evaluator(_always, artifacts.export_sae),
+}
+
+
+def selected(run) -> list[str]:
+    """The evaluators `train.evaluators` names for `run`, in running order: "auto" = every one that
+    applies; a comma-separated list = those, each checked to apply (ConfigError naming the field)."""
+    spec = run.config.train.get("evaluators", "auto")
+    if spec == "auto":
+        return [name for name, e in EVALUATORS.items() if e.applies(run) is None]
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in EVALUATORS]
+    if unknown:
+        raise ConfigError(f"train.evaluators={spec!r}: unknown {', '.join(unknown)}; choose from "
+                          f"{', '.join(EVALUATORS)} or 'auto'")
+    for name in names:
+        reason = EVALUATORS[name].applies(run)
+        if reason:
+            raise ConfigError(f"train.evaluators names {name!r}, which does not apply here: {reason}")
+    return [name for name in EVALUATORS if name in names]
+
+
+def evaluate_all(run, state, names: list[str]) -> dict:
+    """Run the evaluators `names` in order on `state`; returns everything they found. A failing
+    evaluator's error propagates after the background work finishes."""
+    found: dict = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate") as background:
+        pending = []
+        for name in names:
+            evaluator = EVALUATORS[name]
+            if evaluator.background:
+                pending.append(background.submit(evaluator.evaluate, run, state, dict(found)))
+                continue
+            if evaluator.draws:
+                _finish(pending, found)
+            found.update(evaluator.evaluate(run, state, found))
+        _finish(pending, found)
+    return found
+
+
+def _finish(pending: list, found: dict) -> None:
+    while pending:
+        found.update(pending.pop(0).result())

@@ -1,0 +1,79 @@
+"""Files a run leaves for people and other tools: plots/training.png (the logged curves),
+plots/density.png and plots/atoms.png (image data) from the held-out density, and the SAELens-format
+export with the normalisation folded back in."""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from saejax import analysis, data, export, from_config, writers
+
+
+def save_training_plot(workdir: Path, records: list[dict]) -> None:
+    """plots/training.png from the train records of metrics.jsonl (`writers.read_metrics`)."""
+    from saejax import plots  # noqa: PLC0415 (matplotlib takes ~0.4 s to import)
+
+    plots.plot_training_curves(records, workdir / "plots" / "training.png")
+
+
+def save_dictionary_plots(workdir: Path, source, sae, params, density: np.ndarray) -> None:
+    """plots/density.png from the latents' firing density [d_sae], and plots/atoms.png (the decoder
+    rows as images, densest first) for image data."""
+    from saejax import plots  # noqa: PLC0415 (matplotlib takes ~0.4 s to import)
+
+    plots.plot_density_histogram(density, workdir / "plots" / "density.png")
+    image_shape = getattr(source, "image_shape", None)
+    if image_shape and "W_dec" in params:
+        order = np.argsort(-density)
+        plots.plot_atoms(np.asarray(params["W_dec"]), tuple(image_shape), workdir / "plots" / "atoms.png",
+                         n=min(sae.d_sae, 256), order=order)
+
+
+def curves(run, state, found: dict) -> dict:
+    """The evaluator drawing plots/training.png."""
+    save_training_plot(run.workdir, writers.read_metrics(run.workdir))
+    return {}
+
+
+def dictionary_plots(run, state, found: dict) -> dict:
+    """The evaluator drawing plots/density.png (+ atoms.png) from the held-out density (zeros
+    without the heldout evaluator)."""
+    density = found.get("density", np.zeros(run.sae.d_sae))
+    save_dictionary_plots(run.workdir, run.source, run.sae, state.params, density)
+    return {}
+
+
+def save_export(workdir: Path, config, sae, state) -> str:
+    """SAELens-format export with the normalisation folded back in; returns what happened."""
+    spec = sae.spec
+    if spec.export is None:
+        return f"skipped: sae.arch={sae.arch!r} has no SAELens equivalent"
+    skip = spec.export_skip(sae.hparams)
+    if skip:
+        return skip
+    params = jax.tree.map(np.asarray, state.params)
+    path = export.export_saelens(
+        workdir / "export", params, arch=sae.arch, d_in=sae.d_in, d_sae=sae.d_sae, k=sae.hparams["k"],
+        norm_scale=float(state.norm_scale), metadata={"data_source": config.data.source, "seed": config.seed},
+    )
+    (Path(path) / analysis.EXPORT_CONFIG).write_text(config.to_json_best_effort(indent=2) + "\n")
+    return str(path)
+
+
+def export_sae(run, state, found: dict) -> dict:
+    """The evaluator writing workdir/export; "export" says where (or why not)."""
+    return {"export": save_export(run.workdir, run.config, run.sae, state)}
+
+
+def replot(workdir: str | Path, rows: int = 16384) -> Path:
+    """Draw `workdir`'s plots again from its metrics and latest good checkpoint (also mid-run, e.g.
+    from another terminal), the densities measured on `rows` rows of its data. Returns plots/."""
+    workdir = Path(workdir)
+    params, config = analysis.load(workdir)
+    source = data.make_source(config.data, config.seed, whole_batches=True)
+    sae, _, _ = from_config.model_from_config(config, source.d_in)
+    density = analysis.feature_density(analysis.encode(params, config, source.sample(rows)))
+    save_training_plot(workdir, writers.read_metrics(workdir))
+    save_dictionary_plots(workdir, source, sae, params, density)
+    return workdir / "plots"

@@ -1,0 +1,39 @@
+"""What a source's own ground truth or task says about the trained SAE: dictionary recovery for data
+with a known dictionary, anomaly ROC-AUC or probe accuracy (with the PCA baseline) for tabular tasks."""
+
+import jax
+import numpy as np
+
+from saejax import downstream, metrics
+
+
+def dictionary_applies(run) -> str | None:
+    """Why dictionary recovery does not apply to `run`, or None."""
+    if getattr(run.source, "dictionary", None) is None:
+        return f"data.source={run.source.name!r} has no ground-truth dictionary"
+    if not run.sae.spec.has_linear_decoder:
+        return f"sae.arch={run.sae.arch!r} has no linear decoder rows"
+    return None
+
+
+def dictionary_recovery(run, state, found: dict) -> dict:
+    """MMCS and Hungarian-matched mean |cos| of the decoder rows against the true dictionary."""
+    learned, truth = np.asarray(state.params["W_dec"]), run.source.dictionary
+    return {"mmcs": float(metrics.mmcs(learned, truth)),
+            "matched_mean_abs_cos": metrics.matched_mean_abs_cos(learned, truth)}
+
+
+def task_applies(run) -> str | None:
+    """Why the source's downstream task does not apply to `run`, or None."""
+    if getattr(run.source, "task", None) is None:
+        return f"data.source={run.source.name!r} has no downstream task"
+    return None
+
+
+def task(run, state, found: dict) -> dict:
+    """The held-out evaluation the source's task asks for (`saejax.downstream.evaluate_task`):
+    anomaly ROC-AUC, or probe accuracy and the PCA baseline, on the source's raw rows."""
+    scale, sae = float(state.norm_scale), run.sae
+    encode = jax.jit(lambda x: sae.encode(state.params, x * scale))
+    decode = jax.jit(lambda z: sae.decode(state.params, z) / scale)
+    return downstream.evaluate_task(run.source, encode, decode, run.workdir / "plots")

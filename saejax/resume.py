@@ -1,0 +1,130 @@
+"""Starting a run: from a fresh state, or from the latest good checkpoint of the same run.
+
+`check_resumable` refuses a workdir holding a run that this config cannot continue (its shapes or
+data stream differ) and prints the harmless differences; `start_state` builds the state the first
+step sees, on the run's shardings.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+
+from saejax import checkpoint, from_config, parallel, step, writers
+from saejax.errors import ConfigError, DataError, SaejaxError
+
+INIT_SAMPLE_ROWS = 8192
+
+# data.* fields a resumed run may change: where the store lives, and what to do with bad rows (the
+# usual fix after a NaN error). Everything else in data.* changes the stream, so it is refused.
+RESUMABLE_DATA_FIELDS = ("path", "on_bad_rows")
+
+
+def _flatten(config_dict: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config_dict.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _resume_fields(config_dict: dict) -> dict:
+    """The config fields a checkpoint's shapes and stream depend on (flattened 'section.field')."""
+    fields = {"seed": config_dict.get("seed"), "optim.name": config_dict.get("optim", {}).get("name")}
+    for section in ("data", "sae"):
+        fields.update({f"{section}.{k}": v for k, v in config_dict.get(section, {}).items()
+                       if not (section == "data" and k in RESUMABLE_DATA_FIELDS)})
+    fields.update({f"loss.{k} is on": bool(v) for k, v in config_dict.get("loss", {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return fields
+
+
+def _differences(saved: dict, current: dict) -> list[str]:
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(saved.keys() | current.keys())
+            if saved.get(k) != current.get(k)]
+
+
+def check_resumable(workdir: Path, config) -> None:
+    """ConfigError listing the differing fields if `workdir` holds a run this config cannot resume;
+    prints the harmless differences (steps, logging, coefficients ...) when it can."""
+    saved_path = workdir / "config.json"
+    if not (saved_path.exists() and any((workdir / "checkpoints").glob("[0-9]*"))):
+        return
+    saved_dict, current_dict = json.loads(saved_path.read_text()), json.loads(config.to_json_best_effort())
+    differing = _differences(_resume_fields(saved_dict), _resume_fields(current_dict))
+    if differing:
+        raise ConfigError(f"--workdir={workdir} holds a run with a different config, which cannot be resumed "
+                          f"({'; '.join(differing)}); use a new --workdir")
+    harmless = _differences(_flatten(saved_dict), _flatten(current_dict))
+    if harmless:
+        print(f"resuming with changed settings: {'; '.join(harmless)}", flush=True)
+    old_steps, optim = saved_dict.get("train", {}).get("steps"), current_dict["optim"]
+    if old_steps != config.train.steps and (optim["decay"] != "constant" or min(old_steps or 0, config.train.steps)
+                                           < optim["warmup_steps"]):
+        print(f"note: the learning-rate schedule depends on train.steps (optim.decay={optim['decay']!r}, "
+              f"optim.warmup_steps={optim['warmup_steps']}), so from the resumed step on it differs from the "
+              "original run's", flush=True)
+
+
+def initial_state(config, source, sae, loss, optimizer, key) -> step.TrainState:
+    """A fresh TrainState: b_dec and the normalisation scale from a data sample (the scale from the
+    store's statistics when it has them)."""
+    try:
+        sample = source.sample(INIT_SAMPLE_ROWS)
+    except DataError as e:
+        raise DataError(f"initialisation sample from data.source={source.name!r}: {e}") from None
+    return step.init_train_state(
+        sae, loss, optimizer, key, sample,
+        normalize=config.sae.normalize_activations, init_b_dec=config.sae.init_b_dec,
+        mean_sq_norm=(getattr(source, "stats", None) or {}).get("mean_sq_norm"),
+        threshold_rate=from_config.jumprelu_threshold_rate(config),
+    )
+
+
+def restore_or_keep(workdir: Path, source, sae, ckpt: checkpoint.Checkpointer, state: step.TrainState):
+    """The latest good checkpoint in `ckpt` restored into `state`'s structure (`state` itself when
+    there is none). Damaged newer steps are set aside with a warning naming them."""
+    if ckpt.latest_step() is None:
+        return state
+    saved = ckpt.saved_shape("params", "b_dec")
+    if saved is not None and saved != (sae.d_in,):
+        raise ConfigError(
+            f"--workdir={workdir} holds a checkpoint of an SAE with d_in={saved[0]}, but "
+            f"data.source={source.name!r} now gives rows of width {sae.d_in}; use a new --workdir or the original data"
+        )
+    try:
+        restored, at, damaged = ckpt.restore_latest_good(state, is_good=lambda s: step.all_finite(s.params))
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"--workdir={workdir}: {e}; if sae.*, loss.* or optim.* changed, use a new --workdir") from None
+    for bad_step, reason in damaged:
+        print(f"warning: the checkpoint at step {bad_step} is damaged ({reason}); set it aside as "
+              f"{ckpt.directory / f'{bad_step}.damaged'} and fell back to step {at}", file=sys.stderr, flush=True)
+    if jax.process_index() == 0:
+        writers.drop_records_after(workdir, at)
+    writers.say(f"resumed from {ckpt.directory} at step {at}")
+    return restored
+
+
+def open_checkpoints(workdir: Path, config) -> checkpoint.Checkpointer:
+    """The run's checkpoint directory, workdir/checkpoints, keeping train.keep_checkpoints steps."""
+    return checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints)
+
+
+def start_state(run, ckpt: checkpoint.Checkpointer, key: jax.Array) -> step.TrainState:
+    """The state `run` (a `saejax.assemble.Run`) starts from, on its shardings: fresh when `ckpt`
+    holds no step (initialised from a data sample), else its latest good checkpoint (restored onto
+    shapes and shardings alone, no data read). Closes `ckpt` if it fails."""
+    shardings = run.where.state_shardings
+    try:
+        if ckpt.latest_step() is None:
+            state = initial_state(run.config, run.source, run.sae, run.loss, run.optimizer, key)
+            return state if shardings is None else parallel.put_state(state, shardings)
+        abstract = step.abstract_train_state(run.sae, run.loss, run.optimizer)
+        like = abstract if shardings is None else parallel.with_shardings(abstract, shardings)
+        return restore_or_keep(run.workdir, run.source, run.sae, ckpt, like)
+    except SaejaxError:
+        ckpt.close()
+        raise
