@@ -8,8 +8,9 @@ round (A B, B A, A B, ... for two), so that drift over the run hits every varian
 a name and, after a colon, shell-quoted tokens that say how its processes differ:
 
 - `VAR=VALUE` (an upper-case environment variable): set in its environment (`VAR=` removes it);
-- `cwd=DIR`: run there (e.g. another checkout: `git worktree add /tmp/old COMMIT`, then
-  `--variant='old: cwd=/tmp/old'`; `python -m` imports both benchmarks and saejax from there);
+- `cwd=DIR`: run there (e.g. another checkout: `git worktree add DIR COMMIT`, then
+  `--variant='old: cwd=DIR'`; `python -m` imports both benchmarks and saejax from there, so that
+  checkout's command must take the same flags);
 - anything else: appended to COMMAND's arguments (flags such as `--config.sae.k=16`).
 
 `{out}` in COMMAND or a variant's arguments becomes a fresh empty folder per process. The
