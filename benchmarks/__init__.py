@@ -1,13 +1,22 @@
-"""Speed and memory benchmarks; each module writes results/NAME.{json,md} (see BUILD_NOTES.md).
+"""Speed and memory benchmarks of saejax, and the peers it is compared with (see BUILD_NOTES.md).
 
-The suite: ``python -m benchmarks.run`` (step times, FLOP/s against the same-run matmul rate,
-memory, scaling with d_sae and batch, bf16, the PyTorch peers). Shared pieces: `median_seconds` /
-`time_steps` / `step_runner` (timing), `numpy_matmul_rate` (the limit), `paired_step_and_limit` (a step's
-fraction of it) and `paired_speedup` (two steps' ratio), both timed in alternation, `train_setup` /
-`relu_l1_setup` (saejax's steps, and the one most benchmarks compare against) and `write_results`.
+- ``python -m benchmarks.run --sections=...``: every measurement of saejax itself, as sections of one
+  suite (run.py; the sections that measure one thing of their own are in `benchmarks.sections`), one
+  JSON and one markdown table per run.
+- The peers: ``benchmarks.peers_quality`` (held-out quality against SAELens and sparsify on the same
+  rows), ``benchmarks.peer_step`` and ``benchmarks.torch_reference`` (their step speed; the suite's
+  peers section starts them).
+- ``python -m benchmarks.ab``: any of these (or any command) under two or more variants, in
+  alternating fresh processes.
+
+Shared pieces: `median_seconds` / `time_steps` / `step_runner` (timing), `numpy_matmul_rate` (the
+limit), `paired_step_and_limit` (a step's fraction of it) and `paired_speedup` (two steps' ratio), both
+timed in alternation, `train_setup` / `relu_l1_setup` (saejax's steps, and the one most benchmarks
+compare against) and `write_results`. Results go to benchmarks/results/latest/.
 """
 
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +34,11 @@ def seconds(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
@@ -113,7 +127,8 @@ def paired_step_and_limit(step, state, batch, d_sae: int, repeats: int, warmup: 
     drifts by ±15 % over minutes, so a limit measured at another time can move a step's fraction of
     it by as much; a ratio per round cancels the drift. batch [B, d], F = d_sae.
     -> {"step_s": median step seconds, "limit_flops_per_s": median numpy rate over the rounds,
-        "fraction_of_limit": median over rounds of (10·B·d·F / step seconds) / numpy rate}"""
+        "fraction_of_limit": median over rounds of (10·B·d·F / step seconds) / numpy rate,
+        "minor_faults_per_step": median of the minor page faults during each timed step}"""
     (b, d), f = batch.shape, d_sae
     one = step_runner(step, state, batch)
     matmuls = numpy_matmuls(b, d, f)
@@ -125,13 +140,15 @@ def paired_step_and_limit(step, state, batch, d_sae: int, repeats: int, warmup: 
     for _ in range(warmup):
         one()
     all_matmuls()
-    step_s, limits = [], []
+    step_s, limits, faults = [], [], []
     for _ in range(repeats):
+        before = minor_faults()
         step_s.append(seconds(one))
+        faults.append(minor_faults() - before)
         limits.append(3 * 2.0 * b * d * f / seconds(all_matmuls))
     fractions = [10.0 * b * d * f / s / limit for s, limit in zip(step_s, limits)]
     return {"step_s": statistics.median(step_s), "limit_flops_per_s": statistics.median(limits),
-            "fraction_of_limit": statistics.median(fractions)}
+            "fraction_of_limit": statistics.median(fractions), "minor_faults_per_step": statistics.median(faults)}
 
 
 def paired_speedup(slow, fast, batch, repeats: int, warmup: int = 1) -> dict:

@@ -44,7 +44,7 @@ by ONE numpy metric on held-out rows.
    encode, saejax's encoders all subtract b_dec first). The metric is checked against SAELens'
    own `SAE.load_from_disk` + encode/decode on the saejax export and on SAELens' saved SAE.
 
-Writes benchmarks/results/peers_quality/OUT.json and OUT.md (--out_dir); training folders and
+Writes benchmarks/results/latest/peers_quality/OUT.json and OUT.md (--out_dir); training folders and
 logs go to --work_dir (default: the temp folder).
 """
 
@@ -106,7 +106,8 @@ _SAEJAX_FLAGS = flags.DEFINE_list("saejax_flags", [], "Extra experiments/train.p
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed of every contender (saejax: config.seed).")
 _EVAL_ROWS = flags.DEFINE_integer("eval_batch", 8192, "Held-out rows scored at a time.")
 _OUT = flags.DEFINE_string("out", "peers_quality", "Name of the result files (OUT.json, OUT.md).")
-_OUT_DIR = flags.DEFINE_string("out_dir", str(ROOT / "benchmarks" / "results" / "peers_quality"), "Result folder.")
+_OUT_DIR = flags.DEFINE_string("out_dir", str(ROOT / "benchmarks" / "results" / "latest" / "peers_quality"),
+                                "Result folder.")
 _WORK_DIR = flags.DEFINE_string("work_dir", "", "Training folders and logs (default: TMP/peers_quality_runs/OUT).")
 # Internal: a torch contender in its own process (python benchmarks/peers_quality.py --worker=NAME ...).
 _WORKER = flags.DEFINE_string("worker", "", "Internal: train this torch contender and exit.")

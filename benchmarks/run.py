@@ -1,48 +1,66 @@
-r"""The performance suite: one command, JSON + a markdown table + a scaling plot.
+r"""The performance suite: every measurement of saejax itself, one command, one JSON + one markdown table.
 
-    python -m benchmarks.run [--sections=limits,steps,speedups,scaling,precision,peers] [--repeats=5] [--plan=full|quick|gpu]
+    python -m benchmarks.run [--sections=NAME,...] [--plan=full|quick|gpu] [--quick] [--repeats=5] [--out=DIR]
+        [--sizes=DxFxB,...] [--variants=REGEX] [--sae_options=KEY=VALUE,...] [--set=SECTION.KEY=VALUE ...]
 
-Sections (each timed in this one process, medians, so that ratios compare like with like):
+Default sections (each timed in this one process, medians, so that ratios compare like with like):
 - limits: the matmul rate this machine reaches on the step's own shapes: numpy f32 into preallocated
   outputs (on CPU, the ceiling) and jax.jit(jnp.matmul) in f32 and bf16 (on GPU/TPU, the ceiling).
 - steps: train-step time of relu+L1, topk (sparse and dense; sparse also with 5 % and 20 % of the
   latents dead, so that AuxK runs as it does through most of a long run, and without the bf16
   pre-screen of `saejax.screening`, which "auto" takes on CPUs with bf16 dots at d_sae >= 1024·k),
-  batchtopk and jumprelu at each size,
-  with FLOP/s counted as the 10·B·d·F FLOPs a minimal dense step needs, that rate as a fraction of
-  the limit, and XLA's memory for the step (arguments + outputs + scratch). On CPU in f32 the
-  fraction is paired: each timed step alternates with numpy's three matmuls on the same shapes, and
-  the median of the per-round ratios is reported, so the machine's drift cancels (±15 % over minutes
-  here); elsewhere the fraction uses the limits section's rate.
+  batchtopk and jumprelu at each size, with FLOP/s counted as the 10·B·d·F FLOPs a minimal dense step
+  needs, that rate as a fraction of the limit, and XLA's memory for the step (arguments + outputs +
+  scratch). On CPU in f32 the fraction is paired: each timed step alternates with numpy's three
+  matmuls on the same shapes, and the median of the per-round ratios is reported, so the machine's
+  drift cancels (±15 % over minutes here); those rows also count the minor page faults of each timed
+  step. Elsewhere the fraction uses the limits section's rate.
 - speedups: the sparse TopK step against the dense relu and dense TopK steps of the same size (and
-  against itself unscreened),
-  timed in alternation (one step of each per round, median of the per-round ratios): the acceptance
-  point "TopK ≥ 4× the dense relu step" without the drift between rows of the steps table.
+  against itself unscreened), timed in alternation (one step of each per round, median of the
+  per-round ratios): the acceptance point "TopK ≥ 4× the dense relu step" without the drift between
+  rows of the steps table.
 - scaling: step time over d_sae = 2^12…2^16 (batch 1024) and over batch = 2^8…2^12 (d_sae 8192) for
   relu, topk dense and topk sparse, plus the decoder alone (forward + backward, dense matmul vs
-  gather/scatter-add): results/scaling.png.
+  gather/scatter-add): OUT/scaling.png.
 - precision: sae.dtype=bfloat16 (bf16 matmul inputs, f32 accumulation and master params) against
   float32: step time, and the held-out FVU of the same training run (experiments/train.py on the
   default image-patch config, relu and topk).
 - peers: PyTorch 2.13 CPU reference steps (SAELens' own training step; sparsify's SparseCoder with
-  its Trainer's update, TopK only; a plain module, eager and torch.compile) against saejax on the same SAE, sizes and optimizer (Adam), each in a fresh process
-  (benchmarks/peer_step.py), in alternating rounds; ratio = peer time / saejax time. Needs torch
-  and sae-lens (the `test` extra). In one process, torch's threads slowed saejax's TopK step at
-  d_sae 32768 from 1.9 s to 4.4 s, hence the separate processes.
+  its Trainer's update, TopK only; a plain module, eager and torch.compile) against saejax on the
+  same SAE, sizes and optimizer (Adam), each in a fresh process (`benchmarks.peer_step`), in
+  alternating rounds; ratio = peer time / saejax time. Needs torch and sae-lens (the `test` extra).
+  In one process, torch's threads slowed saejax's TopK step at d_sae 32768 from 1.9 s to 4.4 s,
+  hence the separate processes.
 
-Writes OUT/suite.json, OUT/suite.md and OUT/scaling.png (OUT: benchmarks/results). Plans: full
-(d_in 512; 20–26 min on 2 CPU cores), quick (tiny sizes, about two minutes; the test suite runs it;
---quick is the same) and gpu (the accelerator sizes: d_in 2304, d_sae 16384 and 65536, batch
-4096, every step in f32 and bf16, each against jax's own matmul rate in its dtype; with
---peak_tflops the bf16 rows also get MFU against that nominal peak). On an accelerator:
+Sections run when named (`benchmarks.sections`: each module says what it measures and how; its
+sizes are its own, `--set=SECTION.KEY=VALUE` changes one, e.g. --set=topk_crossover.d_sae=1024,4096):
+checkpoint (step time with checkpoints vs none), loader (loader rows/s vs the step's), overhead (the
+fixed cost of a CLI run), dense_step (the dense step vs numpy's matmul rate and a plain-autodiff
+step), topk_crossover (sparse vs dense TopK over d_sae), screen_certification (the bf16 screen's
+certified share while training on MiniLM activations).
+
+Narrowing a run (for A/Bs, `benchmarks.ab`): --sizes replaces the plan's (d_in, d_sae, batch) sizes
+of limits, steps, speedups and precision; --variants (a regular expression matched against the
+whole variant name) picks the steps and speedups variants; --sae_options passes make_sae options to
+every saejax step the suite builds (a variant's own options win), e.g. --sae_options=screen=True
+with --variants='topk sparse(, unscreened)?' --sections=speedups times the screen against none.
+
+Writes OUT/suite.json and OUT/suite.md (and OUT/scaling.png with scaling; OUT:
+benchmarks/results/latest/suite). Plans: full (d_in 512; the default sections take 20–26 min on 2
+CPU cores), quick (tiny sizes, about two minutes; the test suite runs it; --quick is the same) and
+gpu (the accelerator sizes: d_in 2304, d_sae 16384 and 65536, batch 4096, every step in f32 and
+bf16, each against jax's own matmul rate in its dtype; with --peak_tflops the bf16 rows also get MFU
+against that nominal peak; the other sections take their full sizes). On an accelerator:
 
     python -m benchmarks.run --plan=gpu --sections=limits,steps,scaling --peak_tflops=989 --out=DIR
 
 The process applies `saejax.runtime.tune_malloc()` first, as experiments/train.py does.
 """
 
+import ast
 import json
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -55,13 +73,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from benchmarks import (median_seconds, numpy_matmul_rate, paired_speedup, paired_step_and_limit, time_steps,
-                        train_setup, write_results)
+from benchmarks import (median_seconds, numpy_matmul_rate, paired_speedup, paired_step_and_limit, sections,
+                        time_steps, train_setup, write_results)
 from saejax import runtime
 from saejax import sae as sae_lib
 
-SECTIONS = ("limits", "steps", "speedups", "scaling", "precision", "peers")
-_SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), f"Which sections to run ({', '.join(SECTIONS)}).")
+DEFAULT_SECTIONS = ("limits", "steps", "speedups", "scaling", "precision", "peers")
+SECTIONS = DEFAULT_SECTIONS + sections.NAMES
+_SECTIONS = flags.DEFINE_list("sections", list(DEFAULT_SECTIONS), f"Which sections to run, in this order: "
+                              f"{', '.join(SECTIONS)} (default: {', '.join(DEFAULT_SECTIONS)}).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions per measurement (medians are reported).")
 _QUICK = flags.DEFINE_bool("quick", False, "Same as --plan=quick.")
 _PLAN = flags.DEFINE_enum("plan", "full", ["full", "quick", "gpu"], "Sizes: full (CPU, d_in 512), quick (tiny: "
@@ -72,7 +92,15 @@ _PEERS_MALLOC = flags.DEFINE_enum("peers_malloc", "tuned", ["tuned", "default"],
                                   "with saejax.runtime.tune_malloc() (tuned: equal conditions) or glibc's defaults.")
 _PEER_CONTENDERS = flags.DEFINE_list("peer_contenders", ["saejax", "saelens", "sparsify", "plain", "compiled"],
                                      "peers: which contenders to time (saejax is always timed: ratios are to it).")
-_OUT = flags.DEFINE_string("out", str(Path(__file__).parent / "results"), "Output directory.")
+_SIZES = flags.DEFINE_list("sizes", None, "D_INxD_SAExBATCH,...: replaces the plan's sizes of limits, steps, "
+                          "speedups and precision (e.g. 512x32768x4096).")
+_VARIANTS = flags.DEFINE_string("variants", None, "steps, speedups: only the variants whose whole name matches "
+                                "this regular expression (e.g. 'relu|topk sparse').")
+_SAE_OPTIONS = flags.DEFINE_list("sae_options", [], "KEY=VALUE,...: make_sae options for every saejax step the "
+                                 "suite builds (Python literals or text; a variant's own options win).")
+_SET = flags.DEFINE_multi_string("set", [], "SECTION.KEY=VALUE: one setting of a section of benchmarks.sections "
+                                 "(e.g. checkpoint.d_sae=8192).")
+_OUT = flags.DEFINE_string("out", str(Path(__file__).parent / "results" / "latest" / "suite"), "Output directory.")
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 32
@@ -106,15 +134,50 @@ VARIANTS = {  # name -> (arch, train_setup options)
 }
 
 
+def parse_sizes(items: list[str]) -> list[tuple[int, int, int]]:
+    """["512x8192x4096", ...] -> [(d_in, d_sae, batch), ...]."""
+    sizes = [tuple(int(v) for v in item.lower().split("x")) for item in items]
+    if any(len(size) != 3 for size in sizes):
+        raise ValueError(f"--sizes={','.join(items)}: write D_INxD_SAExBATCH, e.g. 512x8192x4096")
+    return sizes
+
+
+def literal(text: str):
+    """A Python literal (True, 16, 0.5, 'auto') from text, or the text itself where it is none."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_options(items: list[str]) -> dict:
+    """["KEY=VALUE", ...] -> {KEY: literal(VALUE)}."""
+    pairs = [item.partition("=") for item in items]
+    if any(not (key and sep) for key, sep, _ in pairs):
+        raise ValueError(f"--sae_options={','.join(items)}: write KEY=VALUE,...")
+    return {key: literal(value) for key, _, value in pairs}
+
+
+def chosen_variants(pattern: str | None) -> list[str]:
+    """The VARIANTS names that `pattern` matches whole (None: all)."""
+    return [name for name in VARIANTS if pattern is None or re.fullmatch(pattern, name)]
+
+
 def random_batch(b: int, d: int, seed: int = 1) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).standard_normal((b, d), dtype=np.float32))
 
 
 def saejax_setup(arch: str, d: int, f: int, x: jax.Array, **sae_options):
     """(compiled step, initial state, its memory analysis) of `benchmarks.train_setup` for `arch`, k = K."""
-    step, state = train_setup(arch, d, f, x, k=K, **sae_options)
+    step, state = train_setup(arch, d, f, x, **{"k": K, **sae_options})
     compiled = step.lower(state, x).compile()
     return compiled, state, compiled.memory_analysis()
+
+
+def variant_setup(name: str, d: int, f: int, x: jax.Array, **extra):
+    """`saejax_setup` of the variant `name`: --sae_options, then `extra`, then the variant's own options."""
+    arch, options = VARIANTS[name]
+    return saejax_setup(arch, d, f, x, **{**parse_options(_SAE_OPTIONS.value), **extra, **options})
 
 
 def memory_mib(analysis) -> dict:
@@ -131,9 +194,8 @@ def memory_mib(analysis) -> dict:
 def time_variant(name: str, d: int, f: int, b: int, repeats: int, paired: bool = True, **extra) -> dict:
     """One variant's step: median seconds, FLOP/s on 10·B·d·F, XLA memory and (paired, on CPU in f32)
     its fraction of numpy's matmul rate measured in alternation with it (`paired_step_and_limit`)."""
-    arch, options = VARIANTS[name]
     x = random_batch(b, d)
-    step, state, analysis = saejax_setup(arch, d, f, x, **options, **extra)
+    step, state, analysis = variant_setup(name, d, f, x, **extra)
     row = {"variant": name, "d_in": d, "d_sae": f, "batch": b}
     if paired and jax.default_backend() == "cpu" and extra.get("dtype", "float32") == "float32":
         row.update(paired_step_and_limit(step, state, x, f, repeats), limit="numpy f32, paired")
@@ -179,7 +241,7 @@ def steps(plan: dict, repeats: int, result: dict) -> list[dict]:
     rows = []
     for d, f, b in plan["sizes"]:
         for dtype in plan["step_dtypes"]:
-            for name in VARIANTS:
+            for name in chosen_variants(_VARIANTS.value):
                 row = {**time_variant(name, d, f, b, repeats, dtype=dtype), "dtype": dtype}
                 if "fraction_of_limit" not in row:  # not paired: the limits section's rate
                     limit = limit_for(result, d, f, b, dtype)
@@ -196,12 +258,14 @@ SPEEDUP_PAIRS = [("relu", "topk sparse"), ("topk dense", "topk sparse"), ("relu"
 
 
 def speedups(plan: dict, repeats: int) -> list[dict]:
-    """(slow, fast) variant pairs of SPEEDUP_PAIRS at each size in f32, timed in alternation."""
+    """(slow, fast) variant pairs of SPEEDUP_PAIRS (both chosen by --variants) at each size in f32, timed
+    in alternation."""
+    chosen = chosen_variants(_VARIANTS.value)
     rows = []
     for d, f, b in plan["sizes"]:
         x = random_batch(b, d)
-        for slow, fast in SPEEDUP_PAIRS:
-            pair = [saejax_setup(VARIANTS[name][0], d, f, x, **VARIANTS[name][1])[:2] for name in (slow, fast)]
+        for slow, fast in (pair for pair in SPEEDUP_PAIRS if set(pair) <= set(chosen)):
+            pair = [variant_setup(name, d, f, x)[:2] for name in (slow, fast)]
             row = {"slow": slow, "fast": fast, "d_in": d, "d_sae": f, "batch": b,
                    **paired_speedup(pair[0], pair[1], x, repeats)}
             del pair
@@ -412,41 +476,87 @@ def markdown(result: dict) -> list[str]:
             lines += [f"| {r['arch']} | {r['d_in']} | {r['d_sae']} | {r['batch']} | {r['contender']} | {r['step_s']:.3f} | "
                       f"{r['peer_over_saejax']:.2f} |" for r in result["peers"]["rows"]]
             lines.append("")
+    for name in sections.NAMES:
+        if name in result:
+            lines += [*sections.module(name).table(result[name]), ""]
     return lines
+
+
+def anon_huge_mib() -> float:
+    """MiB of this process's anonymous memory in transparent huge pages (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def check_flags(overrides: dict) -> None:
+    """UsageError for unknown sections, --set on a section that is not run or takes no settings, a
+    --variants that matches nothing, and malformed --sizes / --sae_options."""
+    unknown = set(_SECTIONS.value) - set(SECTIONS)
+    if unknown:
+        raise app.UsageError(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    not_run = set(overrides) - (set(_SECTIONS.value) & set(sections.NAMES))
+    if not_run:
+        raise app.UsageError(f"--set: {sorted(not_run)} not among the sections run that take settings "
+                             f"({', '.join(sections.NAMES)})")
+    if _VARIANTS.value is not None and not chosen_variants(_VARIANTS.value):
+        raise app.UsageError(f"--variants={_VARIANTS.value!r} matches none of: {', '.join(VARIANTS)}")
+    try:
+        parse_options(_SAE_OPTIONS.value)
+        parse_sizes(_SIZES.value or [])
+        for name, values in overrides.items():
+            sections.settings(name, "full", values)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+
+
+def run_section(name: str, plan_name: str, plan: dict, repeats: int, result: dict, out: Path, overrides: dict):
+    """What section `name` measures (JSON-able): with the plan's sizes and --repeats, or (the sections
+    of `benchmarks.sections`) with its own settings for the plan and `overrides`."""
+    if name in sections.NAMES:
+        return sections.module(name).measure(sections.settings(name, plan_name, overrides.get(name, {})))
+    if name == "limits":
+        return limits(plan, repeats)
+    if name == "steps":
+        return steps(plan, repeats, result)
+    if name == "speedups":
+        return speedups(plan, repeats)
+    if name == "scaling":
+        scaled = scaling(plan, max(3, repeats // 2))
+        plot_scaling(scaled, out / "scaling.png")
+        return scaled
+    if name == "precision":
+        return precision(plan, repeats, result)
+    return peers(plan, repeats)
 
 
 def main(argv):
     del argv
-    unknown = set(_SECTIONS.value) - set(SECTIONS)
-    if unknown:
-        raise app.UsageError(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    try:
+        overrides = sections.parse_overrides(_SET.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    check_flags(overrides)
     malloc_tuned = runtime.tune_malloc()  # before the first computation, as in experiments/train.py
     plan_name = "quick" if _QUICK.value else _PLAN.value
     plan, repeats = PLANS[plan_name], _REPEATS.value
+    if _SIZES.value:
+        plan = {**plan, "sizes": parse_sizes(_SIZES.value)}
     out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": platform.processor() or platform.machine(), "backend": jax.default_backend(),
               "devices": [str(d) for d in jax.devices()], "jax": jax.__version__, "numpy": np.__version__,
-              "repeats": repeats, "plan": plan_name, "quick": plan_name == "quick", "malloc_tuned": malloc_tuned}
+              "repeats": repeats, "plan": plan_name, "quick": plan_name == "quick", "malloc_tuned": malloc_tuned,
+              "huge_page_bytes": runtime.huge_page_bytes,
+              "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]])}
     start = time.perf_counter()
-    for section in SECTIONS:
-        if section not in _SECTIONS.value:
-            continue
-        if section == "limits":
-            result["limits"] = limits(plan, repeats)
-        elif section == "steps":
-            result["steps"] = steps(plan, repeats, result)
-        elif section == "speedups":
-            result["speedups"] = speedups(plan, repeats)
-        elif section == "scaling":
-            result["scaling"] = scaling(plan, max(3, repeats // 2))
-            plot_scaling(result["scaling"], out / "scaling.png")
-        elif section == "precision":
-            result["precision"] = precision(plan, repeats, result)
-        elif section == "peers":
-            result["peers"] = peers(plan, repeats)
-        print(f"{section}: done at {time.perf_counter() - start:.0f} s", flush=True)
+    for name in (s for s in SECTIONS if s in _SECTIONS.value):
+        result[name] = run_section(name, plan_name, plan, repeats, result, out, overrides)
+        print(f"{name}: done at {time.perf_counter() - start:.0f} s", flush=True)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["anon_huge_mib"] = anon_huge_mib()
     result["seconds"] = time.perf_counter() - start
     write_results(out, "suite", result, markdown(result))
 
