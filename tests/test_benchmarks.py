@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from saejax import runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,78 +80,3 @@ def test_screen_ab_and_certification_scripts_run(tmp_path):
     cert = json.loads((tmp_path / "cert" / "certification.json").read_text())
     assert [r["step"] for r in cert["rows"]] == [0, 1, 2] and cert["d_in"] == 16
     assert all(0 <= r["certified_rows"] <= 1 and r["column_norm_max_over_median"] >= 1 for r in cert["rows"])
-
-
-@pytest.mark.slow
-def test_tune_malloc_is_idempotent_and_can_be_turned_off():
-    """In subprocesses: the settings are process-wide and should not leak into the test session."""
-    code = "from saejax import runtime; print(runtime.tune_malloc(), runtime.tune_malloc())"
-    env = {k: v for k, v in os.environ.items() if k != runtime.DISABLE_ENV}
-    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    linux = str(sys.platform.startswith("linux"))
-    assert on.stdout.split() == [linux, linux]
-    off = subprocess.run([sys.executable, "-c", code], env={**env, runtime.DISABLE_ENV: "1"},
-                         capture_output=True, text=True, check=True)
-    assert off.stdout.split() == ["False", "False"]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_tune_malloc_keeps_a_freed_block_over_2_gib():
-    """A step's scratch past 2 GiB (d_sae 32768, batch 4096) must stay in the heap when freed: a trim
-    threshold capped at INT_MAX returned it to the system, and the next step faulted it in again."""
-    code = """if True:
-        import ctypes
-        from saejax import runtime
-        assert runtime.tune_malloc()
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-        libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
-        block = libc.malloc(3 << 30)  # never touched: no page is faulted in
-        top = libc.sbrk(0)
-        libc.free(ctypes.c_void_p(block))
-        print(block < top, libc.sbrk(0) == top)  # from the heap, and the heap did not shrink
-    """
-    env = {k: v for k, v in os.environ.items() if k != runtime.DISABLE_ENV}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["True", "True"]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not runtime.kernel_takes_huge_page_advice(),
-                    reason="needs transparent huge pages on request ([madvise]) and overcommit that is not strict")
-@pytest.mark.slow
-def test_tune_malloc_backs_later_large_blocks_with_huge_pages_without_touching_them():
-    """The reserved heap range is address space only (RSS does not grow by it), and a large block
-    allocated afterwards, as XLA's scratch is, is faulted in as 2 MiB pages; SAEJAX_NO_HUGE_PAGES=1
-    leaves the allocator settings on and the huge pages off."""
-    code = """if True:
-        import ctypes
-        from saejax import runtime
-        def rss():
-            return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) << 10
-        before = rss()
-        applied = runtime.tune_malloc()
-        grown = rss() - before
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-        block = libc.malloc(64 << 20)
-        ctypes.memset(block, 1, 64 << 20)
-        huge, overlaps = 0, False
-        for line in open("/proc/self/smaps"):  # the mappings that overlap the block
-            first = line.split()[0]
-            if "-" in first and not first.endswith(":"):
-                lo, hi = (int(a, 16) for a in first.split("-"))
-                overlaps = lo < block + (64 << 20) and block < hi
-            elif first == "AnonHugePages:" and overlaps:
-                huge += int(line.split()[1]) << 10
-        print(applied, runtime.huge_page_bytes, grown, huge)
-    """
-    env = {k: v for k, v in os.environ.items() if k not in (runtime.DISABLE_ENV, runtime.NO_HUGE_PAGES_ENV)}
-    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    applied, advised, grown, huge = on.stdout.split()
-    assert applied == "True" and int(advised) >= 1 << 30
-    assert int(grown) < 32 << 20  # the reservation itself is never written
-    assert int(huge) >= 32 << 20  # most of the 64 MiB block came as 2 MiB pages
-    off = subprocess.run([sys.executable, "-c", code], env={**env, runtime.NO_HUGE_PAGES_ENV: "1"},
-                         capture_output=True, text=True, check=True)
-    applied, advised, _, huge = off.stdout.split()
-    assert applied == "True" and advised == "0" and huge == "0"
