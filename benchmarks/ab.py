@@ -20,10 +20,10 @@ to dotted names (`steps.0.step_s`), are the metrics, and `wall_s` (the process's
 always one. --metrics keeps the names matching any of the given shell-style patterns. Reports each
 metric's median per variant and, for each later variant, the median over rounds of its value
 divided by the first variant's in the same round. Writes OUT/NAME.json (every process's metrics as
-well) and OUT/NAME.md, and prints the table. Examples: the heap's huge pages on and off, timed by
+well) and OUT/NAME.md, and prints the table. Examples: the allocator settings on and off, timed by
 the suite's steps section; and a training run with a config override, scored by its summary.json:
 
-    python -m benchmarks.ab --runs=4 --variant=on --variant='off: SAEJAX_NO_HUGE_PAGES=1' \
+    python -m benchmarks.ab --runs=4 --variant=on --variant='off: SAEJAX_NO_MALLOC_TUNING=1' \
         --result=suite.json --metrics='steps.*.step_s,steps.*.fraction_of_limit' -- \
         python -m benchmarks.run --sections=steps --variants=relu --sizes=512x8192x4096 --out={out}
     python -m benchmarks.ab --runs=3 --variant=k32 --variant='k16: --config.sae.k=16' --result=summary.json \

@@ -17,15 +17,15 @@ _D_IN = flags.DEFINE_integer("d_in", 512, "Input width.")
 _D_SAE = flags.DEFINE_integer("d_sae", 8192, "Dictionary size.")
 _BATCH = flags.DEFINE_integer("batch", 4096, "Batch size.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (the median is printed).")
-_MALLOC = flags.DEFINE_enum("malloc", "tuned", ["tuned", "default"], "tuned: saejax.runtime.tune_malloc() first.")
+_MALLOC = flags.DEFINE_enum("malloc", "tuned", ["tuned", "default"], "tuned: saejax.kernels.cpu.tune_malloc() first.")
 
 
 def main(argv):
     del argv
     if _MALLOC.value == "tuned":
-        from saejax import runtime  # noqa: PLC0415
+        from saejax.kernels import cpu  # noqa: PLC0415
 
-        runtime.tune_malloc()
+        cpu.tune_malloc()
     import numpy as np  # noqa: PLC0415
 
     from benchmarks import median_seconds, step_runner  # noqa: PLC0415

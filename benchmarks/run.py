@@ -54,7 +54,7 @@ against that nominal peak; the other sections take their full sizes). On an acce
 
     python -m benchmarks.run --plan=gpu --sections=limits,steps,scaling --peak_tflops=989 --out=DIR
 
-The process applies `saejax.runtime.tune_malloc()` first, as experiments/train.py does.
+The process applies `saejax.kernels.cpu.tune_malloc()` first, as experiments/train.py does.
 """
 
 import ast
@@ -75,8 +75,8 @@ from absl import app, flags
 
 from benchmarks import (median_seconds, numpy_matmul_rate, paired_speedup, paired_step_and_limit, sections,
                         time_steps, train_setup, write_results)
-from saejax import runtime
-from saejax import sae as sae_lib
+from saejax.kernels import cpu
+from saejax.sae import linear
 
 DEFAULT_SECTIONS = ("limits", "steps", "speedups", "scaling", "precision", "peers")
 SECTIONS = DEFAULT_SECTIONS + sections.NAMES
@@ -89,7 +89,7 @@ _PLAN = flags.DEFINE_enum("plan", "full", ["full", "quick", "gpu"], "Sizes: full
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "The device's nominal dense bf16 peak (TFLOP/s; H100/H200 "
                                   "SXM: 989); when set, bf16 step rows also report MFU against it.")
 _PEERS_MALLOC = flags.DEFINE_enum("peers_malloc", "tuned", ["tuned", "default"], "peers: every contender's process "
-                                  "with saejax.runtime.tune_malloc() (tuned: equal conditions) or glibc's defaults.")
+                                  "with saejax.kernels.cpu.tune_malloc() (tuned: equal conditions) or glibc's defaults.")
 _PEER_CONTENDERS = flags.DEFINE_list("peer_contenders", ["saejax", "saelens", "sparsify", "plain", "compiled"],
                                      "peers: which contenders to time (saejax is always timed: ratios are to it).")
 _SIZES = flags.DEFINE_list("sizes", None, "D_INxD_SAExBATCH,...: replaces the plan's sizes of limits, steps, "
@@ -286,9 +286,9 @@ def decoder_only_seconds(d: int, f: int, b: int, sparse: bool, repeats: int) -> 
     def loss(w_dec, values):
         params = {"W_dec": w_dec, "b_dec": jnp.zeros(d)}
         if sparse:
-            x_hat = sae_lib.sparse_decode(params, values, indices, "float32")
+            x_hat = linear.sparse_decode(params, values, indices, "float32")
         else:
-            x_hat = sae_lib.linear_decode(params, sae_lib.scatter_rows(values, indices, f), "float32")
+            x_hat = linear.linear_decode(params, linear.scatter_rows(values, indices, f), "float32")
         return jnp.sum(jnp.square(x_hat - target))
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
@@ -539,7 +539,7 @@ def main(argv):
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     check_flags(overrides)
-    malloc_tuned = runtime.tune_malloc()  # before the first computation, as in experiments/train.py
+    malloc_tuned = cpu.tune_malloc()  # before the first computation, as in experiments/train.py
     plan_name = "quick" if _QUICK.value else _PLAN.value
     plan, repeats = PLANS[plan_name], _REPEATS.value
     if _SIZES.value:
@@ -549,7 +549,6 @@ def main(argv):
     result = {"machine": platform.processor() or platform.machine(), "backend": jax.default_backend(),
               "devices": [str(d) for d in jax.devices()], "jax": jax.__version__, "numpy": np.__version__,
               "repeats": repeats, "plan": plan_name, "quick": plan_name == "quick", "malloc_tuned": malloc_tuned,
-              "huge_page_bytes": runtime.huge_page_bytes,
               "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]])}
     start = time.perf_counter()
     for name in (s for s in SECTIONS if s in _SECTIONS.value):

@@ -5,9 +5,8 @@ r"""Train an SAE from a config file; the command-line entry point.
 Without --config it runs experiments/configs/default.py. Running again with the same --workdir
 resumes from the latest good checkpoint there. SIGTERM or Ctrl-C finishes the current step, saves a
 checkpoint and exits 0 (a second Ctrl-C stops at once). Bad input ends with one `error: ...` line and
-exit status 1. On Linux the process keeps freed heap memory for reuse and backs it with transparent
-huge pages where the kernel gives them on request (`saejax.runtime.tune_malloc`;
-SAEJAX_NO_MALLOC_TUNING=1 turns both off, SAEJAX_NO_HUGE_PAGES=1 the huge pages only).
+exit status 1. On a CPU-only Linux host the process keeps freed heap memory for reuse
+(`saejax.kernels.cpu.tune_malloc`; SAEJAX_NO_MALLOC_TUNING=1 turns it off).
 
 Several processes (one per host of a TPU pod or GPU cluster, or `python -m saejax.launch` on one
 machine) run the same command with --distributed (detects the peers on TPU pods, SLURM, Open MPI)
@@ -22,6 +21,7 @@ from ml_collections import config_flags
 
 import saejax
 from saejax import distributed, runtime
+from saejax.kernels import cpu
 from saejax.errors import SaejaxError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
@@ -74,7 +74,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 brings it back
-    runtime.tune_malloc()  # reuse freed scratch, in huge pages: faster CPU steps (SAEJAX_NO_MALLOC_TUNING=1: off)
+    cpu.tune_malloc()  # reuse freed scratch: faster CPU steps (SAEJAX_NO_MALLOC_TUNING=1: off)
     runtime.enable_compilation_cache()  # a rerun loads its programs (SAEJAX_COMPILATION_CACHE=off: off)
     try:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)

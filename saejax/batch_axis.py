@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
-from saejax import selection
+from saejax.kernels import selection
 
 _AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("saejax_batch_axis", default=None)
 

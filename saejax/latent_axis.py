@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 
-from saejax import selection
+from saejax.kernels import selection
 
 _MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("saejax_latent_mesh", default=None)
 DATA, MODEL = "data", "model"

@@ -116,7 +116,14 @@ def jit_mesh_step(train_step, mesh: Mesh, shardings):
             return train_step(state, batch)
 
     return jax.jit(step, in_shardings=(shardings, batch_sharding(mesh)),
-                   out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
+                   out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0,
+                   compiler_options=compiler_options(train_step))
+
+
+def compiler_options(train_step) -> dict[str, str] | None:
+    """The XLA options `train_step` asks to be compiled with (`step.make_train_step` sets them; the
+    same on every strategy), or None."""
+    return getattr(train_step, "compiler_options", None) or None
 
 
 def with_shardings(abstract_state, shardings):
@@ -152,8 +159,9 @@ def pmap_step(train_step, mesh: Mesh):
         with batch_axis.split_over(AXES[0]):
             return train_step(state, rows)
 
-    stepped = jax.pmap(replica_step, axis_name=AXES[0], in_axes=(None, 0), out_axes=None, donate_argnums=0,
+    pmapped = jax.pmap(replica_step, axis_name=AXES[0], in_axes=(None, 0), out_axes=None, donate_argnums=0,
                        devices=list(mesh.devices.flat))
+    stepped = _compiled_on_first_call(pmapped, compiler_options(train_step))
     if jax.process_count() == 1:
         return stepped
     replicated = NamedSharding(mesh, P())
@@ -162,6 +170,22 @@ def pmap_step(train_step, mesh: Mesh):
         return jax.tree.map(lambda x: _as_global(x, replicated), stepped(state, batch))
 
     return step
+
+
+def _compiled_on_first_call(transformed, options: dict[str, str] | None):
+    """`transformed` (a jax.pmap'ed function) compiled ahead of time with XLA `options` from its first
+    call's arguments (pmap itself takes no compiler options); `transformed` as it is without options."""
+    if not options:
+        return transformed
+    compiled = None
+
+    def call(*args):
+        nonlocal compiled
+        if compiled is None:
+            compiled = transformed.lower(*args).compile(compiler_options=options)
+        return compiled(*args)
+
+    return call
 
 
 def _as_global(x: jax.Array, sharding: NamedSharding) -> jax.Array:

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from saejax import batch_axis, initializers, losses, metrics, runtime
+from saejax import batch_axis, initializers, losses, metrics
+from saejax.kernels import cpu
 from saejax.sae import SAE, Params
 
 
@@ -172,7 +173,7 @@ def make_train_step(
 ):
     """The pure train step (state, batch [B, d_in]) -> (state, metrics); jit it with `jit_train_step`,
     which compiles it with the step's `compiler_options` (attribute: XLA options for this SAE's
-    matmuls on CPU, see `runtime.step_compiler_options`; {} elsewhere).
+    matmuls on CPU, see `cpu.step_compiler_options`; {} elsewhere).
     A batch may also be a pair (inputs [B, d_in], targets [B, d_out]) for an architecture whose
     reconstruction's target is not its input (`SAE.d_out`); both are scaled by the state's norm scale."""
     constrain = unit_norm_decoder and sae.spec.has_linear_decoder
@@ -202,7 +203,7 @@ def make_train_step(
         logged = {"loss": value, **{f"loss/{name}": v for name, v in terms.items()}}
         return new_state, {**logged, **step_metrics(x if target is None else target, out, fired, dead_steps)}
 
-    train_step.compiler_options = runtime.step_compiler_options(sparse=bool(sae.hparams.get("sparse")),
+    train_step.compiler_options = cpu.step_compiler_options(sparse=bool(sae.hparams.get("sparse")),
                                                                 dtype=jnp.dtype(sae.hparams.get("dtype", "float32")).name)
     return train_step
 
@@ -210,7 +211,7 @@ def make_train_step(
 def jit_train_step(train_step, compiler_options: dict[str, str] | None = None):
     """jax.jit with the state (argument 0) donated: params and optimizer state update in place.
     compiler_options: XLA's; by default the step's own (`make_train_step` sets them from
-    `runtime.step_compiler_options`: on CPU, which library runs the dots)."""
+    `cpu.step_compiler_options`: on CPU, which library runs the dots)."""
     if compiler_options is None:
         compiler_options = getattr(train_step, "compiler_options", None)
     return jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options or None)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from saejax import runtime
+from saejax.kernels import cpu
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,10 +56,10 @@ def test_ab_parts_variants_rounds_and_ratios():
     every round; the ratio is the median over rounds of a variant's value over the first's."""
     from benchmarks import ab
 
-    variant = ab.parse_variant("off: SAEJAX_NO_HUGE_PAGES=1 GONE= cwd=/tmp/old --config.sae.k=16 '--variants=a, b'")
-    assert variant == {"name": "off", "env": {"SAEJAX_NO_HUGE_PAGES": "1", "GONE": None}, "cwd": "/tmp/old",
+    variant = ab.parse_variant("off: SAEJAX_NO_MALLOC_TUNING=1 GONE= cwd=/tmp/old --config.sae.k=16 '--variants=a, b'")
+    assert variant == {"name": "off", "env": {"SAEJAX_NO_MALLOC_TUNING": "1", "GONE": None}, "cwd": "/tmp/old",
                        "args": ["--config.sae.k=16", "--variants=a, b"]}
-    assert ab.environment({"GONE": "1", "KEPT": "2"}, variant["env"]) == {"KEPT": "2", "SAEJAX_NO_HUGE_PAGES": "1"}
+    assert ab.environment({"GONE": "1", "KEPT": "2"}, variant["env"]) == {"KEPT": "2", "SAEJAX_NO_MALLOC_TUNING": "1"}
     assert [ab.round_order(["a", "b"], r) for r in range(3)] == [["a", "b"], ["b", "a"], ["a", "b"]]
     assert ab.flatten({"x": 1, "rows": [{"s": 2.5, "ok": True, "name": "n"}]}) == {"x": 1.0, "rows.0.s": 2.5}
     runs = [{"round": r, "variant": v, "metrics": {"s": s}} for r, v, s in [(0, "a", 2), (0, "b", 4), (1, "b", 9),
@@ -88,8 +89,8 @@ def test_ab_times_a_suite_step_with_and_without_malloc_tuning(tmp_path):
     plan's dtypes), each variant's process with its own {out} folder whose suite.json holds the measurement."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-m", "benchmarks.ab", "--runs=1", "--variant=tuned",
-                             f"--variant=default: {runtime.DISABLE_ENV}=1", "--result=suite.json",
-                             "--metrics=steps.0.*,huge_page_bytes", f"--out={tmp_path}", "--",
+                             f"--variant=default: {cpu.DISABLE_ENV}=1", "--result=suite.json",
+                             "--metrics=steps.0.*", f"--out={tmp_path}", "--",
                              sys.executable, "-m", "benchmarks.run", "--plan=full", "--sections=steps",
                              "--variants=topk sparse, 5% dead", "--sizes=16x256x32", "--repeats=1", "--out={out}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -98,7 +99,6 @@ def test_ab_times_a_suite_step_with_and_without_malloc_tuning(tmp_path):
     summary = report["summary"]
     assert summary["steps.0.d_sae"]["tuned"]["median"] == 256 and summary["steps.0.step_s"]["default"]["ratio"] > 0
     assert summary["steps.0.minor_faults_per_step"]["tuned"]["median"] >= 0
-    assert summary["huge_page_bytes"]["default"]["median"] == 0  # tune_malloc off: no huge-page heap either
 
 
 @pytest.mark.slow
@@ -162,78 +162,3 @@ def test_suite_rejects_unknown_settings():
         sections.settings("checkpoint", "quick", {"width": "3"})
     with pytest.raises(ValueError):
         sections.settings("checkpoint", "quick", {"d_sae": "wide"})
-
-
-@pytest.mark.slow
-def test_tune_malloc_is_idempotent_and_can_be_turned_off():
-    """In subprocesses: the settings are process-wide and should not leak into the test session."""
-    code = "from saejax import runtime; print(runtime.tune_malloc(), runtime.tune_malloc())"
-    env = {k: v for k, v in os.environ.items() if k != runtime.DISABLE_ENV}
-    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    linux = str(sys.platform.startswith("linux"))
-    assert on.stdout.split() == [linux, linux]
-    off = subprocess.run([sys.executable, "-c", code], env={**env, runtime.DISABLE_ENV: "1"},
-                         capture_output=True, text=True, check=True)
-    assert off.stdout.split() == ["False", "False"]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_tune_malloc_keeps_a_freed_block_over_2_gib():
-    """A step's scratch past 2 GiB (d_sae 32768, batch 4096) must stay in the heap when freed: a trim
-    threshold capped at INT_MAX returned it to the system, and the next step faulted it in again."""
-    code = """if True:
-        import ctypes
-        from saejax import runtime
-        assert runtime.tune_malloc()
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-        libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
-        block = libc.malloc(3 << 30)  # never touched: no page is faulted in
-        top = libc.sbrk(0)
-        libc.free(ctypes.c_void_p(block))
-        print(block < top, libc.sbrk(0) == top)  # from the heap, and the heap did not shrink
-    """
-    env = {k: v for k, v in os.environ.items() if k != runtime.DISABLE_ENV}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["True", "True"]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not runtime.kernel_takes_huge_page_advice(),
-                    reason="needs transparent huge pages on request ([madvise]) and overcommit that is not strict")
-@pytest.mark.slow
-def test_tune_malloc_backs_later_large_blocks_with_huge_pages_without_touching_them():
-    """The reserved heap range is address space only (RSS does not grow by it), and a large block
-    allocated afterwards, as XLA's scratch is, is faulted in as 2 MiB pages; SAEJAX_NO_HUGE_PAGES=1
-    leaves the allocator settings on and the huge pages off."""
-    code = """if True:
-        import ctypes
-        from saejax import runtime
-        def rss():
-            return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) << 10
-        before = rss()
-        applied = runtime.tune_malloc()
-        grown = rss() - before
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-        block = libc.malloc(64 << 20)
-        ctypes.memset(block, 1, 64 << 20)
-        huge, overlaps = 0, False
-        for line in open("/proc/self/smaps"):  # the mappings that overlap the block
-            first = line.split()[0]
-            if "-" in first and not first.endswith(":"):
-                lo, hi = (int(a, 16) for a in first.split("-"))
-                overlaps = lo < block + (64 << 20) and block < hi
-            elif first == "AnonHugePages:" and overlaps:
-                huge += int(line.split()[1]) << 10
-        print(applied, runtime.huge_page_bytes, grown, huge)
-    """
-    env = {k: v for k, v in os.environ.items() if k not in (runtime.DISABLE_ENV, runtime.NO_HUGE_PAGES_ENV)}
-    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    applied, advised, grown, huge = on.stdout.split()
-    assert applied == "True" and int(advised) >= 1 << 30
-    assert int(grown) < 32 << 20  # the reservation itself is never written
-    assert int(huge) >= 32 << 20  # most of the 64 MiB block came as 2 MiB pages
-    off = subprocess.run([sys.executable, "-c", code], env={**env, runtime.NO_HUGE_PAGES_ENV: "1"},
-                         capture_output=True, text=True, check=True)
-    applied, advised, _, huge = off.stdout.split()
-    assert applied == "True" and advised == "0" and huge == "0"

@@ -47,22 +47,3 @@ def test_run_then_exit_lets_other_exceptions_through():
     script = LOAD_RUNTIME + "def boom():\n    raise RuntimeError('boom')\nruntime.run_then_exit(boom)\n"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "RuntimeError: boom" in result.stderr and "Traceback" in result.stderr
-
-
-def _runtime():
-    namespace = {}
-    exec(LOAD_RUNTIME, namespace)
-    return namespace["runtime"]
-
-
-@pytest.mark.parametrize("platforms, devices, expected", [
-    ("", (), False), ("cpu", ("/dev/nvidia0",), False), ("cuda", (), True), ("tpu,cpu", (), True),
-    ("", ("/dev/nvidia0",), True), ("", ("/dev/accel0",), True),
-])
-def test_malloc_tuning_stays_off_on_gpu_and_tpu_hosts(tmp_path, platforms, devices, expected):
-    runtime = _runtime()
-    for device in devices:
-        (tmp_path / Path(device).name).touch()
-    globs = tuple(str(tmp_path / Path(pattern).name) for pattern in runtime.ACCELERATOR_DEVICES)
-    environ = {"JAX_PLATFORMS": platforms} if platforms else {}
-    assert runtime.accelerator_host(environ, globs) is expected

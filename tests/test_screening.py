@@ -1,4 +1,4 @@
-"""The bf16 pre-screen of the sparse TopK encoder (`saejax.screening`): certified rows select what
+"""The bf16 pre-screen of the sparse TopK encoder (`saejax.kernels.screening`): certified rows select what
 float32 selects, uncertified chunks fall back to float32 exactly, the sparse step keeps the
 dense loss and gradients, and the automatic choice."""
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saejax import screening, selection
+from saejax.kernels import screening, selection
 from saejax import sae as sae_lib
 from saejax.config import base_config
 from saejax.errors import ConfigError

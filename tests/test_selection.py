@@ -1,4 +1,4 @@
-"""saejax.selection: lax.top_k exactly (values, indices, ties, gradients), blockwise on wide rows, by
+"""saejax.kernels.selection: lax.top_k exactly (values, indices, ties, gradients), blockwise on wide rows, by
 radix select where k is a large share of the row, and compiled as XLA's TopK, never as a full sort
 of the operand."""
 
@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saejax import activations, selection
+from saejax import activations
+from saejax.kernels import selection
 
 
 def test_largest_is_top_k_values():

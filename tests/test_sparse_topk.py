@@ -10,7 +10,8 @@ import optax
 import pytest
 
 import saejax
-from saejax import losses, selection
+from saejax import losses
+from saejax.kernels import selection
 from saejax import sae as sae_lib
 from saejax.config import base_config
 from saejax.errors import ConfigError

@@ -271,13 +271,13 @@ def test_dense_steps_run_their_dots_in_eigen_and_sparse_topk_keeps_xla_default(m
     step's dots leave YNNPACK (measured faster in Eigen on the benchmark CPU), a sparse TopK step and a
     bfloat16 step (YNNPACK has the bf16 kernels) keep XLA's default, SAEJAX_CPU_DOTS overrides both
     ways and rejects other values."""
-    from saejax import runtime
     from saejax import step as step_lib
+    from saejax.kernels import cpu
 
-    monkeypatch.delenv(runtime.CPU_DOTS_ENV, raising=False)
+    monkeypatch.delenv(cpu.CPU_DOTS_ENV, raising=False)
     relu, loss, optimizer, state = _setup("relu")
     step = step_lib.make_train_step(relu, loss, optimizer)
-    assert step.compiler_options == runtime.EIGEN_DOTS
+    assert step.compiler_options == cpu.EIGEN_DOTS
     plain, ynn = _plain_and_library_dots(step_lib.jit_train_step(step), state, _data())
     assert plain >= 4 and ynn == 0, (plain, ynn)
     default_plain, default_ynn = _plain_and_library_dots(step_lib.jit_train_step(step, {}), state, _data())
@@ -288,12 +288,12 @@ def test_dense_steps_run_their_dots_in_eigen_and_sparse_topk_keeps_xla_default(m
     assert step_lib.make_train_step(topk, topk_loss, optimizer).compiler_options == {}
     relu_bf16 = make_sae("relu", D_IN, 512, dtype="bfloat16")
     assert step_lib.make_train_step(relu_bf16, loss, optimizer).compiler_options == {}
-    monkeypatch.setenv(runtime.CPU_DOTS_ENV, "eigen")
-    assert step_lib.make_train_step(relu_bf16, loss, optimizer).compiler_options == runtime.EIGEN_DOTS
-    assert step_lib.make_train_step(topk, topk_loss, optimizer).compiler_options == runtime.EIGEN_DOTS
-    monkeypatch.setenv(runtime.CPU_DOTS_ENV, "ynnpack")
+    monkeypatch.setenv(cpu.CPU_DOTS_ENV, "eigen")
+    assert step_lib.make_train_step(relu_bf16, loss, optimizer).compiler_options == cpu.EIGEN_DOTS
+    assert step_lib.make_train_step(topk, topk_loss, optimizer).compiler_options == cpu.EIGEN_DOTS
+    monkeypatch.setenv(cpu.CPU_DOTS_ENV, "ynnpack")
     assert step_lib.make_train_step(relu, loss, optimizer).compiler_options == {}
-    monkeypatch.setenv(runtime.CPU_DOTS_ENV, "mkl")
+    monkeypatch.setenv(cpu.CPU_DOTS_ENV, "mkl")
     with pytest.raises(ValueError, match="SAEJAX_CPU_DOTS='mkl'"):
         step_lib.make_train_step(relu, loss, optimizer)
 

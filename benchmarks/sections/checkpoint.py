@@ -15,7 +15,7 @@ import numpy as np
 
 from benchmarks import relu_l1_setup
 from saejax import checkpoint
-from saejax.loop import save_checkpoint
+from saejax.guards import save_checkpoint
 
 SIZES = {"full": {"d_in": 512, "d_sae": 16384, "batch": 512, "steps": 100, "every": 50, "rounds": 3},
          "quick": {"d_in": 16, "d_sae": 256, "batch": 64, "steps": 4, "every": 2, "rounds": 1}}
@@ -29,7 +29,7 @@ def timed_run(step, state, x, steps: int, every: int, folder: Path | None):
     for i in range(1, steps + 1):
         state, metrics = step(state, x)
         if ckpt and i % every == 0:
-            save_checkpoint(ckpt, i, state, metrics["loss"], {}, None)
+            save_checkpoint(ckpt, i, state, float(metrics["loss"]), {}, None)
     jax.block_until_ready(metrics)
     if ckpt:
         ckpt.close()  # waits for the last save

@@ -22,8 +22,9 @@ import numpy as np
 import optax
 
 import saejax
-from saejax import losses, screening
-from saejax import sae as sae_lib
+from saejax import losses
+from saejax.kernels import screening
+from saejax.sae import linear
 
 SIZES = {
     "full": {"model": "minilm", "layer": 3, "tokens": 150_000, "d_sae": 32768, "k": 32, "steps": 500, "every": 50,
@@ -65,7 +66,7 @@ def certification_fn(norm_scale, k: int):
     """jitted (params, held-out rows) -> the screen's certification shares and the column-norm spread."""
     @jax.jit
     def certification(params, x):
-        w = sae_lib.encoder_weight(params)
+        w = linear.encoder_weight(params)
         norms = jnp.sqrt(jnp.sum(w * w, axis=0))
         centered = x * norm_scale - params["b_dec"]
         certified = screening.screen_rows(centered, screening.screen_weight(w, norms), w.T, params["b_enc"],

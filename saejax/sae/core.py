@@ -31,15 +31,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from saejax import screening
+from saejax import kernels
+from saejax.kernels import screening
 from saejax.errors import ConfigError, DataError
 from saejax.sae import registry
 
 Params = registry.Params
 
-# sparse="auto" picks the sparse TopK path when d_sae >= SPARSE_MIN_RATIO * k: on this project's CPU it
-# is 1.36x faster than the dense step at 64 * k and slower at 32 * k (`python -m benchmarks.topk_crossover`).
-SPARSE_MIN_RATIO = 64
+# sparse="auto" picks the sparse TopK path on CPU when d_sae >= SPARSE_MIN_RATIO * k (`saejax.kernels`).
+SPARSE_MIN_RATIO = kernels.SPARSE_MIN_RATIO
 
 
 class SAEOutput(NamedTuple):
@@ -164,7 +164,8 @@ def make_sae(
     `step.init_train_state` to set from the data (`initializers.jumprelu_thresholds`).
 
     sparse: topk only: True decodes and back-propagates through the k selected latents only,
-    False uses dense matmuls, "auto" picks sparse when d_sae >= SPARSE_MIN_RATIO · k.
+    False uses dense matmuls, "auto" picks sparse on CPU when d_sae >= SPARSE_MIN_RATIO · k
+    (`kernels.sparse_topk_pays`), dense elsewhere.
     screen: sparse float32 topk only: True screens the encoder's pre-activations in bfloat16 and
     certifies the selection (`screening`; the same latents, faster where bf16 dots are), "auto" does
     where `screening.worth_screening` says it pays, for batches of screening.MIN_ROWS rows and more.
@@ -205,7 +206,7 @@ def make_sae(
 def _resolve_sparse(sparse: bool | str, arch: str, d_sae: int, k: int) -> bool:
     """sparse=True/False/"auto" -> whether this SAE takes the sparse TopK path."""
     if sparse == "auto":
-        return registry.get(arch).has_sparse_path and d_sae >= SPARSE_MIN_RATIO * k
+        return registry.get(arch).has_sparse_path and kernels.sparse_topk_pays(d_sae, k)
     if not isinstance(sparse, bool):
         raise ConfigError(f"sae.sparse={sparse!r} must be True, False or 'auto'")
     if sparse and not registry.get(arch).has_sparse_path:

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from saejax import layout, screening, selection
+from saejax.kernels import layout, screening, selection
 
 Params = dict[str, Any]
 

@@ -1,7 +1,7 @@
 """TopK SAEs (Gao et al. 2024): each row keeps its k largest pre-activations; and BatchTopK
 (Bussmann et al. 2024): the batch keeps its B·k largest, with a learned scalar threshold at inference.
 
-Sparse TopK (``make_sae("topk", ..., sparse=True)``, chosen by default when d_sae ≥ core.SPARSE_MIN_RATIO·k):
+Sparse TopK (``make_sae("topk", ..., sparse=True)``, chosen by default on CPU when d_sae ≥ core.SPARSE_MIN_RATIO·k):
 the training forward decodes from the k selected rows of W_dec by gather instead of a dense
 [B, d_sae] x [d_sae, d_in] matmul, and the backward touches only the selected latents' rows of W_dec
 and columns of W_enc (scatter-adds), so only the encoder's forward matmul stays dense, and it runs
@@ -10,7 +10,7 @@ equal the dense path's up to float rounding (tests/test_sparse_topk.py). Its `pr
 gradient and are computed only where something reads them. With ``screen`` (chosen by default on CPUs
 with bf16 dot instructions at d_sae ≥ screening.MIN_WIDTH_PER_K·k, for batches of screening.MIN_ROWS
 rows and more) the encoder product is screened in bfloat16 and the selection certified to be
-float32's (`saejax.screening`).
+float32's (`saejax.kernels.screening`).
 """
 
 import functools
@@ -19,7 +19,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from saejax import activations, latent_axis, screening
+from saejax import activations, latent_axis
+from saejax.kernels import screening
 from saejax.sae import core, linear, registry
 
 # The running mean of BatchTopK's smallest selected activation becomes an EMA after this many steps.

@@ -1,11 +1,11 @@
-"""saejax.layout.transpose: x.T, materialised row-major on CPU through an identity product."""
+"""saejax.kernels.layout.transpose: x.T, materialised row-major on CPU through an identity product."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saejax import layout
+from saejax.kernels import layout
 
 
 @pytest.mark.parametrize("shape", [(48, 32), (5, 16), (7, 24)])

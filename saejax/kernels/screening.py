@@ -36,7 +36,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from saejax import layout, selection
+from saejax.kernels import layout, selection
 
 # The screen takes this many times k as its candidates (the last of them sets the bar).
 SCREEN_FACTOR = 2

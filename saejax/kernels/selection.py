@@ -1,4 +1,5 @@
-"""The k largest entries of wide rows, exactly as ``lax.top_k`` and faster on XLA's CPU.
+"""The k largest entries of wide rows, exactly as ``lax.top_k`` and faster on XLA's CPU; other
+backends take ``lax.top_k`` itself.
 
 Two things about XLA's TopK shape this module:
 
@@ -24,6 +25,8 @@ Two things about XLA's TopK shape this module:
 
 import jax
 import jax.numpy as jnp
+
+from saejax.kernels import on_cpu
 
 BLOCK = 32
 # The blockwise path is taken when the candidates are at most this fraction of the row: measured at
@@ -57,7 +60,7 @@ def top_k(x: jax.Array, k: int, offset: jax.Array | None = None) -> tuple[jax.Ar
     width = x.shape[-1]
     if offset is not None and offset.shape != (width,):
         raise ValueError(f"top_k: offset must have shape ({width},) to match x {x.shape}, got {offset.shape}")
-    if width % BLOCK or k * BLOCK > MAX_CANDIDATE_SHARE * width:
+    if not on_cpu() or width % BLOCK or k * BLOCK > MAX_CANDIDATE_SHARE * width:
         return jax.lax.top_k(x if offset is None else x + offset, k)
     batch = x.shape[:-1]
     blocks = x.reshape(*batch, width // BLOCK, BLOCK)
@@ -92,7 +95,7 @@ def map_row_chunks(select, x: jax.Array, bytes_per_row: int, k: int) -> tuple[ja
     call when it fits). The last chunk is padded with copies of x's last row, whose results are dropped.
     x [B, ...] -> values [B, k], indices [B, k]."""
     rows = x.shape[0]
-    n_chunks = -(-rows // max(1, CHUNK_BYTES // bytes_per_row))
+    n_chunks = -(-rows // max(1, CHUNK_BYTES // bytes_per_row)) if on_cpu() else 1
     if n_chunks == 1:
         return select(x)
     per_chunk = -(-rows // n_chunks)
@@ -102,7 +105,10 @@ def map_row_chunks(select, x: jax.Array, bytes_per_row: int, k: int) -> tuple[ja
 
 
 def largest(x: jax.Array, n: int) -> jax.Array:
-    """``lax.top_k(x, n)[0]``: the n largest entries along the last axis, descending. [..., F] -> [..., n]"""
+    """``lax.top_k(x, n)[0]``: the n largest entries along the last axis, descending. [..., F] -> [..., n]
+    On CPU through the indices, which keeps XLA's TopK instead of a full sort (module docstring)."""
+    if not on_cpu():
+        return jax.lax.top_k(x, n)[0]
     return jnp.take_along_axis(x, top_k(x, n)[1], axis=-1)
 
 
@@ -112,7 +118,7 @@ def top_k_mask(x: jax.Array, k: int) -> jax.Array:
     x [..., F] -> bool [..., F]; no gradient (use it to mask x)."""
     width = x.shape[-1]
     x = jax.lax.stop_gradient(x)
-    if not radix_is_faster(width, k):
+    if not (on_cpu() and radix_is_faster(width, k)):
         indices = top_k(x, k)[1]
         return jnp.put_along_axis(jnp.zeros(x.shape, bool), indices, True, axis=-1, inplace=False)
     keys = _ordered_keys(x.astype(jnp.float32))
