@@ -20,6 +20,9 @@ setup(
         "matplotlib",
         "scikit-image",
         "scipy",
+        # jax's dtype library: 0.7.0 takes 0.77 s to import (it registers its numpy ufunc loops slowly),
+        # 0.6.0 6 ms; every command imports it (BUILD_NOTES.md, "Fixed overhead")
+        "ml_dtypes<0.7",
     ],
     extras_require={
         "digits": ["scikit-learn"],  # data.source=digits

@@ -99,6 +99,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     if main and {"curves", "plots"} & set(evaluators):  # matplotlib's import (~0.6 s) overlaps training
         threading.Thread(target=importlib.import_module, args=("saejax.plots",), daemon=True).start()
     writer = writers.for_run(workdir, run.config)
+    prepared = evaluate.prepare(run, evaluators) if main else {}  # compiles while the run trains
     try:
         state, stopped = train(run, writer)
         steps = int(parallel.replicated_value(state.step))
@@ -110,7 +111,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         state = state._replace(params=eval_params(run.sae, state))  # schedule-free: the averaged params
         if not main:
             return {"steps": steps, "process": jax.process_index()}
-        found = evaluate.evaluate_all(run, state, evaluators)
+        found = evaluate.evaluate_all(run, state, evaluators, prepared)
         writer.write(steps, _numbers(found), split="eval")
     finally:
         writer.close()

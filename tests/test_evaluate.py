@@ -56,3 +56,23 @@ def test_auto_runs_every_applicable_evaluator(tmp_path):
     summary = saejax.train_and_evaluate(_tiny_config("auto"), tmp_path)
     assert "mmcs" in summary["eval"] and summary["export"] == str(tmp_path / "export")
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"training.png", "density.png"}
+
+
+def test_the_evaluation_compiled_ahead_measures_what_the_jitted_one_does():
+    import jax
+    import numpy as np
+
+    from saejax import config as config_lib
+    from saejax import data, from_config
+    from saejax import step as step_lib
+    from saejax.evaluate import heldout
+
+    config, _ = config_lib.complete(_tiny_config("auto"))
+    source = data.make_source(config.data, config.seed)
+    sae, loss, optimizer = from_config.model_from_config(config, source.d_in)
+    state = step_lib.init_train_state(sae, loss, optimizer, jax.random.key(1), source.sample(256))
+    ahead = heldout.compile_sums(sae, step_lib.abstract_train_state(sae, loss, optimizer).params, 64)
+    plain, plain_density, _ = heldout.measure(config, source, sae, state)
+    compiled, compiled_density, _ = heldout.measure(config, source, sae, state, ahead)
+    assert compiled == plain and plain["rows"] == 512
+    np.testing.assert_array_equal(compiled_density, plain_density)

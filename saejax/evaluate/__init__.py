@@ -12,7 +12,7 @@ Evaluators marked `background` (the plots) run on one worker thread while the re
 """
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 from saejax.errors import ConfigError
@@ -24,6 +24,7 @@ class Evaluator(NamedTuple):
     evaluate: Callable
     background: bool = False  # draws plots: runs on the worker thread
     draws: bool = False  # draws plots on this thread: waits for the worker first (one plot at a time)
+    prepare: Callable | None = None  # run -> what `evaluate` takes as `prepared`, built while the run trains
 
 
 def _always(run) -> None:
@@ -32,7 +33,7 @@ def _always(run) -> None:
 
 EVALUATORS = {  # in the order they run
     "curves": Evaluator(_always, artifacts.curves, background=True),
-    "heldout": Evaluator(_always, heldout.evaluate),
+    "heldout": Evaluator(_always, heldout.evaluate, prepare=heldout.prepare),
     "dictionary": Evaluator(tasks.dictionary_applies, tasks.dictionary_recovery),
     "task": Evaluator(tasks.task_applies, tasks.task, draws=True),
     "splice": Evaluator(language.applies, language.splice_metrics),
@@ -60,9 +61,28 @@ def selected(run) -> list[str]:
     return [name for name in EVALUATORS if name in names]
 
 
-def evaluate_all(run, state, names: list[str]) -> dict:
-    """Run the evaluators `names` in order on `state`; returns everything they found. A failing
-    evaluator's error propagates after the background work finishes."""
+def prepare(run, names: list[str]) -> dict[str, Future]:
+    """Start the `prepare` step of the evaluators `names` (compiling their programs) on a worker thread,
+    so that it overlaps training; `evaluate_all` takes the result."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
+    futures = {name: pool.submit(EVALUATORS[name].prepare, run) for name in names if EVALUATORS[name].prepare}
+    pool.shutdown(wait=False)
+    return futures
+
+
+def _prepared(future: Future | None):
+    """What a `prepare` future holds; None when absent or when it failed (the evaluator then builds its
+    own, and raises what is wrong with the run itself)."""
+    try:
+        return None if future is None else future.result()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def evaluate_all(run, state, names: list[str], prepared: dict[str, Future] | None = None) -> dict:
+    """Run the evaluators `names` in order on `state` (with what `prepare` built for them); returns
+    everything they found. A failing evaluator's error propagates after the background work finishes."""
+    prepared = prepared or {}
     found: dict = {}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate") as background:
         pending = []
@@ -73,7 +93,8 @@ def evaluate_all(run, state, names: list[str]) -> dict:
                 continue
             if evaluator.draws:
                 _finish(pending, found)
-            found.update(evaluator.evaluate(run, state, found))
+            extra = {"prepared": _prepared(prepared.get(name))} if evaluator.prepare else {}
+            found.update(evaluator.evaluate(run, state, found, **extra))
         _finish(pending, found)
     return found
 

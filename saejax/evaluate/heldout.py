@@ -70,11 +70,20 @@ def combine_evaluation(sums: list[dict], dense_above: float = 0.1) -> tuple[dict
     }, density
 
 
-def measure(config, source, sae: SAE, state) -> tuple[dict, np.ndarray, str]:
+def compile_sums(sae: SAE, abstract_params, batch_size: int):
+    """`evaluation_sums` of `sae` compiled ahead of time for params shaped like `abstract_params` and
+    float32 batches [batch_size, d_in] (what `measure` calls), e.g. on a worker thread while training."""
+    spec = jax.ShapeDtypeStruct
+    return jax.jit(functools.partial(evaluation_sums, sae)).lower(
+        abstract_params, spec((), jnp.float32), spec((batch_size, sae.d_in), jnp.float32), spec((), jnp.int32)).compile()
+
+
+def measure(config, source, sae: SAE, state, sums_of=None) -> tuple[dict, np.ndarray, str]:
     """Inference-mode metrics on up to `train.eval_rows` rows of the source's held-out split (see
     `combine_evaluation`; "rows" says how many), the latents' firing density [d_sae] on them,
     and which split they come from: "held-out", or "train" for a source without a held-out split
-    (then far-future batches of its training stream are measured, with a warning)."""
+    (then far-future batches of its training stream are measured, with a warning).
+    sums_of: `compile_sums`' result for this SAE and batch size (None: compiled here)."""
     wanted, batch_size = config.train.eval_rows, config.train.batch_size
     available = getattr(source, "heldout_rows", 0)
     split = "train" if available == 0 else "held-out"
@@ -91,23 +100,33 @@ def measure(config, source, sae: SAE, state) -> tuple[dict, np.ndarray, str]:
         return batches.read_heldout_batch(source, i, batch_size, sae.d_in)
 
     def padded(batch):  # a short last batch filled up with zero rows: every batch has one shape
+        batch = np.asarray(batch, np.float32)  # as evaluation_sums would cast it
         return np.pad(batch, [(0, batch_size - batch.shape[0]), (0, 0)]) if batch.shape[0] < batch_size else batch
 
-    sums_of = jax.jit(functools.partial(evaluation_sums, sae))  # compiled once: [batch_size, d_in]
-    sums = [jax.device_get(sums_of(state.params, state.norm_scale, padded(read(i)[:batch_size]),
+    sums_of = sums_of or jax.jit(functools.partial(evaluation_sums, sae))  # compiled once: [batch_size, d_in]
+    sums = [jax.device_get(sums_of(state.params, jnp.float32(state.norm_scale), padded(read(i)[:batch_size]),
                                    np.int32(min(batch_size, rows - i * batch_size))))
             for i in range(-(-rows // batch_size))]
     scalars, density = combine_evaluation(sums)
     return scalars, density, split
 
 
-def evaluate(run, state, found: dict) -> dict:
+def prepare(run):
+    """What `evaluate` needs compiled, built ahead (on a worker thread while the run trains)."""
+    from saejax.step import abstract_train_state  # noqa: PLC0415 (the step module imports nothing from here)
+
+    return compile_sums(run.sae, abstract_train_state(run.sae, run.loss, run.optimizer).params,
+                        run.config.train.batch_size)
+
+
+def evaluate(run, state, found: dict, prepared=None) -> dict:
     """The evaluator: `measure` on the run's source, plus "density" [d_sae] and "eval_split"; stops
-    the run (SaejaxError, no export) when the SAE collapsed after the warm-up (`guards.collapse`)."""
+    the run (SaejaxError, no export) when the SAE collapsed after the warm-up (`guards.collapse`).
+    prepared: `prepare(run)`'s result, or None."""
     source, config = run.source, run.config
     if getattr(source, "process_count", 1) > 1:  # a per-process reader: read whole batches here
         source = data.make_source(config.data, config.seed, whole_batches=True)
-    scalars, density, split = measure(config, source, run.sae, state)
+    scalars, density, split = measure(config, source, run.sae, state, prepared)
     step = int(state.step)
     problem = scalars and step > guards.collapse_check_from(config) and guards.collapse(scalars["fvu"], scalars["l0"])
     if problem:
