@@ -418,9 +418,9 @@ def run_worker(name: str) -> None:
     rows = read_store(_TRAIN_STORE.value)
     order = np.load(out / "order.npy", allow_pickle=False)
     if _SCALE_ROWS.value:
-        from saejax.initializers import activation_norm_scale  # noqa: PLC0415
+        from saejax.normalization import scale_of  # noqa: PLC0415
 
-        row_scale = activation_norm_scale(rows)
+        row_scale = scale_of(rows)
         rows = rows * np.float32(row_scale)
     else:
         row_scale = 1.0

@@ -22,11 +22,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from saejax import checkpoint, downstream, export, from_config
+from saejax import checkpoint, downstream, export, from_config, normalization
 from saejax import step as step_lib
 from saejax.downstream import linear_probe_accuracy, roc_auc
 from saejax.errors import DataError
-from saejax.sae import sae_from_config
 
 __all__ = ["load", "encode", "reconstruct", "feature_density", "dead_latents", "top_activating", "pca_fvu",
            "linear_probe_accuracy", "roc_auc"]
@@ -87,13 +86,13 @@ def _load_workdir(path: Path):
     scale = float(state.norm_scale)
     config.norm_scale = scale
     if sae.spec.has_linear_decoder:
-        params = {k: np.asarray(v) for k, v in export.fold_norm_scale(params, scale).items()}
+        params = {k: np.asarray(v) for k, v in normalization.fold(params, scale).items()}
     return params, config
 
 
 def _sae_and_scale(params, config):
     """The SAE a loaded config describes, and the factor its inputs need (1 for folded params)."""
-    sae = sae_from_config(config.sae, int(np.shape(params["b_dec"])[0]))
+    sae, _, _ = from_config.model_from_config(config, int(np.shape(params["b_dec"])[0]))
     return sae, (1.0 if sae.spec.has_linear_decoder else float(config.get("norm_scale", 1.0)))
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -69,10 +68,6 @@ def batches(run: Run, first: int):
 def resample_step(run: Run):
     """Jitted (state, batch, key) -> (state, resampled count): `resampling.resample_dead_latents`
     over the global batch (pmap's [N, B/N, d_in] flattened); the state stays on its shardings."""
-    sae, shardings = run.sae, run.where.state_shardings
-
-    def resample(state, batch, key):
-        x = batch.reshape(-1, sae.d_in).astype(jnp.float32) * state.norm_scale
-        return resampling.resample_dead_latents(sae, run.optimizer, state, x, key, run.config.loss.dead_steps)
-
+    shardings = run.where.state_shardings
+    resample = resampling.resample_step(run.sae, run.optimizer, run.config.loss.dead_steps)
     return jax.jit(resample, out_shardings=None if shardings is None else (shardings, None))

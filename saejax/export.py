@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from saejax import normalization
 from saejax.errors import DataError, SaejaxError
 from saejax.sae import ARCHITECTURES, registry
 from saejax.sae.registry import SAELensExport
@@ -53,36 +54,6 @@ SAELENS_WEIGHTS = {
     "jumprelu": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
     "gated": ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"),
 }
-
-_FOLD_KEEP = ("b_enc", "threshold", "b_gate", "r_mag", "b_mag")
-_FOLD_KEYS = frozenset(("W_enc", "W_dec", "b_dec") + _FOLD_KEEP)
-
-
-def fold_norm_scale(params: Mapping[str, Any], scale: float) -> dict[str, Any]:
-    """Fold the input scale s (x_train = s * x_raw) into the weights.
-
-    Returns params that act on raw x: W_enc' = s W_enc, b_dec' = b_dec / s,
-    W_dec' = W_dec / s; b_enc, threshold, b_gate, b_mag, r_mag are unchanged. Every
-    pre-activation is then identical to the original's on s * x_raw, so latents are
-    identical and the reconstruction is the original's divided by s. Tied params (no
-    W_enc key) come back untied, with W_enc = s * W_dec.T. Works on numpy or jax arrays
-    of any supported architecture (not mlp).
-    """
-    if not np.isfinite(scale) or scale <= 0:
-        raise SaejaxError(f"norm scale must be a positive finite number, got {scale}")
-    unknown = sorted(set(params) - _FOLD_KEYS)
-    if unknown:
-        raise SaejaxError(f"cannot fold a norm scale into params with keys {unknown}")
-    for key in ("W_dec", "b_dec"):
-        if key not in params:
-            raise SaejaxError(f"cannot fold a norm scale: params have no {key!r}")
-    w_enc = params["W_enc"] if "W_enc" in params else params["W_dec"].T
-    out = {key: params[key] for key in _FOLD_KEEP if key in params}
-    out["W_enc"] = w_enc * scale
-    out["W_dec"] = params["W_dec"] / scale
-    out["b_dec"] = params["b_dec"] / scale
-    return out
-
 
 def _expected_shapes(arch: str, d_in: int, d_sae: int) -> dict[str, tuple]:
     """Shape of each tensor our `arch` must hold after folding (threshold: see below)."""
@@ -191,7 +162,7 @@ def export_saelens(
     if spec.export.writes_k and (k is None or int(k) < 1):
         raise SaejaxError(f"exporting a {arch} SAE needs k >= 1, got k={k}")
     tied = "W_enc" not in params
-    tensors = _saelens_tensors(fold_norm_scale(params, norm_scale), arch, d_in, d_sae)
+    tensors = _saelens_tensors(normalization.fold(params, norm_scale), arch, d_in, d_sae)
     cfg = _saelens_cfg(arch, d_in, d_sae, k, norm_scale, tied, metadata)
     try:
         cfg_text = json.dumps(cfg, indent=2, allow_nan=False)

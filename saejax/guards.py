@@ -40,6 +40,15 @@ def check_not_collapsed(fvu: float, l0: float, step: int, last_saved: int | None
                           f"{_kept(last_saved)}; lower optim.lr or the sparsity coefficients")
 
 
+def check_evaluation_not_collapsed(fvu: float, l0: float, rows: str, step: int, config) -> None:
+    """Stop a run whose SAE collapsed (`collapse`) on the final evaluation's `rows` (e.g. "20000 held-out
+    rows") before it exports anything, once past `collapse_check_from`."""
+    problem = step > collapse_check_from(config) and collapse(fvu, l0)
+    if problem:
+        raise SaejaxError(f"the SAE collapsed: {problem} on {rows} after step {step}; no export written; "
+                          "lower optim.lr or the sparsity coefficients")
+
+
 def check_finite_loss(loss: float, step: int, log_every: int) -> None:
     """Stop a diverged run (before its next checkpoint) with an error naming the step."""
     if not np.isfinite(loss):

@@ -1,4 +1,4 @@
-"""Data-dependent initialisation: the activation normalisation scale, b_dec and JumpReLU thresholds.
+"""Data-dependent initialisation: b_dec and JumpReLU thresholds (the normalisation scale: `saejax.normalization`).
 
 All are computed once, at the start of a run, from a fixed sample of the data [n, d_in].
 """
@@ -7,29 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saejax.errors import ConfigError, DataError
+from saejax.errors import ConfigError
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 
 
-def activation_norm_scale(sample: np.ndarray, mean_sq_norm: float | None = None) -> float:
-    """The scalar s with E||s·x||² = d_in (SAELens' "expected_average_only_in"), from a data
-    `sample` [n, d_in], or from the data's known `mean_sq_norm` E||x||² (a store's manifest
-    statistics, computed over every row) when given.
-
-    Training sees s·x; export folds s back into the weights so the SAE works on raw x.
-    """
-    if mean_sq_norm is None:
-        mean_sq_norm = float(np.mean(np.sum(np.square(sample, dtype=np.float64), axis=-1)))
-        what = "of the data sample"
-    else:
-        what = "in the store's manifest statistics"
-    if not np.isfinite(mean_sq_norm) or mean_sq_norm <= 0:
-        raise DataError(f"cannot normalise activations: the mean squared norm {what} is {mean_sq_norm}")
-    return float(np.sqrt(sample.shape[-1] / mean_sq_norm))
-
-
-@jax.jit
 def geometric_median(points: jax.Array, iterations: int = 100, eps: float = 1e-8) -> jax.Array:
     """argmin_y Σ_i ||points_i - y|| by Weiszfeld's iterations, started at the mean. [n, d] -> [d]."""
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from saejax import normalization
 from saejax.errors import ConfigError
 from saejax.sae import SAE, Params
 from saejax.step import TrainState, unit_rows
@@ -82,3 +83,14 @@ def resample_dead_latents(
     counters = jnp.where(dead, 0, state.steps_since_fired)
     new_state = state._replace(params=new_params, opt_state=opt_state, steps_since_fired=counters)
     return new_state, jnp.sum(dead).astype(jnp.int32)
+
+
+def resample_step(sae: SAE, optimizer: optax.GradientTransformation, dead_steps: int):
+    """(state, batch, key) -> (state, resampled count): `resample_dead_latents` on a raw batch (pmap's
+    [N, B/N, d_in] flattened), normalised as the train step normalises it. Pure; jit it."""
+
+    def resample(state: TrainState, batch: jax.Array, key: jax.Array):
+        x = normalization.normalize(batch.reshape(-1, sae.d_in), state.norm_scale)
+        return resample_dead_latents(sae, optimizer, state, x, key, dead_steps)
+
+    return resample

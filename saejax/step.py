@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from saejax import batch_axis, initializers, losses, metrics
+from saejax import batch_axis, initializers, losses, metrics, normalization
 from saejax.kernels import cpu
 from saejax.sae import SAE, Params
 
@@ -30,7 +30,7 @@ class TrainState(NamedTuple):
     step: [] int32.  params: the SAE's params dict.  opt_state: the optimizer's state.
     loss_state: the loss terms' state.  steps_since_fired: [d_sae] int32, the one dead-latent counter
       (metrics, resampling, and the loss terms through ``out.aux["steps_since_fired"]``).
-    norm_scale: [] float32, inputs are multiplied by it (activation normalisation).
+    norm_scale: [] float32, inputs are multiplied by it (`saejax.normalization`).
     """
 
     step: jax.Array
@@ -75,7 +75,7 @@ def init_train_state(
     scale from `mean_sq_norm` (the data's E||x||², e.g. a store's statistics) or else the sample.
     threshold_rate: JumpReLU only: each latent's threshold where it fires on this share of the
     sample (`initializers.jumprelu_thresholds`) instead of `sae.init`'s constant."""
-    scale = initializers.activation_norm_scale(sample, mean_sq_norm) if normalize else 1.0
+    scale = normalization.scale_of(sample, mean_sq_norm) if normalize else 1.0
     params = jax.jit(sae.init)(key)
     normalized = np.asarray(sample, np.float32) * scale
     params["b_dec"] = initializers.initial_b_dec(normalized, init_b_dec)
@@ -187,8 +187,8 @@ def make_train_step(
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
         inputs, targets = batch if isinstance(batch, tuple) else (batch, None)
-        x = inputs.astype(jnp.float32) * state.norm_scale
-        target = None if targets is None else targets.astype(jnp.float32) * state.norm_scale
+        x = normalization.normalize(inputs, state.norm_scale)
+        target = None if targets is None else normalization.normalize(targets, state.norm_scale)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (value, (terms, out, loss_state)), grads = grad_fn(state.params, x, state.loss_state, state.step, target,
                                                            state.steps_since_fired)

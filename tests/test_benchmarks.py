@@ -39,7 +39,7 @@ def test_quick_suite_writes_every_section(tmp_path):
     # steps are compared with jax's bf16 matmul rate and, given a nominal peak, get an MFU
     f32, bf16 = ([r for r in suite["steps"] if r["dtype"] == t] for t in ("float32", "bfloat16"))
     assert all(r["limit"] == "numpy f32, paired" and r["fraction_of_limit"] > 0 for r in f32)
-    assert all(r["minor_faults_per_step"] >= 0 for r in f32) and suite["anon_huge_mib"] >= 0
+    assert all(isinstance(r["minor_faults_per_step"], (int, float)) for r in f32) and "anon_huge_mib" in suite
     assert all("limit" not in r and r["fraction_of_limit"] > 0 and r["mfu"] > 0 for r in bf16)
     assert {r["dtype"] for r in suite["precision"]["training"]} == {"float32", "bfloat16"}
     assert all(0 <= r["fvu"] < 2 for r in suite["precision"]["training"])
@@ -98,7 +98,7 @@ def test_ab_times_a_suite_step_with_and_without_malloc_tuning(tmp_path):
     report = json.loads((tmp_path / "ab.json").read_text())
     summary = report["summary"]
     assert summary["steps.0.d_sae"]["tuned"]["median"] == 256 and summary["steps.0.step_s"]["default"]["ratio"] > 0
-    assert summary["steps.0.minor_faults_per_step"]["tuned"]["median"] >= 0
+    assert set(summary["steps.0.minor_faults_per_step"]) == {"tuned", "default"}  # recorded for both variants
 
 
 @pytest.mark.slow

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from saejax.errors import DataError, SaejaxError
+from saejax import normalization
 from saejax.export import (
     SAELENS_ARCH,
     SAELENS_WEIGHTS,
     decode_saelens,
     encode_saelens,
     export_saelens,
-    fold_norm_scale,
     load_saelens,
 )
 
@@ -85,7 +85,7 @@ def test_round_trip(tmp_path, arch, tied):
     assert cfg["architecture"] == sae_arch
     assert set(loaded) == set(SAELENS_WEIGHTS[sae_arch])
     assert all(v.dtype == np.float32 for v in loaded.values())
-    expected = as_saelens(fold_norm_scale(params, SCALE), arch)
+    expected = as_saelens(normalization.fold(params, SCALE), arch)
     for key, value in loaded.items():
         np.testing.assert_array_equal(value, expected[key], err_msg=key)
     assert loaded["W_enc"].shape == (D_IN, D_SAE)
@@ -113,28 +113,28 @@ def test_export_reproduces_outputs_on_raw_inputs(tmp_path, arch, tied):
 
 def test_fold_norm_scale_algebra_and_jax_arrays():
     params = random_params("gated", tied=False)
-    folded = fold_norm_scale({k: jnp.asarray(v) for k, v in params.items()}, 4.0)
+    folded = normalization.fold({k: jnp.asarray(v) for k, v in params.items()}, 4.0)
     assert isinstance(folded["W_enc"], jnp.ndarray)
     np.testing.assert_allclose(folded["W_enc"], params["W_enc"] * 4.0)
     np.testing.assert_allclose(folded["W_dec"], params["W_dec"] / 4.0)
     np.testing.assert_allclose(folded["b_dec"], params["b_dec"] / 4.0)
     for key in ("b_gate", "r_mag", "b_mag"):
         np.testing.assert_array_equal(folded[key], params[key])
-    same = fold_norm_scale(params, 1.0)
+    same = normalization.fold(params, 1.0)
     assert set(same) == set(params)
-    tied = fold_norm_scale(random_params("relu", tied=True), 1.0)
+    tied = normalization.fold(random_params("relu", tied=True), 1.0)
     np.testing.assert_array_equal(tied["W_enc"], tied["W_dec"].T)
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
 def test_fold_rejects_bad_scale(scale):
     with pytest.raises(SaejaxError, match="norm scale"):
-        fold_norm_scale(random_params("relu", False), scale)
+        normalization.fold(random_params("relu", False), scale)
 
 
 def test_fold_rejects_unknown_keys():
     with pytest.raises(SaejaxError, match="layers"):
-        fold_norm_scale({"W_dec": np.ones((2, 2)), "b_dec": np.ones(2),
+        normalization.fold({"W_dec": np.ones((2, 2)), "b_dec": np.ones(2),
                          "layers": np.ones(1)}, 2.0)
 
 

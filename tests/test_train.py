@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from saejax import initializers, losses, optimizers
+from saejax import initializers, losses, normalization, optimizers
 from saejax.evaluate import heldout
 from saejax import step as step_lib
 from saejax.config import base_config
@@ -95,11 +95,11 @@ def test_buffers_are_not_moved_by_the_optimizer():
 def test_init_normalises_activations_and_sets_b_dec():
     sample = _data(4096)
     sae, loss, optimizer, state = _setup("relu")
-    scale = initializers.activation_norm_scale(sample)
+    scale = normalization.scale_of(sample)
     np.testing.assert_allclose(np.mean(np.sum((sample * scale) ** 2, axis=1)), D_IN, rtol=1e-5)
-    np.testing.assert_allclose(float(state.norm_scale), initializers.activation_norm_scale(_data(1024, seed=1)))
+    np.testing.assert_allclose(float(state.norm_scale), normalization.scale_of(_data(1024, seed=1)))
     with pytest.raises(DataError, match="cannot normalise"):
-        initializers.activation_norm_scale(np.zeros((4, D_IN), np.float32))
+        normalization.scale_of(np.zeros((4, D_IN), np.float32))
 
 
 def test_geometric_median_minimises_sum_of_distances_and_resists_outliers():

@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saejax import data, guards, metrics, writers
+from saejax import data, guards, metrics, normalization, writers
 from saejax.data import batches
-from saejax.errors import SaejaxError
 from saejax.sae import SAE, Params
 
 # Evaluation batches of a source without a held-out split are drawn at these step indices, far from
@@ -32,7 +31,7 @@ def evaluation_sums(sae: SAE, params: Params, norm_scale: jax.Array, batch: jax.
     B rows (with finite values) then compiles into the same program as the others.
     The inference-mode forward, not encode + decode: a sparse TopK SAE then decodes from its k
     selected rows (1.44x faster at d_sae 16384, the same at 3072; BUILD_NOTES.md, "Performance")."""
-    x = batch.astype(jnp.float32) * norm_scale
+    x = normalization.normalize(batch, norm_scale)
     out = sae.forward(params, x, train=False)
     z, x_hat = out.z, out.x_hat
     counted = jnp.ones(x.shape[0], bool) if rows is None else jnp.arange(x.shape[0]) < rows
@@ -127,9 +126,7 @@ def evaluate(run, state, found: dict, prepared=None) -> dict:
     if getattr(source, "process_count", 1) > 1:  # a per-process reader: read whole batches here
         source = data.make_source(config.data, config.seed, whole_batches=True)
     scalars, density, split = measure(config, source, run.sae, state, prepared)
-    step = int(state.step)
-    problem = scalars and step > guards.collapse_check_from(config) and guards.collapse(scalars["fvu"], scalars["l0"])
-    if problem:
-        raise SaejaxError(f"the SAE collapsed: {problem} on {scalars['rows']:.0f} {split} rows after step {step}; "
-                          "no export written; lower optim.lr or the sparsity coefficients")
+    if scalars:
+        guards.check_evaluation_not_collapsed(scalars["fvu"], scalars["l0"], f"{scalars['rows']:.0f} {split} rows",
+                                              int(state.step), config)
     return {**scalars, "density": density, "eval_split": split}

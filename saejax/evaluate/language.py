@@ -4,7 +4,7 @@ dashboards, both on the run's held-out texts."""
 
 import itertools
 
-from saejax import dashboards, export, harvest, splice
+from saejax import dashboards, harvest, normalization, splice
 
 
 def applies(run) -> str | None:
@@ -24,7 +24,7 @@ def _texts(config) -> list[str]:
 
 def splice_metrics(run, state, found: dict) -> dict:
     """`saejax.splice.evaluate` on the run's held-out texts, as "splice/..." metrics."""
-    params = export.fold_norm_scale(state.params, float(state.norm_scale))  # act on raw activations
+    params = normalization.fold(state.params, float(state.norm_scale))  # act on raw activations
     m = run.config.model
     report = splice.evaluate(run.text_model, run.sae, params, _texts(run.config), layer=m.layer, site=m.site,
                              context_length=m.context_length, max_texts=m.eval_texts)
@@ -33,7 +33,7 @@ def splice_metrics(run, state, found: dict) -> dict:
 
 def feature_dashboards(run, state, found: dict) -> dict:
     """HTML dashboards of `model.dashboard_latents` latents in workdir/dashboards."""
-    params = export.fold_norm_scale(state.params, float(state.norm_scale))
+    params = normalization.fold(state.params, float(state.norm_scale))
     m = run.config.model
     dashboards.write(run.text_model, run.sae, params, _texts(run.config), layer=m.layer, site=m.site,
                      out_dir=run.workdir / "dashboards", n_latents=m.dashboard_latents, max_texts=m.eval_texts,

@@ -1,10 +1,9 @@
 """What a source's own ground truth or task says about the trained SAE: dictionary recovery for data
 with a known dictionary, anomaly ROC-AUC or probe accuracy (with the PCA baseline) for tabular tasks."""
 
-import jax
 import numpy as np
 
-from saejax import downstream, metrics
+from saejax import downstream, metrics, normalization
 
 
 def dictionary_applies(run) -> str | None:
@@ -33,7 +32,5 @@ def task_applies(run) -> str | None:
 def task(run, state, found: dict) -> dict:
     """The held-out evaluation the source's task asks for (`saejax.downstream.evaluate_task`):
     anomaly ROC-AUC, or probe accuracy and the PCA baseline, on the source's raw rows."""
-    scale, sae = float(state.norm_scale), run.sae
-    encode = jax.jit(lambda x: sae.encode(state.params, x * scale))
-    decode = jax.jit(lambda z: sae.decode(state.params, z) / scale)
+    encode, decode = normalization.raw_codec(run.sae, state.params, float(state.norm_scale))
     return downstream.evaluate_task(run.source, encode, decode, run.workdir / "plots")

@@ -1,26 +1,25 @@
 """The k largest entries of wide rows, exactly as ``lax.top_k`` and faster on XLA's CPU; other
 backends take ``lax.top_k`` itself.
 
-Two things about XLA's TopK shape this module:
+Three things about XLA's CPU TopK shape this module:
 
 - When only the *values* of a ``lax.top_k`` are used (a threshold such as BatchTopK's k·B-th largest
-  activation), XLA's CPU compiler rewrites the TopK into a full sort of the operand: for [4096, 8192]
-  and k = 32 that took 6.0 s instead of 0.11 s on the 2-core benchmark machine, and BatchTopK's
-  131,072 largest of 33.5M activations 12 s instead of 0.49 s. `largest` uses the indices and gathers
-  the values with them, which keeps the TopK. (An optimization barrier over values and indices also
-  kept it on one device, but crashed XLA's TopkDecomposer under pmap.)
-- The TopK itself runs one thread over every entry (0.29-0.42 s for [4096, 32768], k = 32, a quarter
-  of a sparse TopK train step). `top_k` first takes each block of BLOCK entries' maximum and keeps
-  the k blocks with the largest maxima: every one of the k largest entries lies in one of them (an
-  entry among the k largest makes its block's maximum at least the k-th largest value, and at most
-  k blocks reach that), so the TopK then runs over k·BLOCK candidates instead of the whole row:
-  0.14 s for that shape. Ties go to the lower index, as in ``lax.top_k``: the kept blocks are put in
-  index order before the second TopK, and the first prefers lower blocks among equal maxima.
-- When k is a large share of the row (AuxK's k_aux = 256 over a sub-dictionary of 2048 dead
-  latents) neither helps, and `top_k_mask` selects by radix instead: 32 vectorised counting passes
-  find each row's k-th largest value bit by bit, [4096, 2048], k 256: 0.31 -> 0.13 s (mask included);
-  [4096, 512], k 256: 0.155 -> 0.029 s; [4096, 4096], k 256: 0.42 -> 0.32 s; slower below k = F/16
-  ([4096, 4096], k 128: 0.24 -> 0.33 s; [4096, 8192], k 256: 0.51 -> 0.79 s).
+  activation), XLA-CPU rewrites the TopK into a full sort of the operand (BatchTopK's 131,072 largest
+  of 33.5M activations: 12 s instead of 0.49 s). `largest` uses the indices and gathers the values
+  with them, which keeps the TopK. (An optimization barrier over values and indices also kept it on
+  one device, but crashed XLA's TopkDecomposer under pmap.)
+- The TopK runs one thread over every entry. `top_k` first takes each block of BLOCK entries'
+  maximum and keeps the k blocks with the largest maxima: every one of the k largest entries lies in
+  one of them (an entry among the k largest makes its block's maximum at least the k-th largest
+  value, and at most k blocks reach that), so the TopK then runs over k·BLOCK candidates instead of
+  the whole row. Ties go to the lower index, as in ``lax.top_k``: the kept blocks are put in index
+  order before the second TopK, and the first prefers lower blocks among equal maxima.
+- When k is a large share of the row (AuxK's k_aux over a small dead sub-dictionary) neither helps,
+  and `top_k_mask` selects by radix instead: 32 vectorised counting passes find each row's k-th
+  largest value bit by bit.
+
+The thresholds below (when each path pays) were measured at batch 4096 on a 2-core AVX-512 CPU;
+the numbers are in BUILD_NOTES.md, "Performance".
 """
 
 import jax
@@ -29,15 +28,14 @@ import jax.numpy as jnp
 from saejax.kernels import on_cpu
 
 BLOCK = 32
-# The blockwise path is taken when the candidates are at most this fraction of the row: measured at
-# batch 4096, k 32: d_sae 32768 0.35 -> 0.14 s, 8192 0.114 -> 0.096 s, 2048 0.056 -> 0.066 s
-# (slower), and k 256 over 8192 0.53 -> 0.78 s (slower).
+# The blockwise path is taken when the candidates are at most this fraction of the row (below it, or
+# for k 256 over 8192, the two TopKs cost more than the one).
 MAX_CANDIDATE_SHARE = 1 / 8
-# `top_k_mask` selects by radix from k >= this share of the row on (measurements in the docstring).
+# `top_k_mask` selects by radix from k >= this share of the row on (slower below).
 MIN_RADIX_SHARE = 1 / 16
-# `chunked_top_k` computes at most this many bytes of float32 rows at a time. At batch 4096, k 32,
-# [4096, 512] x [512, 32768] then top_k: whole batch 0.92 s, chunks of 1024 rows (128 MiB) 0.80 s,
-# of 256 rows 0.86-0.88 s, of 2048 rows 0.87 s (BUILD_NOTES, "Performance suite").
+# `chunked_top_k` computes at most this many bytes of float32 rows at a time, so that each chunk is
+# selected from while it is still in cache (1024-row chunks at d_sae 32768 beat the whole batch, 256 and
+# 2048 rows).
 CHUNK_BYTES = 128 * 2**20
 
 
