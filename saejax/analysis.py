@@ -92,7 +92,7 @@ def _load_workdir(path: Path):
 
 def _sae_and_scale(params, config):
     """The SAE a loaded config describes, and the factor its inputs need (1 for folded params)."""
-    sae, _, _ = from_config.model_from_config(config, int(np.shape(params["b_dec"])[0]))
+    sae = from_config.sae_of(config, int(np.shape(params["b_dec"])[0]))
     return sae, (1.0 if sae.spec.has_linear_decoder else float(config.get("norm_scale", 1.0)))
 
 

@@ -11,11 +11,18 @@ from saejax.errors import ConfigError
 from saejax.sae import SAE, registry, sae_from_config
 
 
+def sae_of(config, d_in: int) -> SAE:
+    """The SAE a run's config describes (completed by `saejax.defaults.resolve`), for inputs of width
+    `d_in`; e.g. to encode with a loaded SAE, which needs no loss or optimizer."""
+    config, _ = defaults.resolve(config)
+    return sae_from_config(config.sae, d_in, unit_norm_decoder=config.train.unit_norm_decoder)
+
+
 def model_from_config(config, d_in: int) -> tuple[SAE, losses.LossTerm, optax.GradientTransformation]:
     """The SAE, loss and optimizer a run's config describes (completed by `saejax.defaults.resolve`),
     for inputs of width `d_in`."""
     config, _ = defaults.resolve(config)
-    sae = sae_from_config(config.sae, d_in, unit_norm_decoder=config.train.unit_norm_decoder)
+    sae = sae_of(config, d_in)
     if config.train.resample_every and not sae.spec.has_linear_decoder:
         raise ConfigError(f"train.resample_every > 0 needs linear decoder rows; sae.arch={sae.arch!r} has none")
     return sae, losses.loss_from_config(config.loss, sae), optimizers.optimizer_from_config(config.optim, config.train, sae)

@@ -12,6 +12,7 @@ from saejax.errors import ConfigError
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 
 
+@jax.jit
 def geometric_median(points: jax.Array, iterations: int = 100, eps: float = 1e-8) -> jax.Array:
     """argmin_y Σ_i ||points_i - y|| by Weiszfeld's iterations, started at the mean. [n, d] -> [d]."""
 

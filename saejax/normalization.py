@@ -33,8 +33,6 @@ def scale_of(sample: np.ndarray, mean_sq_norm: float | None = None) -> float:
     return float(np.sqrt(sample.shape[-1] / mean_sq_norm))
 
 
-@jax.jit
-
 def normalize(x: jax.Array, scale) -> jax.Array:
     """Raw rows x [..., d] as the SAE sees them: float32, times the run's scale."""
     return x.astype(jnp.float32) * scale

@@ -84,11 +84,9 @@ def initial_state(config, source, sae, loss, optimizer, key) -> step.TrainState:
     )
 
 
-def restore_or_keep(workdir: Path, source, sae, ckpt: checkpoint.Checkpointer, state: step.TrainState):
-    """The latest good checkpoint in `ckpt` restored into `state`'s structure (`state` itself when
-    there is none). Damaged newer steps are set aside with a warning naming them."""
-    if ckpt.latest_step() is None:
-        return state
+def restore_latest(workdir: Path, source, sae, ckpt: checkpoint.Checkpointer, state: step.TrainState):
+    """The latest good checkpoint in `ckpt` (which holds at least one) restored into `state`'s
+    structure. Damaged newer steps are set aside with a warning naming them."""
     saved = ckpt.saved_shape("params", "b_dec")
     if saved is not None and saved != (sae.d_in,):
         raise ConfigError(
@@ -124,7 +122,7 @@ def start_state(run, ckpt: checkpoint.Checkpointer, key: jax.Array) -> step.Trai
             return state if shardings is None else parallel.put_state(state, shardings)
         abstract = step.abstract_train_state(run.sae, run.loss, run.optimizer)
         like = abstract if shardings is None else parallel.with_shardings(abstract, shardings)
-        return restore_or_keep(run.workdir, run.source, run.sae, ckpt, like)
+        return restore_latest(run.workdir, run.source, run.sae, ckpt, like)
     except SaejaxError:
         ckpt.close()
         raise

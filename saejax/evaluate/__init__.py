@@ -6,8 +6,9 @@
 An evaluator is a pair of functions: `applies(run) -> str | None` (why it does not apply, or None)
 and `evaluate(run, state, found) -> dict`, where `run` is the `saejax.assemble.Run`, `state` the host
 TrainState holding the params to evaluate and `found` what the evaluators before it returned.
-Numbers in the results are the run's eval metrics; "density" [d_sae], "eval_split" and "export"
-are the held-out firing density, the split the metrics come from and where the export went.
+Numbers in the results are the run's eval metrics; "density" [d_sae], "eval_split", "export" and
+"held_out_texts" are the held-out firing density, the split the metrics come from, where the export
+went and the text model's held-out texts (read once, for the splice and the dashboards).
 Evaluators marked `background` (the plots) run on one worker thread while the rest go on.
 """
 

@@ -72,7 +72,7 @@ def replot(workdir: str | Path, rows: int = 16384) -> Path:
     workdir = Path(workdir)
     params, config = analysis.load(workdir)
     source = data.make_source(config.data, config.seed, whole_batches=True)
-    sae, _, _ = from_config.model_from_config(config, source.d_in)
+    sae = from_config.sae_of(config, source.d_in)
     density = analysis.feature_density(analysis.encode(params, config, source.sample(rows)))
     save_training_plot(workdir, writers.read_metrics(workdir))
     save_dictionary_plots(workdir, source, sae, params, density)

@@ -112,10 +112,7 @@ def measure(config, source, sae: SAE, state, sums_of=None) -> tuple[dict, np.nda
 
 def prepare(run):
     """What `evaluate` needs compiled, built ahead (on a worker thread while the run trains)."""
-    from saejax.step import abstract_train_state  # noqa: PLC0415 (the step module imports nothing from here)
-
-    return compile_sums(run.sae, abstract_train_state(run.sae, run.loss, run.optimizer).params,
-                        run.config.train.batch_size)
+    return compile_sums(run.sae, jax.eval_shape(run.sae.init, jax.random.key(0)), run.config.train.batch_size)
 
 
 def evaluate(run, state, found: dict, prepared=None) -> dict:

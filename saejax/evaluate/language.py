@@ -17,25 +17,30 @@ def dashboards_apply(run) -> str | None:
     return applies(run) or (None if run.config.model.dashboard_latents else "model.dashboard_latents is 0")
 
 
-def _texts(config) -> list[str]:
+def _texts(config, found: dict) -> list[str]:
+    """The run's `model.eval_texts` held-out texts: as an evaluator before found them ("held_out_texts";
+    reading them takes seconds), else read here."""
+    if "held_out_texts" in found:
+        return found["held_out_texts"]
     m = config.model
     return list(itertools.islice(harvest.run_texts(m, held_out=True), m.eval_texts))
 
 
 def splice_metrics(run, state, found: dict) -> dict:
-    """`saejax.splice.evaluate` on the run's held-out texts, as "splice/..." metrics."""
+    """`saejax.splice.evaluate` on the run's held-out texts, as "splice/..." metrics (and the texts, as
+    "held_out_texts", for the dashboards)."""
     params = normalization.fold(state.params, float(state.norm_scale))  # act on raw activations
-    m = run.config.model
-    report = splice.evaluate(run.text_model, run.sae, params, _texts(run.config), layer=m.layer, site=m.site,
+    m, texts = run.config.model, _texts(run.config, found)
+    report = splice.evaluate(run.text_model, run.sae, params, texts, layer=m.layer, site=m.site,
                              context_length=m.context_length, max_texts=m.eval_texts)
-    return {f"splice/{key}": value for key, value in report.items()}
+    return {**{f"splice/{key}": value for key, value in report.items()}, "held_out_texts": texts}
 
 
 def feature_dashboards(run, state, found: dict) -> dict:
     """HTML dashboards of `model.dashboard_latents` latents in workdir/dashboards."""
     params = normalization.fold(state.params, float(state.norm_scale))
     m = run.config.model
-    dashboards.write(run.text_model, run.sae, params, _texts(run.config), layer=m.layer, site=m.site,
+    dashboards.write(run.text_model, run.sae, params, _texts(run.config, found), layer=m.layer, site=m.site,
                      out_dir=run.workdir / "dashboards", n_latents=m.dashboard_latents, max_texts=m.eval_texts,
                      context_length=m.context_length)
     return {}
