@@ -167,10 +167,20 @@ def random_batch(b: int, d: int, seed: int = 1) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).standard_normal((b, d), dtype=np.float32))
 
 
+_COMPILED: dict = {}  # (arch, d, f, batch shape and dtype, options) -> compiled step, reused across sections
+
+
 def saejax_setup(arch: str, d: int, f: int, x: jax.Array, **sae_options):
-    """(compiled step, initial state, its memory analysis) of `benchmarks.train_setup` for `arch`, k = K."""
-    step, state = train_setup(arch, d, f, x, **{"k": K, **sae_options})
-    compiled = step.lower(state, x).compile()
+    """(compiled step, initial state, its memory analysis) of `benchmarks.train_setup` for `arch`, k = K.
+    A step already compiled in this process for the same arch, sizes, batch and options is reused
+    (the steps, speedups and scaling sections share many): the state is always built afresh, since
+    a step may donate it."""
+    options = {"k": K, "dtype": "float32", **sae_options}
+    step, state = train_setup(arch, d, f, x, **options)
+    key = (arch, d, f, x.shape, str(x.dtype), repr(sorted(options.items())))
+    if key not in _COMPILED:
+        _COMPILED[key] = step.lower(state, x).compile()
+    compiled = _COMPILED[key]
     return compiled, state, compiled.memory_analysis()
 
 
