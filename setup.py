@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["saejax", "saejax.*"]),
+    package_data={"saejax.kernels": ["*.cc"]},  # the native CPU kernels' source, compiled on first use
     python_requires=">=3.11",
     install_requires=[
         "jax",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from saejax import kernels
-from saejax.kernels import layout, selection
+from saejax.kernels import layout, native, selection
 from saejax.sae import make_sae
 
 
@@ -24,10 +24,14 @@ def off_cpu(monkeypatch):
 X = jax.random.normal(jax.random.key(0), (64, 2048))
 
 
-def test_the_cpu_fast_paths_are_taken_on_cpu():
+def test_the_cpu_fast_paths_are_taken_on_cpu(monkeypatch):
     assert kernels.on_cpu() == (jax.default_backend() == "cpu")
     if not kernels.on_cpu():
         pytest.skip("the fast paths are CPU-only")
+    if native.usable():  # the native kernel where it is built, with no XLA TopK beside it
+        prims = _primitives(lambda x: selection.top_k(x, 4), X)
+        assert "ffi_call" in prims and "top_k" not in prims
+    monkeypatch.setattr(native, "usable", lambda: False)
     assert _primitives(lambda x: selection.top_k(x, 4), X).count("top_k") == 2  # blockwise: maxima, then candidates
     assert make_sae("topk", 16, 512, k=4, sparse="auto").hparams["sparse"]
 

@@ -5,8 +5,10 @@ summation order) and is taken only on the backend where it was measured to win (
 "Performance"); GPUs and TPUs run the references until a measurement there says otherwise.
 
     module        fast path (XLA-CPU)                               reference (elsewhere)
-    selection     blockwise top-k, row-chunked selection, radix     ``lax.top_k`` over the whole array
-                  top-k mask, index-based `largest`
+    selection     native or blockwise top-k, row-chunked            ``lax.top_k`` over the whole array
+                  selection, radix top-k mask, index-based `largest`
+    native        a C++ top-k over XLA's threads (XLA FFI), built   (none: callers take XLA's paths)
+                  on first use; single-device programs only
     screening     bfloat16 pre-screen of the sparse TopK encoder,   the float32 selection
                   certified exact (CPUs with bf16 dot instructions)
     layout        transpose materialised through an identity dot    ``x.T``

@@ -8,7 +8,9 @@ Three things about XLA's CPU TopK shape this module:
   of 33.5M activations: 12 s instead of 0.49 s). `largest` uses the indices and gathers the values
   with them, which keeps the TopK. (An optimization barrier over values and indices also kept it on
   one device, but crashed XLA's TopkDecomposer under pmap.)
-- The TopK runs one thread over every entry. `top_k` first takes each block of BLOCK entries'
+- The TopK runs one thread over every entry. Where the native kernel is built (`native`: float32, k
+  up to NATIVE_MAX_K, one device), `top_k` asks it for the indices, found over XLA's intra-op
+  threads, and gathers the values; otherwise it first takes each block of BLOCK entries'
   maximum and keeps the k blocks with the largest maxima: every one of the k largest entries lies in
   one of them (an entry among the k largest makes its block's maximum at least the k-th largest
   value, and at most k blocks reach that), so the TopK then runs over k·BLOCK candidates instead of
@@ -33,6 +35,8 @@ BLOCK = 32
 MAX_CANDIDATE_SHARE = 1 / 8
 # `top_k_mask` selects by radix from k >= this share of the row on (slower below).
 MIN_RADIX_SHARE = 1 / 16
+# `top_k` takes the native kernel up to this k (beyond it, a partial sort per row: not measured to pay).
+NATIVE_MAX_K = 256
 # `chunked_top_k` computes at most this many bytes of float32 rows at a time, so that each chunk is
 # selected from while it is still in cache (1024-row chunks at d_sae 32768 beat the whole batch, 256 and
 # 2048 rows).
@@ -58,6 +62,12 @@ def top_k(x: jax.Array, k: int, offset: jax.Array | None = None) -> tuple[jax.Ar
     width = x.shape[-1]
     if offset is not None and offset.shape != (width,):
         raise ValueError(f"top_k: offset must have shape ({width},) to match x {x.shape}, got {offset.shape}")
+    if _native_pays(x, k, offset):
+        from saejax.kernels import native  # noqa: PLC0415
+
+        indices = native.top_k_indices(x, k, offset)
+        values = jnp.take_along_axis(x, indices, axis=-1)
+        return (values if offset is None else values + offset[indices]), indices
     if not on_cpu() or width % BLOCK or k * BLOCK > MAX_CANDIDATE_SHARE * width:
         return jax.lax.top_k(x if offset is None else x + offset, k)
     batch = x.shape[:-1]
@@ -71,6 +81,18 @@ def top_k(x: jax.Array, k: int, offset: jax.Array | None = None) -> tuple[jax.Ar
     candidates = candidates.reshape(*batch, k * BLOCK)
     values, at = jax.lax.top_k(candidates, k)
     return values, jnp.take_along_axis(kept, at // BLOCK, axis=-1) * BLOCK + at % BLOCK
+
+
+def _native_pays(x: jax.Array, k: int, offset: jax.Array | None) -> bool:
+    """Whether `top_k` takes the native kernel (`saejax.kernels.native`): float32 rows on XLA's CPU
+    with one device, k at most NATIVE_MAX_K, and the kernel built."""
+    if not (on_cpu() and x.dtype == jnp.float32 and k <= NATIVE_MAX_K and x.size):
+        return False
+    if offset is not None and offset.dtype != jnp.float32:
+        return False
+    from saejax.kernels import native  # noqa: PLC0415
+
+    return native.usable()
 
 
 def chunked_top_k(row_fn, x: jax.Array, k: int, width: int,

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from saejax.kernels import layout, screening, selection
+from saejax.kernels import layout, native, screening, selection
 
 Params = dict[str, Any]
 
@@ -126,11 +126,15 @@ def _selected_pre_acts_bwd(latent_major, residuals, g):
     flat = indices.reshape(-1)
     w_rows = w if latent_major else w.T  # [F, d]
     d_b_enc = jnp.zeros(w_rows.shape[0], g.dtype).at[flat].add(g.reshape(-1))
-    rows = (g[:, :, None] * centered[:, None, :]).reshape(flat.shape[0], -1)  # [B·n, d]
-    d_rows = jnp.zeros(w_rows.shape, g.dtype).at[flat].add(rows)  # scatter whole rows into [F, d]
+    if native_rows(g, centered, w):  # the same sums without the [B·n, d] rows in memory
+        d_rows = native.scatter_outer(g, centered, indices, w_rows.shape[0])
+        d_x = native.gather_combine(w_rows, g, indices)
+    else:
+        rows = (g[:, :, None] * centered[:, None, :]).reshape(flat.shape[0], -1)  # [B·n, d]
+        d_rows = jnp.zeros(w_rows.shape, g.dtype).at[flat].add(rows)  # scatter whole rows into [F, d]
+        d_x = jnp.einsum("bn,bnd->bd", g, w_rows[indices])  # dead code under jit when x is data
     d_w = d_rows if latent_major else layout.transpose(d_rows)  # once, not in every optimizer pass
     d_b_dec = -(d_b_enc @ w) if latent_major else -(w @ d_b_enc)
-    d_x = jnp.einsum("bn,bnd->bd", g, w_rows[indices])  # dead code under jit when x is data
     return d_x, d_b_dec, d_w, d_b_enc, jnp.zeros_like(g), None  # `selected` carries no gradient
 
 
@@ -158,10 +162,40 @@ def linear_top_k(params: Params, x: jax.Array, k: int, dtype: str,
     return selected_pre_acts(x, params["b_dec"], w, params["b_enc"], selected, indices, tied), indices
 
 
+def native_rows(*arrays: jax.Array) -> bool:
+    """Whether the sparse TopK's row gathers and scatters go through `saejax.kernels.native`: every
+    array float32 and the native kernels usable (XLA's CPU, one device, built)."""
+    return all(a.dtype == jnp.float32 for a in arrays) and native.usable()
+
+
+@jax.custom_vjp
+def native_sparse_decode(w_dec: jax.Array, values: jax.Array, indices: jax.Array) -> jax.Array:
+    """Σ_j values[b, j] · w_dec[indices[b, j]] by the native kernels, never holding the [B, k, d]
+    gathered rows: w_dec [F, d], values [B, k], indices [B, k] -> [B, d]. Gradients: dw_dec by
+    `native.scatter_outer`, dvalues by `native.gather_dot`; none for the indices."""
+    return native.gather_combine(w_dec, values, indices)
+
+
+def _native_sparse_decode_fwd(w_dec, values, indices):
+    return native.gather_combine(w_dec, values, indices), (w_dec, values, indices)
+
+
+def _native_sparse_decode_bwd(residuals, g):
+    w_dec, values, indices = residuals
+    d_w_dec = native.scatter_outer(values, g, indices, w_dec.shape[0])
+    return d_w_dec, native.gather_dot(w_dec, g, indices), None
+
+
+native_sparse_decode.defvjp(_native_sparse_decode_fwd, _native_sparse_decode_bwd)
+
+
 def sparse_decode(params: Params, values: jax.Array, indices: jax.Array, dtype: str) -> jax.Array:
     """Σ_j values[b, j] · W_dec[indices[b, j]] + b_dec by gathering k rows of W_dec per row:
     values [B, k], indices [B, k] -> [B, d_in]. Autodiff turns the gather into a scatter-add of
-    B·k rows for dW_dec."""
+    B·k rows for dW_dec. In float32 where the native kernels are usable, `native_sparse_decode`
+    does the same without the gathered rows in memory."""
+    if dtype == "float32" and values.ndim == 2 and native_rows(values, params["W_dec"]):
+        return native_sparse_decode(params["W_dec"], values, indices) + params["b_dec"]
     rows = params["W_dec"][indices]  # [B, k, d_in]
     out = jnp.einsum("bk,bkd->bd", values.astype(dtype), rows.astype(dtype), preferred_element_type=jnp.float32)
     return out + params["b_dec"]
