@@ -15,7 +15,6 @@ folded: its params are returned as trained and its inputs must be multiplied by
 ``config.norm_scale`` (always set, for every architecture).
 """
 
-import json
 from pathlib import Path
 
 import jax
@@ -25,18 +24,23 @@ import numpy as np
 from saejax import checkpoint, downstream, export, from_config, normalization
 from saejax import step as step_lib
 from saejax.downstream import linear_probe_accuracy, roc_auc
-from saejax.errors import DataError
+from saejax.errors import DataError, SaejaxError
 
 __all__ = ["load", "encode", "reconstruct", "feature_density", "dead_latents", "top_activating", "pca_fvu",
            "linear_probe_accuracy", "roc_auc"]
 
-EXPORT_CONFIG = "saejax_config.json"
+EXPORT_CONFIG = export.SAEJAX_CONFIG_FILENAME
 
 
 def load(path: str | Path) -> tuple[dict, ml_collections.ConfigDict]:
     """(params as numpy arrays, a config) from a saejax workdir or export folder, or an SAE trained
     elsewhere: a SAELens directory (cfg.json + sae_weights.safetensors) or a Gemma Scope
-    ``params.npz``. Imported SAEs get a default config with their sae.arch/d_sae/k."""
+    ``params.npz``. Imported SAEs get a default config with their sae.arch/d_sae/k.
+
+    Checked before anything is returned (`saejax.validate_weights`): every file parses, cfg.json's
+    and the run config's fields have their types, and every tensor its rank, shape, dtype and
+    finite values for the sizes and architecture claimed; anything else is one DataError naming the
+    file and the field or tensor."""
     path = Path(path)
     if (path / "checkpoints").is_dir():
         return _load_workdir(path)
@@ -61,14 +65,47 @@ def _imported(params: dict, fields: dict) -> tuple[dict, ml_collections.ConfigDi
     return params, config
 
 
+def _built(make, where: Path):
+    """make() (building what a loaded run config describes: its SAE, or SAE, loss and optimizer);
+    DataError naming `where` (where the config came from) and the field when it describes none."""
+    try:
+        return make()
+    except SaejaxError as err:
+        raise DataError(f"{where}: {err}") from None
+    except (AttributeError, KeyError) as err:
+        field = str(err.args[0] if err.args else err).strip("'\"")
+        raise DataError(f"{where}: not a saejax run config (no field {field!r})") from None
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: a run config field has the wrong type ({err})") from None
+
+
 def _load_export(path: Path):
     params, cfg = export.load_saelens(path)
-    config_path = path / EXPORT_CONFIG
-    if not config_path.is_file():
-        raise DataError(f"{config_path}: missing; this export was not written by saejax (use saejax.load_saelens)")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    config.norm_scale = float(cfg.get("metadata", {}).get("saejax", {}).get("norm_scale_folded", 1.0))
+    where = path / EXPORT_CONFIG
+    config = ml_collections.ConfigDict(export.read_export_config(path, cfg))
+    _built(lambda: from_config.sae_of(config, int(cfg["d_in"])), where)
+    config.norm_scale = export.folded_norm_scale(cfg)
     return params, config
+
+
+def _saved_config_and_width(ckpt: checkpoint.Checkpointer) -> tuple[ml_collections.ConfigDict, int, Path]:
+    """(run config, d_in, its step's folder) saved with the newest checkpoint whose config and
+    params.b_dec [d_in] metadata read; DataError naming the checkpoints folder when none does."""
+    reasons = []
+    for step in reversed(ckpt.all_steps()):
+        try:
+            saved = ckpt.restore_config(step)
+        except Exception as err:  # noqa: BLE001 - Orbax raises many types for a damaged item
+            reasons.append(f"step {step}: {(str(err).strip().splitlines() or [type(err).__name__])[0][:200]}")
+            continue
+        width = ckpt.saved_shape("params", "b_dec", step=step)
+        if not (isinstance(saved, dict) and isinstance(saved.get("sae"), dict)):
+            reasons.append(f"step {step}: its config is not a saejax run config")
+        elif width is None or len(width) != 1:
+            reasons.append(f"step {step}: its state metadata has no params.b_dec [d_in]")
+        else:
+            return ml_collections.ConfigDict(saved), int(width[0]), ckpt.directory / str(step)
+    raise DataError(f"{ckpt.directory}: no checkpoint can be read ({'; '.join(reasons)})")
 
 
 def _load_workdir(path: Path):
@@ -76,10 +113,13 @@ def _load_workdir(path: Path):
     try:
         if ckpt.latest_step() is None:
             raise DataError(f"{path / 'checkpoints'}: holds no checkpoint yet")
-        config = ml_collections.ConfigDict(ckpt.restore_config())
-        sae, loss, optimizer = from_config.model_from_config(config, ckpt.saved_shape("params", "b_dec")[0])
+        config, d_in, where = _saved_config_and_width(ckpt)
+        sae, loss, optimizer = _built(lambda: from_config.model_from_config(config, d_in), where / checkpoint.CONFIG)
         like = step_lib.abstract_train_state(sae, loss, optimizer)
-        state, _, _ = ckpt.restore_latest_good(like, is_good=lambda s: step_lib.all_finite(s.params))
+        try:
+            state, _, _ = ckpt.restore_latest_good(like, is_good=lambda s: step_lib.all_finite(s.params))
+        except checkpoint.CheckpointError as err:
+            raise DataError(str(err)) from None
     finally:
         ckpt.close()
     params = jax.tree.map(np.asarray, step_lib.eval_params(sae, state))

@@ -15,6 +15,10 @@ scalar inference threshold broadcast to [d_sae] (SAELens saves its own BatchTopK
 Tied SAEs are written untied (W_enc = W_dec.T). The activation-normalisation scale is
 folded into the weights, so the cfg says ``normalize_activations: "none"``.
 
+Everything read back (`load_saelens`, `import_saelens`, `import_gemma_scope`, `read_export_config`)
+is checked at the door by `saejax.validate_weights`: a file, field or tensor that does not fit is one
+DataError naming the file and the field or tensor.
+
 `encode_saelens` / `decode_saelens` are tiny numpy re-implementations of SAELens'
 inference forward passes, used to check that an export reproduces our outputs.
 """
@@ -24,9 +28,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from saejax import normalization
+from saejax import validate_weights as check
 from saejax.errors import DataError, SaejaxError
 from saejax.sae import ARCHITECTURES, registry
 from saejax.sae.registry import SAELensExport
@@ -55,20 +60,20 @@ SAELENS_WEIGHTS = {
     "gated": ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"),
 }
 
+# The SAELens architectures whose cfg.json must carry k.
+SAELENS_NEEDS_K = frozenset(saelens_export(name).architecture for name in ARCHITECTURES
+                            if saelens_export(name) and saelens_export(name).writes_k)
+
+# The run config an export written by saejax holds beside cfg.json.
+SAEJAX_CONFIG_FILENAME = "saejax_config.json"
+
+
 def _expected_shapes(arch: str, d_in: int, d_sae: int) -> dict[str, tuple]:
-    """Shape of each tensor our `arch` must hold after folding (threshold: see below)."""
-    shapes = {
-        "W_enc": (d_in, d_sae),
-        "W_dec": (d_sae, d_in),
-        "b_dec": (d_in,),
-        "b_enc": (d_sae,),
-        "threshold": (d_sae,),
-        "b_gate": (d_sae,),
-        "r_mag": (d_sae,),
-        "b_mag": (d_sae,),
-    }
+    """Shape of each tensor our `arch` must hold after folding (threshold: see below), e.g.
+    W_enc (d_in, d_sae), W_dec (d_sae, d_in), b_dec (d_in,), b_enc (d_sae,)."""
+    sizes = {"d_in": d_in, "d_sae": d_sae}
     names = SAELENS_WEIGHTS[saelens_export(arch).architecture]
-    return {name: shapes[name] for name in names}
+    return {name: tuple(sizes[dim] for dim in check.TENSOR_DIMS[name]) for name in names}
 
 
 def _saelens_tensors(
@@ -176,20 +181,90 @@ def export_saelens(
 
 
 def load_saelens(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a SAELens-layout directory back: (params of float32 arrays, cfg dict)."""
+    """Read a SAELens-layout directory back: (params of float32 arrays, cfg dict), checked at the
+    door: cfg.json's fields by `check_saelens_cfg`, and the weights file holds exactly the tensors of
+    cfg.json's architecture, each floating point, finite and shaped by cfg.json's d_in and d_sae
+    (W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_dec [d_in], the others [d_sae]). Anything else is
+    one DataError naming the file and the field or tensor."""
     root = Path(path)
     for name in (CFG_FILENAME, WEIGHTS_FILENAME):
         if not (root / name).is_file():
             raise DataError(f"{root}: missing {name} (not a SAELens SAE directory)")
-    try:
-        cfg = json.loads((root / CFG_FILENAME).read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{root / CFG_FILENAME}: invalid JSON ({err})") from None
-    params = {
-        key: np.asarray(value, dtype=np.float32)
-        for key, value in load_file(str(root / WEIGHTS_FILENAME)).items()
-    }
-    return params, cfg
+    cfg_path, weights_path = root / CFG_FILENAME, root / WEIGHTS_FILENAME
+    cfg = check.read_json_object(cfg_path)
+    architecture, d_in, d_sae, _ = check_saelens_cfg(cfg, cfg_path)
+    tensors = check.read_safetensors(weights_path)
+    check.check_names(tensors, SAELENS_WEIGHTS[architecture], weights_path,
+                      f"{CFG_FILENAME}'s architecture {architecture!r}")
+    params = check.check_tensors(tensors, {"d_in": d_in, "d_sae": d_sae}, weights_path,
+                                 f"d_in={d_in}, d_sae={d_sae} in {CFG_FILENAME}")
+    return {name: params[name] for name in SAELENS_WEIGHTS[architecture]}, cfg
+
+
+def check_saelens_cfg(cfg: dict[str, Any], where: Path) -> tuple[str, int, int, int | None]:
+    """(architecture, d_in, d_sae, k) of a SAELens cfg.json dict, after checking the type of every
+    field we read: architecture one of SAELENS_WEIGHTS (absent: standard), d_in and d_sae positive
+    integers, k a positive integer <= d_sae (required by topk; None when absent elsewhere),
+    apply_b_dec_to_input and rescale_acts_by_decoder_norm booleans, normalize_activations,
+    reshape_activations and dtype strings, metadata an object, metadata.saejax an object with a
+    positive norm_scale_folded. DataError naming `where` and the field otherwise."""
+    architecture = cfg.get("architecture", "standard")
+    if not isinstance(architecture, str) or architecture not in SAELENS_WEIGHTS:
+        raise DataError(f"{where}: architecture={architecture!r} is not one of {', '.join(SAELENS_WEIGHTS)}")
+    d_in, d_sae = check.positive_int(cfg, "d_in", where), check.positive_int(cfg, "d_sae", where)
+    k = None
+    if architecture in SAELENS_NEEDS_K or cfg.get("k") is not None:
+        k = check.positive_int(cfg, "k", where)
+        if k > d_sae:
+            raise DataError(f"{where}: k={k} exceeds d_sae={d_sae}")
+    for field in ("apply_b_dec_to_input", "rescale_acts_by_decoder_norm"):
+        check.optional_field(cfg, field, bool, where)
+    for field in ("normalize_activations", "reshape_activations", "dtype"):
+        check.optional_field(cfg, field, str, where)
+    ours = check.optional_field(check.optional_field(cfg, "metadata", dict, where) or {}, "saejax", dict, where,
+                                "metadata.") or {}
+    check.optional_field(ours, "arch", str, where, "metadata.saejax.")
+    if ours.get("norm_scale_folded") is not None:
+        check.positive_number(ours, "norm_scale_folded", where, "metadata.saejax.")
+    return architecture, d_in, d_sae, k
+
+
+def folded_norm_scale(cfg: dict[str, Any]) -> float:
+    """The normalisation scale a saejax export folded into its weights (1.0 when not recorded), from
+    a cfg dict `check_saelens_cfg` accepted."""
+    ours = (cfg.get("metadata") or {}).get("saejax") or {}
+    scale = ours.get("norm_scale_folded")
+    return 1.0 if scale is None else float(scale)
+
+
+def read_export_config(path: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The run config saved beside a saejax export (saejax_config.json) as a dict, checked against
+    the export's cfg dict (as `load_saelens` returned it): a JSON object whose sae section names an
+    exportable sae.arch that is written as cfg.json's architecture (so the tensors present are the
+    ones it needs), with cfg.json's d_sae, k (TopK) and metadata.saejax.arch. DataError naming the
+    file and the field otherwise."""
+    where = Path(path) / SAEJAX_CONFIG_FILENAME
+    config = check.read_json_object(where)
+    sae = config.get("sae")
+    if not isinstance(sae, dict):
+        raise DataError(f"{where}: sae must be an object, got {check.json_type(sae)}")
+    arch = sae.get("arch")
+    written = saelens_export(arch) if isinstance(arch, str) else None
+    if written is None:
+        raise DataError(f"{where}: sae.arch={arch!r} is not an architecture saejax exports "
+                        f"({', '.join(SAELENS_ARCH)})")
+    if written.architecture != cfg.get("architecture", "standard"):
+        raise DataError(f"{where}: sae.arch={arch!r} is exported as SAELens architecture {written.architecture!r}, "
+                        f"but {CFG_FILENAME} and its tensors are {cfg.get('architecture', 'standard')!r}")
+    fields = ("d_sae", "k") if written.writes_k else ("d_sae",)
+    for field in fields:
+        if sae.get(field) != cfg.get(field) or isinstance(sae.get(field), bool):
+            raise DataError(f"{where}: sae.{field}={sae.get(field)!r} disagrees with {CFG_FILENAME}'s "
+                            f"{field}={cfg.get(field)!r}")
+    recorded = ((cfg.get("metadata") or {}).get("saejax") or {}).get("arch")
+    if recorded is not None and recorded != arch:
+        raise DataError(f"{where}: sae.arch={arch!r} disagrees with {CFG_FILENAME}'s metadata.saejax.arch={recorded!r}")
+    return config
 
 
 def _relu(a: np.ndarray) -> np.ndarray:
@@ -260,59 +335,53 @@ def fold_input_bias(params: Mapping[str, np.ndarray], arch: str) -> dict[str, np
     of its SAELens tensors (gated: b_gate and b_mag, else b_enc)."""
     out = {k: np.asarray(v, np.float32) for k, v in params.items()}
     shift = out["b_dec"].astype(np.float64) @ out["W_enc"].astype(np.float64)
-    if "b_gate" in SAELENS_WEIGHTS[saelens_export(arch).architecture]:
-        out["b_gate"] = (out["b_gate"] + shift).astype(np.float32)
-        out["b_mag"] = (out["b_mag"] + shift * np.exp(out["r_mag"])).astype(np.float32)
-    else:
-        out["b_enc"] = (out["b_enc"] + shift).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow becomes inf, which importers report
+        if "b_gate" in SAELENS_WEIGHTS[saelens_export(arch).architecture]:
+            out["b_gate"] = (out["b_gate"] + shift).astype(np.float32)
+            out["b_mag"] = (out["b_mag"] + shift * np.exp(out["r_mag"])).astype(np.float32)
+        else:
+            out["b_enc"] = (out["b_enc"] + shift).astype(np.float32)
     return out
 
 
 def import_saelens(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A SAELens SAE directory (written by SAELens or by us) as (saejax params, fields for our
-    config: arch, d_in, d_sae, k). DataError naming the field for what we cannot represent."""
+    """A SAELens SAE directory (written by SAELens or by us), checked by `load_saelens`, as
+    (saejax params, fields for our config: arch, d_in, d_sae, k). DataError naming the field for
+    what we cannot represent."""
     params, cfg = load_saelens(path)
     where = Path(path) / CFG_FILENAME
-    arch = SAEJAX_ARCH.get(cfg.get("architecture", "standard"))
+    architecture = cfg.get("architecture", "standard")
+    arch = SAEJAX_ARCH.get(architecture)
     if arch is None:
-        raise DataError(f"{where}: architecture {cfg.get('architecture')!r} has no saejax equivalent "
+        raise DataError(f"{where}: architecture {architecture!r} has no saejax equivalent "
                         f"(supported: {', '.join(SAEJAX_ARCH)})")
     for field, plain in (("normalize_activations", "none"), ("reshape_activations", "none")):
         if cfg.get(field, plain) not in (plain, None):
             raise DataError(f"{where}: {field}={cfg[field]!r} is not supported on import (only {plain!r})")
     if cfg.get("rescale_acts_by_decoder_norm"):
         raise DataError(f"{where}: rescale_acts_by_decoder_norm=true is not supported on import")
-    missing = [name for name in SAELENS_WEIGHTS[cfg.get("architecture", "standard")] if name not in params]
-    if missing:
-        raise DataError(f"{root_name(path)}: {WEIGHTS_FILENAME} lacks {missing}")
-    if not cfg.get("apply_b_dec_to_input", True):
-        params = fold_input_bias(params, arch)
+    if cfg.get("apply_b_dec_to_input") is False:
+        params = check.check_finite(fold_input_bias(params, arch), Path(path) / WEIGHTS_FILENAME,
+                                    "b_dec is folded into the encoder biases (apply_b_dec_to_input=false)")
     d_in, d_sae = params["W_enc"].shape
     return params, {"arch": arch, "d_in": int(d_in), "d_sae": int(d_sae), "k": int(cfg.get("k") or 0)}
 
 
+# The tensors of a Gemma Scope params.npz.
+GEMMA_SCOPE_TENSORS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+
+
 def import_gemma_scope(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A Gemma Scope ``params.npz`` (W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec,
-    threshold; JumpReLU with pre = x @ W_enc + b_enc) as (saejax params, config fields). Read with
-    ``allow_pickle=False``."""
+    """A Gemma Scope ``params.npz`` (W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
+    b_dec [d_in], threshold [d_sae]; JumpReLU with pre = x @ W_enc + b_enc) as (saejax params,
+    config fields). Read with ``allow_pickle=False``; a file that is not such an archive, or whose
+    tensors are missing, extra, misshapen, not floating point or not finite, is one DataError
+    naming the file and the tensor."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            params = {key: np.asarray(archive[key], np.float32) for key in archive.files}
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable .npz archive ({err})") from None
-    expected = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
-    missing = [key for key in expected if key not in params]
-    if missing:
-        raise DataError(f"{path}: a Gemma Scope params.npz holds {', '.join(expected)}; missing {missing}")
-    d_in, d_sae = params["W_enc"].shape
-    shapes = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
-    for key, shape in shapes.items():
-        if params[key].shape != shape:
-            raise DataError(f"{path}: {key} has shape {params[key].shape}, expected {shape} (W_enc is {(d_in, d_sae)})")
-    params = fold_input_bias({key: params[key] for key in expected}, "jumprelu")
-    return params, {"arch": "jumprelu", "d_in": int(d_in), "d_sae": int(d_sae), "k": 0}
-
-
-def root_name(path: str | Path) -> str:
-    return str(Path(path) / WEIGHTS_FILENAME)
+    tensors = check.read_npz(path)
+    check.check_names(tensors, GEMMA_SCOPE_TENSORS, path, "a Gemma Scope params.npz")
+    d_in, d_sae = check.matrix_sizes(tensors["W_enc"], "W_enc", path)
+    params = check.check_tensors(tensors, {"d_in": d_in, "d_sae": d_sae}, path, f"W_enc is {(d_in, d_sae)}")
+    params = check.check_finite(fold_input_bias(params, "jumprelu"), path,
+                                "b_dec is folded into b_enc (Gemma Scope's encoder sees x, not x - b_dec)")
+    return params, {"arch": "jumprelu", "d_in": d_in, "d_sae": d_sae, "k": 0}

@@ -119,6 +119,10 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
     _require(isinstance(raw, dict) and raw.get("format") == FORMAT, path,
              f"not a saejax shard manifest (expected \"format\": \"{FORMAT}\")")
     d_in, dtype, per_shard = raw.get("d_in"), raw.get("dtype"), raw.get("rows_per_shard")
