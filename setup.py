@@ -30,6 +30,7 @@ setup(
         "tabular": ["river"],  # data.source=tabular
         "models": ["tokenizers", "gguf"],  # saejax.models: tokenisers, GGUF files
         "wandb": ["wandb"],  # log.wandb=True
+        "tensorboard": ["tensorboard"],  # the viewer: tensorboard --logdir DIR/tensorboard (saejax writes the files itself)
         # SAELens' own loader for the interop test; torch 2.13.0 exactly is the CPU-only build here
         "saelens": ["sae-lens", "torch==2.13.0"],
         # benchmarks.peers_quality: SAELens and EleutherAI's sparsify trained on the same rows as saejax

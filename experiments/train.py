@@ -2,10 +2,14 @@ r"""Train an SAE from a config file; the command-line entry point.
 
     python experiments/train.py --workdir=DIR [--config=experiments/configs/NAME.py] [--config.FIELD=VALUE ...]
 
+    python experiments/train.py --config.help [--config=...]         # every field, its value and doc
+    python experiments/train.py --workdir=DIR --dry_run [...]         # the resolved config and the plan
+
 Without --config it runs experiments/configs/default.py. Running again with the same --workdir
 resumes from the latest good checkpoint there. SIGTERM or Ctrl-C finishes the current step, saves a
-checkpoint and exits 0 (a second Ctrl-C stops at once). Bad input ends with one `error: ...` line and
-exit status 1. On a CPU-only Linux host the process keeps freed heap memory for reuse
+checkpoint and exits 0; a second Ctrl-C (or one outside training) stops at once with exit status 130.
+Bad input (a flag, config file, field or value) ends with one `error: ...` line and exit status 1.
+On a CPU-only Linux host the process keeps freed heap memory for reuse
 (`saejax.kernels.cpu.tune_malloc`; SAEJAX_NO_MALLOC_TUNING=1 turns it off).
 
 Several processes (one per host of a TPU pod or GPU cluster, or `python -m saejax.launch` on one
@@ -16,38 +20,34 @@ or --coordinator_address/--num_processes/--process_id, and parallel.strategy=mes
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from saejax import runtime
 
-import saejax
-from saejax import distributed, runtime
-from saejax.kernels import cpu
-from saejax.errors import SaejaxError
+# Ctrl-C outside the training loop (while importing, compiling, evaluating) and a second Ctrl-C inside
+# it (the first saves and stops) end the process at once: one line, exit status 130
+runtime.exit_at_once_on_interrupt("error: interrupted (Ctrl-C): stopped at once; checkpoints saved before are "
+                                  "kept (run the same command to resume)")
+
+from absl import app, flags, logging  # noqa: E402 (after the Ctrl-C handler: these imports take seconds)
+from ml_collections import config_flags  # noqa: E402
+
+import saejax  # noqa: E402
+from saejax import cli, distributed  # noqa: E402
+from saejax.kernels import cpu  # noqa: E402
+from saejax.errors import SaejaxError  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and the export.")
-
-
-def define_config_flag():
-    """--config and its --config.FIELD overrides. ml_collections reads the overrides from sys.argv
-    while defining the flag when --config is not given, so an unknown field may fail here."""
-    try:
-        return config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.", lock_config=True)
-    except (KeyError, AttributeError) as e:
-        sys.exit(unknown_field_error(e, sys.argv[1:]))
-
-
-def unknown_field_error(e: KeyError | AttributeError, argv: list[str]) -> str:
-    """The `error:` line for a --config.FIELD override naming a field the config does not have."""
-    field = str(e).strip("\"' ")
-    given = [arg.split("=")[0] for arg in argv if arg.startswith("--config.")]
-    named = next((arg for arg in given if arg.split(".")[-1] == field), "--config." + field)
-    return f"error: {named}: the config has no field {field!r} (see saejax/config.py for the fields)"
-
-
-_CONFIG = define_config_flag()
+# No default here: ml_collections would load a default config file, and read the --config.FIELD
+# overrides from sys.argv, while defining the flag, outside parse_flags' error handling;
+# parse_flags inserts --config=experiments/configs/default.py when the command line names none.
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, PATH[:VARIANT] (default: experiments/configs/default.py). "
+    "--config.FIELD=VALUE overrides a field; --config.help lists every field with its value and doc.",
+    lock_config=True)
 flags.mark_flag_as_required("workdir")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved config and what the run would do (data rows, "
+                             "d_in, parameters, memory, steps, outputs), then exit without training or writing.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-process run: let jax.distributed.initialize() "
                                  "find the other processes (Cloud TPU pods, SLURM, Open MPI).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process run: process 0's host:port "
@@ -58,22 +58,37 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process run: this 
                                    "[0, num_processes) (default: $SAEJAX_PROCESS_ID).")
 
 
-def parse_flags(argv):
-    """absl's parser, with any flag or config-override error turned into one `error: ...` line."""
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser behind `saejax.cli`'s checks: any bad flag, config file or override ends the
+    process with one `error: ...` line (exit status 1); --config.help prints the fields and exits 0."""
     try:
-        return flags.FLAGS(argv)
-    except (KeyError, AttributeError) as e:
-        sys.exit(unknown_field_error(e, argv[1:]))
-    except (flags.Error, TypeError, ValueError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        sys.exit(f"error: {message}")
+        argv, config = cli.prepare(argv, _DEFAULT_CONFIG)
+        if cli.asks_for_help(argv):
+            print(cli.field_table(config, cli.config_spec(argv)))
+            sys.exit(0)
+        sys.argv[:] = argv  # ml_collections reads the overrides from sys.argv
+        positional = flags.FLAGS(argv)
+    except SaejaxError as e:
+        sys.exit(f"error: {e}")
+    except (flags.Error, TypeError, ValueError, KeyError, AttributeError, OSError) as e:
+        sys.exit(f"error: {cli.first_line(e)}")
+    if len(positional) > 1:
+        sys.exit(f"error: unexpected argument {positional[1]!r}: every option is a flag, --name=value "
+                 "(--helpfull lists them)")
+    return positional
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; -v 0 brings it back
+    if _DRY_RUN.value:
+        from saejax import plan  # noqa: PLC0415 (builds the run's parts: only for a dry run)
+
+        try:
+            print(plan.describe(_CONFIG.value, _WORKDIR.value), flush=True)
+        except SaejaxError as e:
+            sys.exit(f"error: {e}")
+        return
     cpu.tune_malloc()  # reuse freed scratch: faster CPU steps (SAEJAX_NO_MALLOC_TUNING=1: off)
     runtime.enable_compilation_cache()  # a rerun loads its programs (SAEJAX_COMPILATION_CACHE=off: off)
     try:

@@ -51,10 +51,17 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     return fp / max(fp[-1], 1), tp / max(tp[-1], 1)
 
 
+# An FVU below this is the float64 round-off of an exact reconstruction (e.g. PCA keeping as many
+# components as the rows have dimensions, when an SAE's L0 exceeds d_in: ~1e-30), reported as 0.
+ROUNDOFF_FVU = 1e-12
+
+
 def fvu(x: np.ndarray, x_hat: np.ndarray) -> float:
-    """Fraction of variance unexplained, Σ||x - x̂||² / Σ||x - mean(x)||², over all rows."""
+    """Fraction of variance unexplained, Σ||x - x̂||² / Σ||x - mean(x)||², over all rows; 0.0 for an
+    exact reconstruction (below `ROUNDOFF_FVU`)."""
     x = np.asarray(x, np.float64)
-    return float(reconstruction_errors(x, x_hat).sum() / np.sum(np.square(x - x.mean(0))))
+    value = float(reconstruction_errors(x, x_hat).sum() / np.sum(np.square(x - x.mean(0))))
+    return 0.0 if value < ROUNDOFF_FVU else value
 
 
 def pca_reconstruction(train: np.ndarray, test: np.ndarray, n_components: int) -> np.ndarray:

@@ -3,10 +3,11 @@
 Figures are built with `matplotlib.figure.Figure` (Agg canvas), never pyplot, so nothing
 opens a window or touches global backend state. Each function writes a PNG (or any
 format matplotlib infers from the suffix), creates missing parent directories and
-returns the path.
+returns the path. Every figure carries a caption across its top saying what it shows.
 """
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +26,19 @@ CURVE_PANELS = (
     ("fvu", "FVU"),
     ("dead_fraction", "dead fraction"),
 )
+
+
+CAPTION_FONTSIZE = 8.0
+
+
+def _wrapped(text: str, width_inches: float, fontsize: float = CAPTION_FONTSIZE) -> str:
+    """`text` broken into lines that fit `width_inches` at `fontsize` (about 0.55 em a character)."""
+    return textwrap.fill(text, max(24, int(width_inches * 72 / (0.55 * fontsize))), break_on_hyphens=False)
+
+
+def _caption(fig: Figure, text: str) -> None:
+    """The caption across the top of `fig` (its suptitle), wrapped to the figure's width."""
+    fig.suptitle(_wrapped(text, fig.get_figwidth()), fontsize=CAPTION_FONTSIZE)
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -62,13 +76,15 @@ def plot_atoms(
     path: str | Path,
     n: int = 64,
     order: Sequence[int] | None = None,
+    ordered_by: str | None = None,
 ) -> Path:
-    """Grid of decoder rows drawn as grayscale patches.
+    """Grid of decoder rows drawn as grayscale patches, under a caption saying so.
 
     W_dec: [d_sae, d_in] with d_in == h * w for patch_shape (h, w). Each atom is scaled
     to its own max |value| on a symmetric gray colormap (0 = mid-gray). order: latent
     indices to draw first (e.g. np.argsort(-density) for most-used first); the first
-    n of them (default: latents 0..n-1) are drawn, row-major.
+    n of them (default: latents 0..n-1) are drawn, row-major. ordered_by: what `order`
+    follows, for the caption (e.g. "firing density, densest first").
     """
     W = np.asarray(W_dec, dtype=np.float32)
     h, w = patch_shape
@@ -79,8 +95,15 @@ def plot_atoms(
     idx = _atom_rows(W, n, order)
     cols = max(1, math.ceil(math.sqrt(len(idx))))
     rows = max(1, math.ceil(len(idx) / cols))
-    fig = Figure(figsize=(cols * 0.9, rows * 0.9))
-    ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
+    order_note = f", ordered by {ordered_by}" if ordered_by else (", in the given order" if order is not None else "")
+    width = max(cols * 0.9, 3.6)
+    caption = _wrapped(f"Decoder atoms: {len(idx)} of the {W.shape[0]} latents' decoder rows as {h}x{w} images"
+                       f"{order_note}, each scaled to its own largest |value| (mid-gray = 0)", width)
+    caption_height = (caption.count("\n") + 1) * CAPTION_FONTSIZE * 1.4 / 72 + 0.1  # inches
+    height = rows * 0.9 + caption_height
+    fig = Figure(figsize=(width, height))
+    fig.suptitle(caption, y=1 - 0.05 / height, va="top", fontsize=CAPTION_FONTSIZE)
+    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - caption_height / height - 0.01))
     cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
     ax.imshow(atom_mosaic(W[idx], (h, w), cols), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     ax.set_axis_off()
@@ -108,7 +131,9 @@ def plot_training_curves(metrics: Sequence[dict[str, Any]], path: str | Path) ->
     """
     panels = [(key, title, *_series(metrics, key)) for key, title in CURVE_PANELS]
     panels = [p for p in panels if p[2]]
-    fig = Figure(figsize=(4.0 * max(1, len(panels)), 3.2))
+    fig = Figure(figsize=(4.0 * max(1, len(panels)), 3.4))
+    shown = ", ".join(title for _, title, _, _ in panels) or "nothing logged yet"
+    _caption(fig, f"Training curves: {shown} of the training batches, against the step (metrics.jsonl)")
     if not panels:
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no metrics logged", ha="center", va="center")
@@ -126,14 +151,16 @@ def plot_training_curves(metrics: Sequence[dict[str, Any]], path: str | Path) ->
 def plot_density_histogram(
     density: np.ndarray, path: str | Path, bins: int = 32
 ) -> Path:
-    """Histogram of log10 feature density, with the never-firing count in the title.
+    """Histogram of log10 feature density, with the never-firing count in the title, under a caption.
 
     density: [d_sae] fraction of inputs on which each latent fires (see
     metrics.feature_density); bins span log10 density from -8 to 0.
     """
     counts, edges, n_never = log10_density_histogram(np.asarray(density), bins=bins)
     counts, edges = np.asarray(counts), np.asarray(edges)
-    fig = Figure(figsize=(5.0, 3.2))
+    fig = Figure(figsize=(5.0, 3.4))
+    _caption(fig, "Feature density: how many latents fire on what share of the rows (log10 of the fraction of "
+                  "rows each latent is active on)")
     ax = fig.add_subplot(1, 1, 1)
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="black",
            linewidth=0.3)
@@ -150,7 +177,9 @@ def plot_anomaly_scores(scores: np.ndarray, labels: np.ndarray, path: str | Path
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
     logs = np.log10(np.maximum(scores, 1e-12))
     edges = np.linspace(logs.min(), logs.max() + 1e-9, bins + 1)
-    fig = Figure(figsize=(5.0, 3.2))
+    fig = Figure(figsize=(5.0, 3.4))
+    _caption(fig, "Anomaly scores: the reconstruction error of held-out normal and anomalous rows, each histogram "
+                  "normalised to its own count")
     ax = fig.add_subplot(1, 1, 1)
     for mask, name in ((~labels, "normal"), (labels, "anomaly")):
         if mask.any():
@@ -164,7 +193,8 @@ def plot_anomaly_scores(scores: np.ndarray, labels: np.ndarray, path: str | Path
 
 def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: str | Path) -> Path:
     """ROC curve (true- vs false-positive rate) with its area in the title."""
-    fig = Figure(figsize=(3.6, 3.4))
+    fig = Figure(figsize=(3.8, 3.8))
+    _caption(fig, "ROC of the reconstruction error as an anomaly score on held-out rows (dotted: chance)")
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(fpr, tpr)
     ax.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=0.8)
@@ -181,7 +211,9 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: str | Path, x: str = "l0
     (e.g. FVU) and a `label`; the frontier (no other run lower in both) is joined by a line.
     `baseline`: optional (x, y) pairs drawn as a second curve (e.g. PCA at n components)."""
     pts = [(float(p[x]), float(p[y]), str(p.get(label, ""))) for p in points if p.get(x) is not None]
-    fig = Figure(figsize=(5.0, 3.6))
+    fig = Figure(figsize=(5.0, 3.8))
+    _caption(fig, f"Sparsity vs reconstruction across runs: {y} against {x}; the line joins the runs no other "
+                  f"beats in both" + ("; dashed: PCA with as many components" if baseline else ""))
     ax = fig.add_subplot(1, 1, 1)
     if pts:
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=18, zorder=3)

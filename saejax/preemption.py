@@ -3,7 +3,9 @@
 Preemptible TPU VMs and cluster schedulers send SIGTERM before killing a job; Ctrl-C sends SIGINT.
 Orbax's own `reached_preemption` only works after `jax.distributed.initialize`, so a single
 process needs its own handler. The first signal only sets a flag that the loop polls after every
-step; SIGINT's default behaviour comes back at once, so a second Ctrl-C interrupts immediately.
+step; SIGINT's previous handler comes back at once, so a second Ctrl-C interrupts immediately (in
+experiments/train.py: one `error:` line and exit status 130, `saejax.runtime.exit_at_once_on_interrupt`;
+elsewhere a KeyboardInterrupt).
 
     with PreemptionGuard() as guard:
         for step in ...:

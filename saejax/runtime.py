@@ -1,12 +1,15 @@
-"""Process-level settings of a command: JAX's persistent compilation cache, and an exit without the
-interpreter's teardown.
+"""Process-level settings of a command: JAX's persistent compilation cache, an exit without the
+interpreter's teardown, and Ctrl-C as an immediate exit with one line.
 """
 
+import functools
 import os
+import signal
 import sys
 
 
 COMPILATION_CACHE_ENV = "SAEJAX_COMPILATION_CACHE"
+INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, what a shell reports for a command ended by Ctrl-C
 
 
 def compilation_cache_dir() -> str | None:
@@ -59,3 +62,24 @@ def run_then_exit(run, *args, **kwargs) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code or 0)
+
+
+def exit_at_once_on_interrupt(message: str) -> None:
+    """Make SIGINT (Ctrl-C) end the process at once: `message` as one line on stderr, exit status 130,
+    no traceback, no cleanup (what is on disk is what a SIGKILL would leave: the checkpoints saved
+    before). A command calls it first thing; `saejax.preemption.PreemptionGuard` takes SIGINT over
+    while the run trains (the first Ctrl-C saves and stops cleanly) and hands it back after the first,
+    so that a second one lands here. Left alone when SIGINT is ignored (a shell's background job)."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, functools.partial(_exit_now, message))
+
+
+def _exit_now(message: str, signum, frame) -> None:
+    """The SIGINT handler of `exit_at_once_on_interrupt`."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, RuntimeError, ValueError):  # interrupted mid-write, or closed: nothing more to keep
+            pass
+    os.write(2, (message + "\n").encode())
+    os._exit(INTERRUPTED_EXIT_STATUS)

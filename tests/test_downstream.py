@@ -42,6 +42,14 @@ def test_pca_reconstruction_error_falls_to_zero_at_full_rank():
     assert analysis.pca_fvu(train, test, 6) == pytest.approx(0.0, abs=1e-10)  # a full basis reconstructs anything
 
 
+def test_an_exact_reconstruction_has_an_fvu_of_zero_not_round_off():
+    rng = np.random.default_rng(2)
+    train, test = rng.normal(size=(200, 6)), rng.normal(size=(50, 6))
+    # more components than dimensions (an SAE's L0 above d_in): exact, so 0.0 and not ~1e-30
+    assert [analysis.pca_fvu(train, test, n) for n in (6, 9)] == [0.0, 0.0]
+    assert 0 < downstream.fvu(test, test * (1 + 1e-5)) < 1e-9  # a small real error stays
+
+
 def test_linear_probe_separates_blobs_and_not_noise():
     rng = np.random.default_rng(2)
     centers = rng.normal(scale=4.0, size=(3, 5))

@@ -1,5 +1,7 @@
 """Plots render to files without a display and reject mismatched shapes."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,25 @@ def test_atom_mosaic_places_each_atom_scaled_in_its_tile():
     np.testing.assert_allclose(mosaic[3:5, 4:7], (atoms[3] / atoms[3].max()).reshape(2, 3))  # row 1, col 1
     assert np.isnan(mosaic[2]).all() and np.isnan(mosaic[:, 3]).all()  # the gaps
     assert np.isnan(mosaic[6:8, 4:7]).all()  # the unused sixth tile
+
+
+def test_every_plot_has_a_caption_saying_what_it_shows(tmp_path, monkeypatch):
+    from saejax import plots  # noqa: PLC0415
+
+    captions = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: captions.setdefault(Path(path).stem, fig.get_suptitle()))
+    rng = np.random.default_rng(0)
+    plots.plot_atoms(rng.normal(size=(20, 12)), (3, 4), tmp_path / "atoms.png", n=9, order=np.arange(20)[::-1],
+                     ordered_by="firing density, densest first")
+    plots.plot_training_curves([{"step": 1, "loss": 1.0, "l0": 3.0}], tmp_path / "training.png")
+    plots.plot_density_histogram(rng.uniform(size=20), tmp_path / "density.png")
+    plots.plot_anomaly_scores(rng.uniform(size=30), np.arange(30) % 3 == 0, tmp_path / "anomaly_scores.png")
+    plots.plot_roc(np.linspace(0, 1, 5), np.linspace(0, 1, 5) ** 0.5, 0.7, tmp_path / "roc.png")
+    plots.plot_pareto([{"l0": 2, "fvu": 0.3, "label": "a"}], tmp_path / "pareto.png", baseline=[(2, 0.4)])
+    flat = {name: " ".join(text.split()) for name, text in captions.items()}
+    assert flat["atoms"].startswith("Decoder atoms: 9 of the 20 latents' decoder rows as 3x4 images, ordered by "
+                                    "firing density, densest first")
+    assert flat["training"].startswith("Training curves: loss, L0 of the training batches")
+    assert flat["density"].startswith("Feature density:") and flat["anomaly_scores"].startswith("Anomaly scores:")
+    assert flat["roc"].startswith("ROC of the reconstruction error") and "PCA" in flat["pareto"]
+

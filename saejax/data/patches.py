@@ -84,7 +84,7 @@ def sample_patches(
         top = gen.integers(image.shape[0] - patch_size + 1, size=rows.size)
         left = gen.integers(image.shape[1] - patch_size + 1, size=rows.size)
         windows = np.lib.stride_tricks.sliding_window_view(image, (patch_size, patch_size))
-        out[rows] = windows[top, left].reshape(rows.size, -1)
+        out[rows] = windows[top, left].reshape(rows.size, patch_size * patch_size)  # rows.size may be 0
     return out
 
 

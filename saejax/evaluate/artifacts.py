@@ -27,7 +27,7 @@ def save_dictionary_plots(workdir: Path, source, sae, params, density: np.ndarra
     if image_shape and "W_dec" in params:
         order = np.argsort(-density)
         plots.plot_atoms(np.asarray(params["W_dec"]), tuple(image_shape), workdir / "plots" / "atoms.png",
-                         n=min(sae.d_sae, 256), order=order)
+                         n=min(sae.d_sae, 256), order=order, ordered_by="firing density, densest first")
 
 
 def curves(run, state, found: dict) -> dict:
