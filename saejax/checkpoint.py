@@ -28,6 +28,7 @@ threads Orbax leaves waiting on a step whose folder could not be made are releas
 process can exit at once.
 """
 
+import inspect
 import logging
 import os
 import re
@@ -57,12 +58,13 @@ def _verbose() -> bool:
 
 
 class _OrbaxErrorsReported:
-    """A logging filter dropping Orbax's ERROR records (tracebacks of a failed save, logged from its
-    threads) unless `_verbose`: each such failure reaches the user as one saejax line instead."""
+    """A logging filter dropping Orbax's ERROR records that carry a traceback (a failed save, logged
+    from each of its threads) unless `_verbose`: the failure reaches the caller as an exception, and
+    the user as one saejax line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
-        return _verbose() or not (from_orbax and record.levelno >= logging.ERROR)
+        return _verbose() or not (from_orbax and record.levelno >= logging.ERROR and record.exc_info)
 
 
 def _closed_loop_noise(unraisable) -> bool:
@@ -96,20 +98,38 @@ def _cause(e: BaseException) -> str:
     return (text.splitlines() or [type(e).__name__])[0][:300]
 
 
+def _unrun_coroutines(function, depth: int = 3) -> list:
+    """The coroutines held in `function`'s closure (and its closures' functions, `depth` deep)."""
+    found = []
+    for cell in getattr(function, "__closure__", None) or ():
+        value = cell.cell_contents
+        if inspect.iscoroutine(value):
+            found.append(value)
+        elif inspect.isfunction(value) and depth > 1:
+            found += _unrun_coroutines(value, depth - 1)
+    return found
+
+
 def _release_waiting_writes() -> None:
     """After a failed save: Orbax's other write threads of that save wait (up to its 300 s
     coordination timeout, in non-daemon threads that keep the process alive) for a signal that the
-    step's folder was made, which will never come. Cancel them and send it, so they end now."""
+    step's folder was made, which will never come. Cancel them and send it, so they end now, and
+    close the writes they never started (else Python warns that each was never awaited)."""
     from orbax.checkpoint._src.futures import future as ocp_future  # noqa: PLC0415 (Orbax internals)
 
     waiting = getattr(ocp_future, "_SignalingThread", None)
     for thread in threading.enumerate():
-        if waiting is not None and isinstance(thread, waiting) and thread.is_alive():
-            try:
-                thread.cancel()
-                ocp_future.set_signals(thread._receive_signals, operation_id=thread._operation_id)  # noqa: SLF001
-            except Exception:  # noqa: BLE001 - another Orbax version: the thread times out by itself
-                pass
+        if waiting is None or not (isinstance(thread, waiting) and thread.is_alive()):
+            continue
+        try:
+            thread.cancel()
+            ocp_future.set_signals(thread._receive_signals, operation_id=thread._operation_id)  # noqa: SLF001
+            threading.Thread.join(thread, timeout=5)
+            if not thread.is_alive():
+                for coroutine in _unrun_coroutines(getattr(thread, "_target", None)):
+                    coroutine.close()
+        except Exception:  # noqa: BLE001 - another Orbax version: the thread times out by itself
+            pass
 
 
 def _step_of(name: str) -> int | None:
@@ -265,8 +285,7 @@ class Checkpointer:
         crash mid-save) of steps older than `before`; returns them. Process 0 only (the folder is shared)."""
         if jax.process_index() != 0 or not self.directory.is_dir():
             return []
-        stale = [p for p in self.directory.iterdir()
-                 if UNFINISHED in p.name and (_step_of(p.name) is not None and _step_of(p.name) < before)]
+        stale = [p for p in self.directory.iterdir() if UNFINISHED in p.name and (_step_of(p.name) or 0) < before]
         for path in stale:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

@@ -6,7 +6,8 @@
 The lock is ``workdir/.lock``: the owner as JSON ``{"host", "pid"}``, and an exclusive ``flock`` on
 the file for as long as the owner lives. The kernel drops a flock when its process ends in any way
 (an exception, SIGTERM, SIGKILL, a crash), so a lock file whose flock nobody holds is stale: the
-next run takes it over and says whose it was. A run that ends normally deletes the file.
+next run takes it over and says whose it was. A run deletes the file as it ends (a return, an
+exception, or the clean stop after SIGTERM).
 
 Where ``flock`` is not supported (some network filesystems) the recorded owner decides: a live
 process on this host keeps the workdir, a dead one's lock is taken over (said so), and one on
@@ -66,7 +67,9 @@ def _parse_owner(text: str) -> dict | None:
 
 
 def _describe(owner: dict | None) -> str:
-    return f"process {owner['pid']} on {owner.get('host')}" if owner else "a run that is starting (no owner recorded yet)"
+    if owner is None:
+        return "a run that is starting (no owner recorded yet)"
+    return f"process {owner['pid']} on {owner.get('host')}"
 
 
 def is_alive(pid: int) -> bool:

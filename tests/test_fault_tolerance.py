@@ -114,8 +114,9 @@ def test_sigterm_saves_the_current_step_exits_zero_and_resumes_bitwise_identical
     assert_bitwise_equal(final_params(tmp_path), uninterrupted)
 
 
-FULL_DISK_RUN = '''"""Run experiments/train.py (argv[1:]) on a disk that fills up at checkpoint step $SAEJAX_TEST_FULL_FROM:
-from then on Orbax's write of each step's config item fails with ENOSPC, on its background thread."""
+FULL_DISK_RUN = '''"""Run experiments/train.py (argv[1:]) on a disk that fills up at checkpoint step
+$SAEJAX_TEST_FULL_FROM: from then on Orbax's write of each step's config item fails with ENOSPC, on
+its background thread."""
 import errno, os, re, runpy, sys
 
 import orbax.checkpoint as ocp

@@ -143,7 +143,8 @@ LOCK_CASES = [
     ("dead run's lock left behind (flock)", True, "dead pid", "taken", r"took over the lock .* of process \d+ on "),
     ("garbled lock file (flock)", True, "garbage", "taken", None),
     ("no lock yet (no flock)", False, "nothing", "taken", None),
-    ("live run on this host (no flock)", False, "live pid", "refused", rf"is in use by process {os.getppid()} on {HOST}"),
+    ("live run on this host (no flock)", False, "live pid", "refused",
+     rf"is in use by process {os.getppid()} on {HOST}"),
     ("dead run on this host (no flock)", False, "dead pid", "taken", r"took over the lock .* of process \d+ on "),
     ("run on another host (no flock)", False, "other host", "refused", r"in use by process 1 on elsewhere .* delete "),
 ]
@@ -516,8 +517,9 @@ def test_a_read_only_checkpoints_folder_ends_the_process_with_one_line(run_copy,
         prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
     (run_copy / "checkpoints").chmod(0o555)
     try:
-        result = subprocess.run([*prefix, sys.executable, str(TRAIN), f"--workdir={run_copy}", f"--config={config_file}",
-                                 "--config.train.steps=40"], capture_output=True, text=True, env=_env(), timeout=HANG_S)
+        command = [*prefix, sys.executable, str(TRAIN), f"--workdir={run_copy}", f"--config={config_file}",
+                   "--config.train.steps=40"]
+        result = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=HANG_S)
     finally:
         (run_copy / "checkpoints").chmod(0o755)
     assert result.returncode == 1

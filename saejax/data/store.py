@@ -26,9 +26,10 @@ iterable of arrays, e.g. a generator). A folder of plain ``.npy`` files without 
 still trains (see `saejax.data.npy`); `index_files` builds an in-memory manifest for it.
 
 Reading: `open_shards` checks every file's header against the manifest (one DataError naming the
-file); a path that is not a regular file (a FIFO, a device, a socket) is refused before it is opened,
-since reading one could block forever; `read_rows` memory-maps a file only for the duration of one read, so nothing stays mapped
-and resident memory stays flat while a store much larger than RAM streams past.
+file); a path that is not a regular file (a FIFO, a device, a socket) is refused before it is
+opened, since reading one could block forever; `read_rows` memory-maps a file only for the
+duration of one read, so nothing stays mapped and resident memory stays flat while a store much
+larger than RAM streams past.
 """
 
 import dataclasses
