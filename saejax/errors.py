@@ -16,3 +16,8 @@ class ConfigError(SaejaxError):
 
 class DataError(SaejaxError):
     """A data file or batch is missing, malformed, or holds non-finite values."""
+
+
+class WorkdirError(SaejaxError):
+    """The workdir cannot be used: another run holds it, or a file in it cannot be written (a read-only
+    folder, a full disk, a permission)."""

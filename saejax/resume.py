@@ -1,8 +1,11 @@
-"""Starting a run: from a fresh state, or from the latest good checkpoint of the same run.
+"""Starting a run: in a workdir it holds alone, from a fresh state or from the latest good checkpoint
+of the same run.
 
-`check_resumable` refuses a workdir holding a run that this config cannot continue (its shapes or
-data stream differ) and prints the harmless differences; `start_state` builds the state the first
-step sees, on the run's shardings.
+`hold_workdir` makes the run the workdir's one owner (`saejax.workdir_lock`). `check_resumable`
+refuses a workdir holding a run that this config cannot continue (its shapes or data stream differ)
+and prints the harmless differences; `start_state` builds the state the first step sees, on the
+run's shardings, after checking the config saved inside the checkpoint it restores the same way
+(workdir/config.json may be missing or edited; the checkpoint's own copy decides).
 """
 
 import json
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import jax
 
-from saejax import checkpoint, from_config, parallel, step, writers
+from saejax import checkpoint, from_config, parallel, step, workdir_lock, writers
 from saejax.errors import ConfigError, DataError, SaejaxError
 
 INIT_SAMPLE_ROWS = 8192
@@ -47,6 +50,18 @@ def _differences(saved: dict, current: dict) -> list[str]:
             if saved.get(k) != current.get(k)]
 
 
+def hold_workdir(workdir: Path):
+    """A context in which this run alone uses `workdir` (see `saejax.workdir_lock.held`): WorkdirError
+    naming the PID and host of another live run there; a filesystem error inside becomes one
+    WorkdirError line naming the path."""
+    return workdir_lock.held(workdir)
+
+
+def _incompatible(saved_dict: dict, current_dict: dict) -> list[str]:
+    """The differences between two config dicts that a checkpoint of one cannot be resumed with the other."""
+    return _differences(_resume_fields(saved_dict), _resume_fields(current_dict))
+
+
 def check_resumable(workdir: Path, config) -> None:
     """ConfigError listing the differing fields if `workdir` holds a run this config cannot resume;
     prints the harmless differences (steps, logging, coefficients ...) when it can."""
@@ -54,7 +69,7 @@ def check_resumable(workdir: Path, config) -> None:
     if not (saved_path.exists() and any((workdir / "checkpoints").glob("[0-9]*"))):
         return
     saved_dict, current_dict = json.loads(saved_path.read_text()), json.loads(config.to_json_best_effort())
-    differing = _differences(_resume_fields(saved_dict), _resume_fields(current_dict))
+    differing = _incompatible(saved_dict, current_dict)
     if differing:
         raise ConfigError(f"--workdir={workdir} holds a run with a different config, which cannot be resumed "
                           f"({'; '.join(differing)}); use a new --workdir")
@@ -84,9 +99,23 @@ def initial_state(config, source, sae, loss, optimizer, key) -> step.TrainState:
     )
 
 
-def restore_latest(workdir: Path, source, sae, ckpt: checkpoint.Checkpointer, state: step.TrainState):
+def _same_run(ckpt: checkpoint.Checkpointer, config):
+    """check_config for `Checkpointer.restore_latest_good`: ConfigError naming the step's folder and
+    the differing fields when the config saved inside a checkpoint is not one this `config` resumes."""
+    current = json.loads(config.to_json_best_effort())
+
+    def check(saved: dict | None, at: int) -> None:
+        differing = _incompatible(saved, current) if saved else []  # {}: saved without a config
+        if differing:
+            raise ConfigError(f"{ckpt.directory / str(at)} was saved by a run with a different config, which "
+                              f"cannot be resumed ({'; '.join(differing)}); use a new --workdir")
+    return check
+
+
+def restore_latest(workdir: Path, source, sae, ckpt: checkpoint.Checkpointer, state: step.TrainState, config):
     """The latest good checkpoint in `ckpt` (which holds at least one) restored into `state`'s
-    structure. Damaged newer steps are set aside with a warning naming them."""
+    structure, its saved config checked against `config`. Damaged newer steps are set aside with a
+    warning naming them; unfinished saves of older steps are deleted."""
     saved = ckpt.saved_shape("params", "b_dec")
     if saved is not None and saved != (sae.d_in,):
         raise ConfigError(
@@ -94,12 +123,17 @@ def restore_latest(workdir: Path, source, sae, ckpt: checkpoint.Checkpointer, st
             f"data.source={source.name!r} now gives rows of width {sae.d_in}; use a new --workdir or the original data"
         )
     try:
-        restored, at, damaged = ckpt.restore_latest_good(state, is_good=lambda s: step.all_finite(s.params))
+        restored, at, damaged = ckpt.restore_latest_good(state, is_good=lambda s: step.all_finite(s.params),
+                                                         check_config=_same_run(ckpt, config))
     except checkpoint.CheckpointError as e:
         raise ConfigError(f"--workdir={workdir}: {e}; if sae.*, loss.* or optim.* changed, use a new --workdir") from None
     for bad_step, reason in damaged:
         print(f"warning: the checkpoint at step {bad_step} is damaged ({reason}); set it aside as "
               f"{ckpt.directory / f'{bad_step}.damaged'} and fell back to step {at}", file=sys.stderr, flush=True)
+    removed = ckpt.remove_unfinished(before=at)
+    if removed:
+        writers.say(f"note: deleted {len(removed)} unfinished checkpoint folder(s) older than step {at} "
+                    f"(saves cut off by a crash): {', '.join(p.name for p in removed)}")
     if jax.process_index() == 0:
         writers.drop_records_after(workdir, at)
     writers.say(f"resumed from {ckpt.directory} at step {at}")
@@ -111,18 +145,27 @@ def open_checkpoints(workdir: Path, config) -> checkpoint.Checkpointer:
     return checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints)
 
 
+def _fresh_or_restored(run, ckpt: checkpoint.Checkpointer, key: jax.Array) -> step.TrainState:
+    shardings = run.where.state_shardings
+    if ckpt.latest_step() is None:
+        if jax.process_index() == 0:
+            writers.drop_records_after(run.workdir, 0)  # records of a run killed before its first checkpoint
+        state = initial_state(run.config, run.source, run.sae, run.loss, run.optimizer, key)
+        return state if shardings is None else parallel.put_state(state, shardings)
+    abstract = step.abstract_train_state(run.sae, run.loss, run.optimizer)
+    like = abstract if shardings is None else parallel.with_shardings(abstract, shardings)
+    return restore_latest(run.workdir, run.source, run.sae, ckpt, like, run.config)
+
+
 def start_state(run, ckpt: checkpoint.Checkpointer, key: jax.Array) -> step.TrainState:
     """The state `run` (a `saejax.assemble.Run`) starts from, on its shardings: fresh when `ckpt`
     holds no step (initialised from a data sample), else its latest good checkpoint (restored onto
-    shapes and shardings alone, no data read). Closes `ckpt` if it fails."""
-    shardings = run.where.state_shardings
+    shapes and shardings alone, no data read). Then, the run accepted, workdir/config.json is
+    (re)written: a run refused here leaves it as it was. Closes `ckpt` if it fails."""
     try:
-        if ckpt.latest_step() is None:
-            state = initial_state(run.config, run.source, run.sae, run.loss, run.optimizer, key)
-            return state if shardings is None else parallel.put_state(state, shardings)
-        abstract = step.abstract_train_state(run.sae, run.loss, run.optimizer)
-        like = abstract if shardings is None else parallel.with_shardings(abstract, shardings)
-        return restore_latest(run.workdir, run.source, run.sae, ckpt, like)
+        state = _fresh_or_restored(run, ckpt, key)
+        writers.write_config(run.workdir, run.config)
+        return state
     except SaejaxError:
         ckpt.close()
         raise

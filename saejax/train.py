@@ -9,9 +9,12 @@ It leaves in `workdir`:
     plots/{training,density}.png (+ atoms.png for image data),
     export/{cfg.json, sae_weights.safetensors} (SAELens layout, linear architectures) + saejax_config.json
 
-SIGTERM/SIGINT stop it cleanly after a checkpoint (`saejax.preemption`); a damaged latest checkpoint
-falls back to the previous one (`saejax.checkpoint`); a diverged or collapsed SAE stops it before it
-saves or exports (`saejax.guards`).
+One run at a time owns a workdir (a lock, `saejax.workdir_lock`): a second one is refused with a
+line naming the first one's PID and host. SIGTERM/SIGINT stop it cleanly after a checkpoint
+(`saejax.preemption`); a damaged latest checkpoint falls back to the previous one
+(`saejax.checkpoint`); a diverged or collapsed SAE stops it before it saves or exports
+(`saejax.guards`); a checkpoint or metrics write that fails (a full disk, a read-only folder) stops it
+with one line naming the path, the last good checkpoint kept.
 """
 
 import importlib
@@ -57,6 +60,7 @@ def train(run: assemble.Run, writer) -> tuple[TrainState, str | None]:
             for step, batch in assemble.batches(run, first):
                 state, metrics = train_step(state, batch)
                 done = step + 1
+                ckpt.raise_if_save_failed()  # a background save that failed stops the run now
                 if t.resample_every and done % t.resample_every == 0 and done < (t.resample_until or t.steps):
                     state, resampled = resample(state, batch, jax.random.fold_in(resample_key, done))
                     metrics = {**metrics, "resampled": resampled}
@@ -87,13 +91,17 @@ def _numbers(found: dict) -> dict:
 def train_and_evaluate(config, workdir: str | Path) -> dict:
     """Run the whole job a config describes (see module docstring); returns the summary dict.
 
-    With several processes (`saejax.distributed`), every process trains; process 0 alone writes
-    config.json, metrics, plots, the summary and the export, and evaluates."""
+    With several processes (`saejax.distributed`), every process trains; process 0 alone holds the
+    workdir's lock, writes config.json, metrics, plots, the summary and the export, and evaluates."""
     start, workdir = time.perf_counter(), Path(workdir)
+    with resume.hold_workdir(workdir):
+        return _run(config, workdir, start)
+
+
+def _run(config, workdir: Path, start: float) -> dict:
     run = assemble.prepare(config, workdir)
     evaluators = evaluate.selected(run)  # a named evaluator that cannot apply fails before training
-    resume.check_resumable(workdir, run.config)
-    writers.write_config(workdir, run.config)
+    resume.check_resumable(workdir, run.config)  # config.json is rewritten once the checkpoint agrees too
     writers.say(assemble.describe(run))
     main = jax.process_index() == 0
     if main and {"curves", "plots"} & set(evaluators):  # matplotlib's import (~0.6 s) overlaps training

@@ -1,9 +1,15 @@
 """Where a run's numbers go: metrics.jsonl (always), TensorBoard event files, Weights & Biases
-(when asked), a progress line."""
+(when asked), a progress line.
+
+A write that fails (a full disk, a read-only folder) stops the run with one `WorkdirError` naming
+the file. A run killed mid-write leaves a torn last line in metrics.jsonl: readers skip it, and a
+resumed run drops it (saying so) before it appends.
+"""
 
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,7 +17,7 @@ from pathlib import Path
 import jax
 
 from saejax import tensorboard as tensorboard_lib
-from saejax.errors import ConfigError
+from saejax.errors import ConfigError, DataError, WorkdirError
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -39,6 +45,10 @@ def _jsonable(value):
     return value if math.isfinite(value) else str(value)
 
 
+def _cannot_write(path: Path, e: OSError) -> WorkdirError:
+    return WorkdirError(f"{path}: cannot be written ({e.strerror or e}); the run stopped")
+
+
 class MetricWriter:
     """Appends one JSON object per logged step to `workdir/metrics.jsonl`, mirrors the scalars to
     TensorBoard under `workdir/tensorboard/` and to a W&B run (`start_wandb`) if given, and prints a
@@ -50,18 +60,33 @@ class MetricWriter:
         self._wandb = wandb_run
         self.total_steps = total_steps
         self.progress = progress
-        self._file = open(self.path, "a", encoding="utf-8")
-        self._tb = tensorboard_lib.EventFileWriter(Path(workdir) / "tensorboard") if tensorboard else None
+        try:
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise _cannot_write(self.path, e) from None
+        tb_folder = Path(workdir) / "tensorboard"
+        try:
+            self._tb = tensorboard_lib.EventFileWriter(tb_folder) if tensorboard else None
+        except OSError as e:
+            self._file.close()
+            raise _cannot_write(Path(e.filename or tb_folder), e) from None
         self._last = (None, time.perf_counter())
 
     def write(self, step: int, scalars: dict, split: str = "train") -> None:
-        """Record scalars (floats) for `step`; split is "train" or "eval"."""
+        """Record scalars (floats) for `step`; split is "train" or "eval". WorkdirError naming the
+        file when it cannot be written."""
         record = {"step": int(step), "split": split, **{k: _jsonable(v) for k, v in scalars.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise _cannot_write(self.path, e) from None
         tagged = {f"{split}/{name}": float(value) for name, value in scalars.items()}
         if self._tb is not None:
-            self._tb.write(int(step), tagged)
+            try:
+                self._tb.write(int(step), tagged)
+            except OSError as e:
+                raise _cannot_write(self._tb.path, e) from None
         if self._wandb is not None:
             self._wandb.log(tagged, step=int(step))
         if self.progress:
@@ -84,11 +109,21 @@ class MetricWriter:
         return " | ".join(parts)
 
     def close(self) -> None:
-        self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
+        """Close the files (a failed last flush is WorkdirError naming the file) and the W&B run."""
+        try:
+            _close(self._file, self.path)
+            if self._tb is not None:
+                _close(self._tb, self._tb.path)
+        finally:
+            if self._wandb is not None:
+                self._wandb.finish()
+
+
+def _close(handle, path: Path) -> None:
+    try:
+        handle.close()
+    except OSError as e:
+        raise _cannot_write(path, e) from None
 
 
 def _duration(seconds: float) -> str:
@@ -99,24 +134,54 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def _parse_lines(path: Path) -> tuple[list[tuple[int, dict]], int | None]:
+    """([(byte offset after the line, record) for each record], byte offset of a torn last line or None)
+    of a metrics file. Only the last line may be torn (cut off by a killed run: not a JSON object, or
+    no newline after it); any other bad line is a DataError naming the file and line."""
+    *complete, tail = path.read_bytes().split(b"\n")  # tail: what follows the last newline
+    records, end = [], 0
+    for number, line in enumerate(complete, 1):
+        end += len(line) + 1
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:  # not JSON, or not UTF-8
+            record = None
+        if not isinstance(record, dict):
+            if number == len(complete) and not tail.strip():
+                return records, end - len(line) - 1
+            raise DataError(f"{path}: line {number} is not a JSON record; remove it or use a new --workdir")
+        records.append((end, record))
+    return records, (end if tail.strip() else None)
+
+
 def read_metrics(workdir: str | Path, split: str = "train") -> list[dict]:
-    """The records of one split from `workdir/metrics.jsonl`, in order."""
+    """The records of one split from `workdir/metrics.jsonl`, in order (a torn last line skipped)."""
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if r.get("split") == split]
+    records, _ = _parse_lines(path)
+    return [r for _, r in records if r.get("split") == split]
 
 
 def drop_records_after(workdir: str | Path, step: int) -> None:
-    """Remove records logged after `step` (a resumed run re-logs the steps it replays)."""
+    """Remove records logged after `step` (a resumed run re-logs the steps it replays) and a torn last
+    line (saying so). Records are in logging order, so what goes is the file's tail, cut off by one
+    truncate that a kill cannot leave half done (and the file stays the one a writer may hold open)."""
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    records, torn_at = _parse_lines(path)
+    if torn_at is not None:
+        say(f"note: dropped the torn last line of {path} (a run stopped mid-write)")
+    kept = [(end, r) for end, r in records if r.get("step", 0) <= step]
+    if kept != records[:len(kept)]:  # not in logging order (edited by hand): rewrite what is kept
+        path.write_text("".join(json.dumps(r) + "\n" for _, r in kept), encoding="utf-8")
+        return
+    end = kept[-1][0] if kept else 0
+    if end < path.stat().st_size:
+        os.truncate(path, end)
 
 
 def say(message: str) -> None:
@@ -154,11 +219,12 @@ def for_run(workdir: Path, config) -> "MetricWriter | NoWriter":
 
 
 def write_config(workdir: Path, config) -> None:
-    """workdir (made if missing) and workdir/config.json (process 0); ConfigError naming the workdir
+    """workdir (made if missing) and workdir/config.json (process 0); WorkdirError naming the path
     when it cannot be written."""
+    path = workdir / "config.json"
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
-            write_atomically(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+            write_atomically(path, config.to_json_best_effort(indent=2) + "\n")
     except OSError as e:
-        raise ConfigError(f"--workdir={workdir}: {e.strerror or e}") from None
+        raise WorkdirError(f"--workdir={workdir}: {path} cannot be written ({e.strerror or e})") from None

@@ -89,6 +89,7 @@ def test_sigkill_at_a_random_step_then_rerun_is_bitwise_identical(tmp_path, unin
     again = run(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resumed from" in again.stdout
+    assert f"took over the lock {tmp_path / '.lock'} of process {proc.pid}" in again.stdout  # the killed run's
     assert_bitwise_equal(final_params(tmp_path), uninterrupted)
 
 
@@ -106,10 +107,52 @@ def test_sigterm_saves_the_current_step_exits_zero_and_resumes_bitwise_identical
     assert ckpt.latest_step() == stopped_at  # the step it stopped at, not the last multiple of EVERY
     ckpt.close()
     assert not (tmp_path / "export").exists() and not (tmp_path / "summary.json").exists()
+    assert not (tmp_path / ".lock").exists()  # released on the way out
     again = run(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"at step {stopped_at}" in again.stdout
     assert_bitwise_equal(final_params(tmp_path), uninterrupted)
+
+
+FULL_DISK_RUN = '''"""Run experiments/train.py (argv[1:]) on a disk that fills up at checkpoint step
+$SAEJAX_TEST_FULL_FROM: from then on Orbax's write of each step's config item fails with ENOSPC, on
+its background thread."""
+import errno, os, re, runpy, sys
+
+import orbax.checkpoint as ocp
+
+full_from, write = int(os.environ["SAEJAX_TEST_FULL_FROM"]), ocp.JsonCheckpointHandler._save_fn
+
+
+async def save_fn(self, item, directory):
+    if int(re.search(r"/(\\d+)[^/]*/[^/]*$", str(directory)).group(1)) >= full_from:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+    return await write(self, item, directory)
+
+
+ocp.JsonCheckpointHandler._save_fn = save_fn
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_the_rerun_is_bitwise_identical(tmp_path, uninterrupted):
+    script = tmp_path / "full_disk_run.py"
+    script.write_text(FULL_DISK_RUN)
+    workdir = tmp_path / "run"
+    full = subprocess.run([sys.executable, str(script), *command(workdir)[1:]], capture_output=True, text=True,
+                          env={**env(), "SAEJAX_TEST_FULL_FROM": "600"}, timeout=600)
+    assert full.returncode == 1
+    assert full.stderr.strip().splitlines() == [
+        f"error: checkpoint step 600 could not be written in {workdir / 'checkpoints'}: No space left on device; "
+        "the last good checkpoint (step 550) is kept"], full.stderr[-3000:]
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+    assert ckpt.latest_step() == 550
+    ckpt.close()
+    again = run(workdir)  # space freed
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "at step 550" in again.stdout
+    assert_bitwise_equal(final_params(workdir), uninterrupted)
 
 
 def _damage(step_dir: Path, how: str) -> None:

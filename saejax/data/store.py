@@ -26,13 +26,16 @@ iterable of arrays, e.g. a generator). A folder of plain ``.npy`` files without 
 still trains (see `saejax.data.npy`); `index_files` builds an in-memory manifest for it.
 
 Reading: `open_shards` checks every file's header against the manifest (one DataError naming the
-file); `read_rows` memory-maps a file only for the duration of one read, so nothing stays mapped
-and resident memory stays flat while a store much larger than RAM streams past.
+file); a path that is not a regular file (a FIFO, a device, a socket) is refused before it is
+opened, since reading one could block forever; `read_rows` memory-maps a file only for the
+duration of one read, so nothing stays mapped and resident memory stays flat while a store much
+larger than RAM streams past.
 """
 
 import dataclasses
 import json
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -110,19 +113,38 @@ def _require(ok: bool, path, message: str) -> None:
         raise DataError(f"{path}: {message}")
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def require_regular_file(path: str | os.PathLike) -> None:
+    """DataError naming `path` unless it is a regular file (symlinks followed): reading a FIFO or a
+    device could block forever or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: file is missing") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise DataError(f"{path}: is {kind}, not a regular file; a store holds .npy files and its manifest only")
+
+
 def read_manifest(path: str | os.PathLike) -> Manifest:
     """Parse and check ``manifest.json``; DataError naming the file and the bad field."""
     path = Path(path)
+    require_regular_file(path)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); a manifest is JSON") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply to read") from None
+        raise DataError(f"{path}: JSON nested too deeply to be a saejax shard manifest") from None
     _require(isinstance(raw, dict) and raw.get("format") == FORMAT, path,
              f"not a saejax shard manifest (expected \"format\": \"{FORMAT}\")")
     d_in, dtype, per_shard = raw.get("d_in"), raw.get("dtype"), raw.get("rows_per_shard")
@@ -367,7 +389,8 @@ class ShardFile:
 
 def read_header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, data offset) of a ``.npy`` file, from its header (the data is mapped, not
-    read); DataError naming `path` when it is missing, not a .npy file, or truncated."""
+    read); DataError naming `path` when it is missing, not a regular file, not a .npy file, or truncated."""
+    require_regular_file(path)
     try:
         with open(path, "rb") as fh:
             magic = fh.read(len(_NPY_MAGIC))
