@@ -14,8 +14,9 @@ summation order) and is taken only on the backend where it was measured to win (
     layout        transpose materialised through an identity dot    ``x.T``
     cpu           allocator settings, Eigen/YNNPACK dot choice      the allocator's and XLA's defaults
 
-The sparse TopK path itself (`saejax.sae.linear`: gather decode, scatter-add backward) is chosen by
-``sae.sparse="auto"`` on CPU only (`sparse_topk_pays`); elsewhere "auto" means the dense step.
+The sparse TopK path itself (`saejax.sae.linear`: gather decode, scatter-add backward, through the
+native kernels where they are usable) is chosen by ``sae.sparse="auto"`` on CPU only
+(`sparse_topk_pays`); elsewhere "auto" means the dense step.
 """
 
 # sae.sparse="auto" takes the sparse TopK path from d_sae >= SPARSE_MIN_RATIO · k on (measured on XLA-CPU).

@@ -4,7 +4,8 @@ Dense: `matmul`, `centered_matmul` ((x - b_dec) @ W_enc with a cheaper bias grad
 `decoder_matmul`, `linear_pre_acts(_of)`, `linear_decode`, `init_linear`.
 Sparse TopK: only the k selected latents of each row are touched: `linear_top_k` (selection with
 the sparse gradient of `selected_pre_acts`), `sparse_decode` (gathers k rows of W_dec) and
-`scatter_rows` (their dense [B, d_sae] latents).
+`scatter_rows` (their dense [B, d_sae] latents). In float32 on a single-device CPU program their row
+gathers and scatter-adds run in `saejax.kernels.native` (`native_rows`).
 """
 
 import functools
