@@ -36,6 +36,7 @@ import shutil
 import sys
 import threading
 import traceback
+import warnings
 from pathlib import Path
 
 import jax
@@ -126,8 +127,10 @@ def _release_waiting_writes() -> None:
             ocp_future.set_signals(thread._receive_signals, operation_id=thread._operation_id)  # noqa: SLF001
             threading.Thread.join(thread, timeout=5)
             if not thread.is_alive():
-                for coroutine in _unrun_coroutines(getattr(thread, "_target", None)):
-                    coroutine.close()
+                with warnings.catch_warnings():  # closing one that never ran may itself warn
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    for coroutine in _unrun_coroutines(getattr(thread, "_target", None)):
+                        coroutine.close()
         except Exception:  # noqa: BLE001 - another Orbax version: the thread times out by itself
             pass
 

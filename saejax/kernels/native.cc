@@ -279,6 +279,7 @@ ffi::Error ScatterOuterImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::
   const int64_t pairs = shape.batch * shape.k;
   ParallelFor(pool, bands, [] { return NoState{}; }, [=](int64_t band, NoState&) {
     const int64_t first = band * per_band, last = std::min(shape.rows, first + per_band);
+    if (first >= last) return;  // rounding up per_band can leave the last bands empty
     std::fill(o + first * shape.width, o + last * shape.width, 0.0f);
     for (int64_t p = 0; p < pairs; ++p) {
       const int64_t i = at[p];

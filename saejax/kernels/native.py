@@ -146,13 +146,20 @@ def usable() -> bool:
     return jax.default_backend() == "cpu" and jax.device_count() == 1 and available()
 
 
+def require() -> None:
+    """Build and register the kernels if not yet done; RuntimeError saying why when they cannot be."""
+    if not available():
+        raise RuntimeError(f"saejax's native CPU kernels are unavailable: {load()}")
+
+
 def top_k_indices(x, k: int, offset=None):
     """The indices ``lax.top_k(x + offset, k)`` returns (descending, ties to the lower index), from
     the native kernel. x [..., F] float32, offset [F] float32 or None -> [..., k] int32. No
-    gradient (indices); callers gather the values. Call only when `usable()`."""
+    gradient (indices); callers gather the values. Callers check `usable()` first."""
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
+    require()
     width = x.shape[-1]
     if not 1 <= k <= width:
         raise ValueError(f"top_k: k must be in [1, {width}] for rows of {width} entries, got {k}")
@@ -169,6 +176,7 @@ def _pairs_call(target: str, result_shape: tuple, *operands):
     import jax  # noqa: PLC0415
     import jax.numpy as jnp  # noqa: PLC0415
 
+    require()
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(result_shape, jnp.float32), vmap_method="sequential")
     *floats, index = operands
     return call(*(jnp.asarray(f, jnp.float32) for f in floats), jnp.asarray(index, jnp.int32))
