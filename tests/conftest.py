@@ -1,5 +1,6 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and helpers the test modules import (`from conftest import ...`)."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -20,3 +21,16 @@ def _exact_sae(d: int):
 def exact_sae():
     """The `_exact_sae(d)` factory."""
     return _exact_sae
+
+
+def params_with_some_latents_on(sae, seed: int = 0) -> dict[str, np.ndarray]:
+    """`sae`'s initial params (numpy) with random biases and thresholds that leave some latents on
+    and some off on typical inputs."""
+    params = jax.tree.map(np.asarray, sae.init(jax.random.key(seed)))
+    rng = np.random.default_rng(seed)
+    for key in ("b_enc", "b_gate", "b_mag", "b_dec"):
+        if key in params:
+            params[key] = rng.normal(scale=0.1, size=params[key].shape).astype(np.float32)
+    if "threshold" in params:
+        params["threshold"] = np.abs(rng.normal(scale=0.05, size=params["threshold"].shape)).astype(np.float32)
+    return params

@@ -11,6 +11,7 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import params_with_some_latents_on
 from safetensors.numpy import load_file, save_file
 
 import saejax
@@ -32,24 +33,12 @@ def run_config(arch: str, tied: bool = False):
     return config
 
 
-def our_params(sae, seed: int = 0) -> dict[str, np.ndarray]:
-    """`sae`'s initial params with biases and thresholds that leave some latents on, some off."""
-    params = jax.tree.map(np.asarray, sae.init(jax.random.key(seed)))
-    rng = np.random.default_rng(seed)
-    for key in ("b_enc", "b_gate", "b_mag", "b_dec"):
-        if key in params:
-            params[key] = rng.normal(scale=0.1, size=params[key].shape).astype(np.float32)
-    if "threshold" in params:
-        params["threshold"] = np.abs(rng.normal(scale=0.05, size=params["threshold"].shape)).astype(np.float32)
-    return params
-
-
 def write_export(folder: Path, arch: str = "relu", with_run_config: bool = True, tied: bool = False):
     """A saejax export of a fresh `arch` SAE in `folder` (with saejax_config.json, or as a plain
     SAELens folder without it); returns (sae, its unfolded params)."""
     config = run_config(arch, tied)
     sae = from_config.sae_of(config, D_IN)
-    params = our_params(sae)
+    params = params_with_some_latents_on(sae)
     export.export_saelens(folder, params, arch=arch, d_in=D_IN, d_sae=D_SAE, k=K, norm_scale=SCALE)
     if with_run_config:
         (folder / RUN_CONFIG).write_text(config.to_json_best_effort(indent=2))

@@ -2,9 +2,9 @@
 `saelens` extra: sae-lens with torch==2.13.0, CPU), and SAEs trained elsewhere (SAELens folders,
 Gemma Scope params.npz) load into saejax with identical outputs."""
 
-import jax
 import numpy as np
 import pytest
+from conftest import params_with_some_latents_on
 
 import saejax
 from saejax import analysis, export
@@ -19,14 +19,7 @@ D_IN, D_SAE, NORM_SCALE = 12, 40, 2.5
 def trained_like_params(arch, seed=0):
     """Random params with biases that leave some latents active and some not."""
     sae = saejax.make_sae(arch, D_IN, D_SAE, k=5)
-    params = jax.tree.map(np.asarray, sae.init(jax.random.key(seed)))
-    rng = np.random.default_rng(seed)
-    for key in ("b_enc", "b_gate", "b_mag", "b_dec"):
-        if key in params:
-            params[key] = rng.normal(scale=0.1, size=params[key].shape).astype(np.float32)
-    if "threshold" in params:
-        params["threshold"] = np.abs(rng.normal(scale=0.05, size=params["threshold"].shape)).astype(np.float32)
-    return sae, params
+    return sae, params_with_some_latents_on(sae, seed)
 
 
 def inputs(n=64):

@@ -304,26 +304,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaejaxTopK, TopKImpl,
                                   .Attr<int64_t>("k")
                                   .Attr<bool>("has_offset"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SaejaxGatherCombine, GatherCombineImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// (table or coefficients f32, vectors f32, index s32) -> f32: the binding of the three row kernels.
+#define SAEJAX_ROWS_BINDING                                                                             \
+  ffi::Ffi::Bind()                                                                                      \
+      .Ctx<ffi::ThreadPool>()                                                                           \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                     \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                     \
+      .Arg<ffi::Buffer<ffi::S32>>()                                                                     \
+      .Ret<ffi::Buffer<ffi::F32>>()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SaejaxGatherDot, GatherDotImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SaejaxScatterOuter, ScatterOuterImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaejaxGatherCombine, GatherCombineImpl, SAEJAX_ROWS_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaejaxGatherDot, GatherDotImpl, SAEJAX_ROWS_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaejaxScatterOuter, ScatterOuterImpl, SAEJAX_ROWS_BINDING);
