@@ -1,6 +1,6 @@
 """Gemma-3 causal language models in pure JAX (the family Gemma Scope targets), loaded from a GGUF
 file (dequantised with the `gguf` package) or a Hugging Face directory (config.json +
-model.safetensors).
+*.safetensors, a text model's or a multimodal one's language model).
 
     params, config = gemma3.load("gemma-3-270m-q4_k_m.gguf")
     logits, captured = gemma3.forward(params, config, ids, mask, capture=[(6, "resid_post")])
@@ -8,9 +8,11 @@ model.safetensors).
 
 Architecture (as Hugging Face's Gemma3ForCausalLM): embeddings × sqrt(d_model); per block
 pre- and post-norms around attention and the MLP ("sandwich" RMSNorms), RMSNorm on queries and keys
-per head, grouped-query attention, rotary embeddings with base `rope_local_base` on sliding-window
-layers (window `sliding_window`) and `rope_global_base` on the global ones (every
-`global_every`-th), GeGLU MLP with tanh GELU, final RMSNorm and logits through the tied embedding.
+per head, grouped-query attention scaled by query_pre_attn_scalar ** -0.5, rotary embeddings with
+base `rope_local_base` on the sliding-window layers (window `sliding_window`) and `rope_global_base`
+(optionally linearly scaled) on the global ones (`config.layer_types`; `saejax.models.gemma3_config`
+reads both shapes of config.json and GGUF metadata), GeGLU MLP with tanh GELU, final RMSNorm and
+logits through the tied embedding.
 RMSNorm multiplies by (1 + w) in Hugging Face's checkpoints; GGUF files store (1 + w) already, so
 `load` keeps one convention: the params hold the full multiplier. Hook points (`saejax.models`):
 attn_out and mlp_out after their post-norms (what is added to the residual), resid_post after
@@ -18,7 +20,6 @@ the block. The residual stream is large (1e4–1e5): normalise before training a
 """
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -26,54 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from saejax.errors import DataError
+from saejax.models.gemma3_config import Gemma3Config, gguf_config, hf_config
 from saejax.models.hooks import Hook, HookPoints
-
-
-@dataclass(frozen=True)
-class Gemma3Config:
-    vocab_size: int
-    d_model: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    d_ff: int
-    rms_eps: float
-    sliding_window: int
-    rope_global_base: float = 1_000_000.0
-    rope_local_base: float = 10_000.0
-    global_every: int = 6
-    query_pre_attn_scalar: float = 256.0
-    bos_id: int = 2
-
-    def is_global(self, layer: int) -> bool:
-        return (layer + 1) % self.global_every == 0
-
-
-def _gguf_config(reader) -> Gemma3Config:
-    def field(name, default=None):
-        f = reader.fields.get(name)
-        if f is None:
-            if default is None:
-                raise DataError(f"GGUF metadata {name!r} is missing")
-            return default
-        return f.contents()
-
-    architecture = field("general.architecture")
-    if architecture != "gemma3":
-        raise DataError(f"GGUF general.architecture={architecture!r}, not gemma3")
-    embed = next(t for t in reader.tensors if t.name == "token_embd.weight")
-    return Gemma3Config(
-        vocab_size=int(embed.shape[1]), d_model=int(field("gemma3.embedding_length")),
-        n_layers=int(field("gemma3.block_count")), n_heads=int(field("gemma3.attention.head_count")),
-        n_kv_heads=int(field("gemma3.attention.head_count_kv")), head_dim=int(field("gemma3.attention.key_length")),
-        d_ff=int(field("gemma3.feed_forward_length")), rms_eps=float(field("gemma3.attention.layer_norm_rms_epsilon")),
-        sliding_window=int(field("gemma3.attention.sliding_window")),
-        rope_global_base=float(field("gemma3.rope.freq_base", 1_000_000.0)),
-        query_pre_attn_scalar=float(field("gemma3.attention.key_length")),
-        bos_id=int(field("tokenizer.ggml.bos_token_id", 2)),
-    )
-
 
 # GGUF tensor name per block -> our name; weights are [out, in] like torch Linear
 _GGUF_BLOCK = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", "ffn_gate": "gate", "ffn_up": "up",
@@ -92,7 +47,8 @@ def load_gguf(path: str | Path) -> tuple[dict, Gemma3Config]:
     if not path.is_file():
         raise DataError(f"model path {str(path)!r} does not exist")
     reader = gguf.GGUFReader(str(path))
-    config = _gguf_config(reader)
+    config = gguf_config(lambda key: reader.fields[key].contents() if key in reader.fields else None,
+                         _gguf_vocab_size(reader, path), path)
     layers = [{} for _ in range(config.n_layers)]
     params = {"layers": layers}
     for tensor in reader.tensors:
@@ -118,49 +74,78 @@ _HF_BLOCK = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj
              "self_attn.q_norm": "q_norm", "self_attn.k_norm": "k_norm"}
 
 
-def load_hf(model_dir: str | Path) -> tuple[dict, Gemma3Config]:
-    """(params, config) from a Hugging Face Gemma-3 directory; RMSNorm weights get their +1."""
-    from safetensors.numpy import load_file  # noqa: PLC0415
+# wrappers around the language model's tensor names: multimodal (old and new transformers), causal LM
+_HF_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
 
+
+def load_hf(model_dir: str | Path) -> tuple[dict, Gemma3Config]:
+    """(params, config) from a Hugging Face Gemma-3 directory (Gemma3ForCausalLM, or the language
+    model of Gemma3ForConditionalGeneration); weights to float32, RMSNorm weights get their +1."""
     model_dir = Path(model_dir)
-    raw = json.loads((model_dir / "config.json").read_text())
-    raw = raw.get("text_config", raw)
-    config = Gemma3Config(
-        vocab_size=raw["vocab_size"], d_model=raw["hidden_size"], n_layers=raw["num_hidden_layers"],
-        n_heads=raw["num_attention_heads"], n_kv_heads=raw["num_key_value_heads"], head_dim=raw["head_dim"],
-        d_ff=raw["intermediate_size"], rms_eps=raw["rms_norm_eps"], sliding_window=raw["sliding_window"],
-        rope_global_base=raw.get("rope_theta", 1_000_000.0), rope_local_base=raw.get("rope_local_base_freq", 10_000.0),
-        global_every=raw.get("sliding_window_pattern", 6), query_pre_attn_scalar=raw.get("query_pre_attn_scalar", 256),
-        bos_id=raw.get("bos_token_id", 2))
-    tensors = {}
-    for file in sorted(model_dir.glob("*.safetensors")):
-        tensors.update(load_file(str(file)))
-    if not tensors:
-        raise DataError(f"{model_dir}: no .safetensors files")
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise DataError(f"{model_dir}: no config.json")
+    config = hf_config(json.loads(config_file.read_text()), config_file)
     layers = [{} for _ in range(config.n_layers)]
     params = {"layers": layers}
-    for name, value in tensors.items():
-        name = name.removeprefix("language_model.").removeprefix("model.").removesuffix(".weight")
-        value = np.asarray(value, np.float32)
+    for name, value in _read_text_tensors(model_dir):
         if "norm" in name:
             value = value + 1.0  # Hugging Face stores w of (1 + w)
         if name == "embed_tokens":
-            params["embed"] = jnp.asarray(value)
+            params["embed"] = value
         elif name == "norm":
-            params["final_norm"] = jnp.asarray(value)
+            params["final_norm"] = value
         elif name.startswith("layers."):
             _, index, kind = name.split(".", 2)
             if kind in _HF_BLOCK:
-                layers[int(index)][_HF_BLOCK[kind]] = jnp.asarray(value)
+                layers[int(index)][_HF_BLOCK[kind]] = value
     _check_complete(params, config, model_dir)
     return params, config
 
 
+def _read_text_tensors(model_dir: Path):
+    """(name without wrapper prefix and .weight, float32 jax array) for each language-model tensor
+    of the directory's *.safetensors (bf16 included); vision tower and projector are not read."""
+    from safetensors import safe_open  # noqa: PLC0415
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise DataError(f"{model_dir}: no .safetensors files")
+    for file in files:
+        with safe_open(str(file), framework="flax") as tensors:
+            for key in tensors.keys():
+                name = _hf_text_name(key)
+                if name is not None:
+                    yield name, jnp.asarray(tensors.get_tensor(key), jnp.float32)
+
+
+def _hf_text_name(key: str) -> str | None:
+    """'model.language_model.layers.0.mlp.up_proj.weight' -> 'layers.0.mlp.up_proj'; None for
+    tensors outside the language model (vision tower, projector, lm_head)."""
+    name = next((key[len(p):] for p in _HF_PREFIXES if key.startswith(p)), key).removesuffix(".weight")
+    return name if name in ("embed_tokens", "norm") or name.startswith("layers.") else None
+
+
+def _gguf_vocab_size(reader, path: Path) -> int:
+    embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embed is None:
+        raise DataError(f"{path}: GGUF tensor 'token_embd.weight' is missing")
+    return int(embed.shape[1])
+
+
 def _check_complete(params: dict, config: Gemma3Config, where) -> None:
+    """DataError naming the first missing weights, or an embedding or attention weight whose shape
+    is not the config's."""
     missing = [k for k in ("embed", "final_norm") if k not in params]
     missing += [f"layer {i} {k}" for i, layer in enumerate(params["layers"]) for k in set(_GGUF_BLOCK.values()) - set(layer)]
     if missing:
         raise DataError(f"{where}: Gemma-3 weights missing: {', '.join(missing[:5])}")
+    expected = {"embedding": (params["embed"].shape, (config.vocab_size, config.d_model)),
+                "layer 0 q": (params["layers"][0]["q"].shape, (config.n_heads * config.head_dim, config.d_model)),
+                "layer 0 k": (params["layers"][0]["k"].shape, (config.n_kv_heads * config.head_dim, config.d_model))}
+    for name, (shape, want) in expected.items():
+        if tuple(shape) != want:
+            raise DataError(f"{where}: {name} weight has shape {tuple(shape)}, the config says {want}")
 
 
 def load(path: str | Path) -> tuple[dict, Gemma3Config]:
@@ -174,10 +159,11 @@ def _rms_norm(x, multiplier, eps):
     return x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + eps) * multiplier
 
 
-def _rotary(x, positions, base):
-    """Rotate-half rotary embedding of x [B, T, H, D] at positions [T]."""
+def _rotary(x, positions, base, factor=1.0):
+    """Rotate-half rotary embedding of x [B, T, H, D] at positions [T]; factor > 1 interpolates
+    positions linearly (angles / factor)."""
     half = x.shape[-1] // 2
-    inv_freq = 1.0 / (base ** (jnp.arange(0, half, dtype=jnp.float32) * 2 / x.shape[-1]))
+    inv_freq = 1.0 / (base ** (jnp.arange(0, half, dtype=jnp.float32) * 2 / x.shape[-1])) / factor
     angles = positions[:, None].astype(jnp.float32) * inv_freq[None]  # [T, D/2]
     cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[None, :, None, :]
     sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[None, :, None, :]
@@ -192,8 +178,8 @@ def _attention(x, p, config: Gemma3Config, layer: int, mask):
     k = _rms_norm(heads(x @ p["k"].T, config.n_kv_heads), p["k_norm"], config.rms_eps)
     v = heads(x @ p["v"].T, config.n_kv_heads)
     positions = jnp.arange(length)
-    base = config.rope_global_base if config.is_global(layer) else config.rope_local_base
-    q, k = _rotary(q, positions, base), _rotary(k, positions, base)
+    base, factor = config.rope(layer)
+    q, k = _rotary(q, positions, base, factor), _rotary(k, positions, base, factor)
     group = config.n_heads // config.n_kv_heads
     k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * config.query_pre_attn_scalar ** -0.5
