@@ -59,13 +59,15 @@ def _verbose() -> bool:
 
 
 class _OrbaxErrorsReported:
-    """A logging filter dropping Orbax's ERROR records that carry a traceback (a failed save, logged
-    from each of its threads) unless `_verbose`: the failure reaches the caller as an exception, and
-    the user as one saejax line."""
+    """A logging filter dropping, unless `_verbose`, Orbax's ERROR records that saejax reports itself:
+    those carrying a traceback (a failed save, logged from each of its threads: the failure reaches the
+    caller as an exception, the user as one saejax line) and a damaged step's unreadable metadata (the
+    restore falls back with one saejax warning naming the step)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from_orbax = f"{os.sep}orbax{os.sep}" in record.pathname
-        return _verbose() or not (from_orbax and record.levelno >= logging.ERROR and record.exc_info)
+        reported = record.exc_info or str(record.msg).startswith("Failed to json parse")
+        return _verbose() or not (from_orbax and record.levelno >= logging.ERROR and reported)
 
 
 def _closed_loop_noise(unraisable) -> bool:
