@@ -1,5 +1,5 @@
 """Gemma-3 causal language models in pure JAX (the family Gemma Scope targets), loaded from a GGUF
-file (dequantised with the `gguf` package) or a Hugging Face directory (config.json +
+file (`saejax.models.gguf_file`; dequantised with the `gguf` package) or a Hugging Face directory (config.json +
 *.safetensors, a text model's or a multimodal one's language model).
 
     params, config = gemma3.load("gemma-3-270m-q4_k_m.gguf")
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saejax.errors import DataError
+from saejax.models import gguf_file
 from saejax.models.gemma3_config import Gemma3Config, gguf_config, hf_config
 from saejax.models.hooks import Hook, HookPoints
 
@@ -40,19 +41,18 @@ _GGUF_BLOCK = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_output": "o", 
 def load_gguf(path: str | Path) -> tuple[dict, Gemma3Config]:
     """(params, config) from a Gemma-3 GGUF file, every tensor dequantised to float32."""
     try:
-        import gguf  # noqa: PLC0415
+        import gguf  # noqa: PLC0415, F401 (its type table and dequantisers)
     except ImportError:
         raise DataError('reading GGUF files needs the gguf package: pip install -e ".[models]"') from None
     path = Path(path)
     if not path.is_file():
         raise DataError(f"model path {str(path)!r} does not exist")
-    reader = gguf.GGUFReader(str(path))
-    config = gguf_config(lambda key: reader.fields[key].contents() if key in reader.fields else None,
-                         _gguf_vocab_size(reader, path), path)
+    file = gguf_file.read(path)
+    config = gguf_config(file.metadata.get, _gguf_vocab_size(file.tensors, path), path)
     layers = [{} for _ in range(config.n_layers)]
     params = {"layers": layers}
-    for tensor in reader.tensors:
-        value = jnp.asarray(gguf.dequantize(tensor.data, tensor.tensor_type).astype(np.float32))
+    for tensor in file.tensors:
+        value = jnp.asarray(gguf_file.dequantize(tensor))
         name = tensor.name.removesuffix(".weight")
         if name == "token_embd":
             params["embed"] = value
@@ -126,11 +126,11 @@ def _hf_text_name(key: str) -> str | None:
     return name if name in ("embed_tokens", "norm") or name.startswith("layers.") else None
 
 
-def _gguf_vocab_size(reader, path: Path) -> int:
-    embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+def _gguf_vocab_size(tensors: list[gguf_file.Tensor], path: Path) -> int:
+    embed = next((t for t in tensors if t.name == "token_embd.weight"), None)
     if embed is None:
         raise DataError(f"{path}: GGUF tensor 'token_embd.weight' is missing")
-    return int(embed.shape[1])
+    return int(embed.shape[0])
 
 
 def _check_complete(params: dict, config: Gemma3Config, where) -> None:
