@@ -78,7 +78,8 @@ class _Cursor:
                 dtype = np.dtype(_SCALARS[element])
                 end = self.offset + count * dtype.itemsize
                 if end > len(self.buffer):
-                    raise DataError(f"{self.path}: GGUF array of {count} values at byte {self.offset} runs past the end")
+                    raise DataError(f"{self.path}: GGUF array of {count} values at byte {self.offset} runs past "
+                                    "the end")
                 values = np.frombuffer(self.buffer, dtype, count, self.offset).tolist()
                 self.offset = end
                 return values
