@@ -24,7 +24,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from saejax.errors import DataError
 from saejax.models import gguf_file
