@@ -58,6 +58,7 @@ The process applies `saejax.kernels.cpu.tune_malloc()` first, as experiments/tra
 """
 
 import ast
+import importlib.util
 import json
 import platform
 import re
@@ -373,11 +374,9 @@ def _version(distribution: str) -> str | None:
 
 
 def peers(plan: dict, repeats: int) -> dict:
-    try:
-        import sae_lens  # noqa: F401, PLC0415
-        import torch  # noqa: PLC0415
-    except ImportError as e:
-        return {"skipped": f"PyTorch or sae-lens not installed ({e}); pip install -e '.[test]'"}
+    missing = [name for name in ("torch", "sae_lens") if importlib.util.find_spec(name) is None]
+    if missing:  # (found, not imported: each contender runs in a process of its own)
+        return {"skipped": f"PyTorch or sae-lens not installed (no {', '.join(missing)}); pip install -e '.[test]'"}
     rows, rounds = [], max(1, min(3, repeats))
     for arch, (d, f, b) in plan["peer_sizes"]:
         contenders = [c for c in CONTENDERS if (c == "saejax" or c in _PEER_CONTENDERS.value)
@@ -391,7 +390,7 @@ def peers(plan: dict, repeats: int) -> dict:
             rows.append({"arch": arch, "d_in": d, "d_sae": f, "batch": b, "contender": CONTENDERS[c], "step_s": seconds,
                          "peer_over_saejax": seconds / medians["saejax"], "rounds": times[c]})
         print(f"peers: {arch} d_sae={f}: " + ", ".join(f"{c} {s:.3f} s" for c, s in medians.items()), flush=True)
-    return {"rows": rows, "torch": torch.__version__, "sparsify": _version("eai-sparsify"), "malloc": _PEERS_MALLOC.value, "rounds": rounds}
+    return {"rows": rows, "torch": _version("torch"), "sparsify": _version("eai-sparsify"), "malloc": _PEERS_MALLOC.value, "rounds": rounds}
 
 
 # ---------------------------------------------------------------------------------------------
