@@ -82,7 +82,9 @@ def init_train_state(
     if threshold_rate is not None and sae.spec.learned_thresholds:
         pre_acts = jax.jit(sae.pre_acts_of)(params, normalized, None)
         params["threshold"] = initializers.jumprelu_thresholds(pre_acts, threshold_rate)
-    return state_at_step_zero(sae, loss, optimizer, params, scale)
+    # one jitted program (from the compilation cache when warm), not one per eager optimizer-init op
+    at_zero = jax.jit(lambda p, s: state_at_step_zero(sae, loss, optimizer, p, s))
+    return at_zero(params, jnp.asarray(scale, jnp.float32))
 
 
 def state_at_step_zero(sae: SAE, loss: losses.LossTerm, optimizer: optax.GradientTransformation, params: Params,

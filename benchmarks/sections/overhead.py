@@ -4,7 +4,8 @@ its train steps (imports, data set-up, compiles, evaluation, plots, export).
 Writes a random store of `rows` rows (`saejax.data.store`), then times fresh processes of a TopK k 32
 run on it at 4 and at 16 steps, alternating: overhead = wall(4) − 4 · (wall(16) − wall(4)) / 12.
 "Cold" runs start from an empty compilation cache (`SAEJAX_COMPILATION_CACHE` pointing at a new
-folder each time), "warm" ones from the cache the cold run of the same length just filled. Medians of
+folder each time), "warm" ones from the cache the cold run of the same length just filled; Python
+writes and reads its bytecode cache (__pycache__) in both, as it does by default. Medians of
 `repeats` processes per (length, cache) setting.
 """
 
@@ -35,8 +36,11 @@ def train_command(s: dict, data: Path, workdir: Path, steps: int) -> list[str]:
 
 
 def run_seconds(command: list[str], cache: Path) -> float:
-    """Wall seconds of one process of `command` with its compilation cache in `cache`."""
+    """Wall seconds of one process of `command` with its compilation cache in `cache`, Python's
+    bytecode cache on as on users' machines (an environment with PYTHONDONTWRITEBYTECODE would
+    recompile the package's sources in every process)."""
     env = {**os.environ, "SAEJAX_COMPILATION_CACHE": str(cache)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     start = time.perf_counter()
     subprocess.run(command, check=True, env=env, capture_output=True, cwd=ROOT)
     return time.perf_counter() - start
