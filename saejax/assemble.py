@@ -30,13 +30,14 @@ class Run(NamedTuple):
 
 
 def prepare(config, workdir: Path) -> Run:
-    """The Run a config describes, its notes printed; harvests first when `model.name` is set.
+    """The Run a config describes, its notes printed; with `model.name`, harvests first (data.source=npy)
+    or streams (data.source=model).
     Everything that needs no training data is checked here, before anything compiles."""
     config, notes = config_lib.complete(config)
     for note in notes:
         writers.say(f"note: {note}")
     text_model = harvest.prepare_run(config, workdir)
-    source = data.make_source(config.data, config.seed)
+    source = data.make_source(config.data, config.seed, model=config.model, text_model=text_model)
     sae, loss, optimizer = from_config.model_from_config(config, source.d_in)
     where = parallel.placement_from_config(config, sae, loss, optimizer)
     return Run(config, workdir, source, sae, loss, optimizer, where, text_model)

@@ -36,7 +36,7 @@ FIELDS = (
 
     # data: what the SAE trains on
     Field("data.source", "synthetic",
-          "where the training rows come from: synthetic | npy | patches | digits | tabular"),
+          "where the training rows come from: synthetic | npy | patches | digits | tabular | model"),
     Field("data.path", "",
           "npy: a shard-store folder (manifest.json), its manifest.json, or a glob of .npy files [n, d_in]"),
     Field("data.chunk_rows", 512, "npy: rows per contiguous read; the unit of the global permutation"),
@@ -45,7 +45,15 @@ FIELDS = (
     # a fixed choice per store, the same for every run on it
     Field("data.heldout_fraction", 0.1, "npy: share of the store's chunks kept out of training for evaluation; 0 = "
           "train on every row"),
-    Field("data.heldout_max_rows", 100_000, "npy: at most this many rows' worth of chunks held out"),
+    Field("data.heldout_max_rows", 100_000, "npy: at most this many rows' worth of chunks held out; model: the "
+          "held-out split is the first this many rows of the held-out texts"),
+    # model: activations of model.name computed on the fly (saejax/data/stream.py); a fill of
+    # buffer_contexts contexts at F=1024 holds ~55k MiniLM rows on the standard library (~85 MiB)
+    Field("data.buffer_contexts", 1024, "model: contexts per fill of the mixing buffer; each fill's rows are "
+          "shuffled and handed out over many batches"),
+    Field("data.shuffle_texts", 65536, "model: the texts are read in blocks of this many, each block shuffled "
+          "(seeded, anew every pass); 1 = corpus order"),
+    Field("data.forward_batch", 32, "model: contexts per forward pass of the model (harvest's batch size)"),
     Field("data.d", 256, "synthetic: width of the rows (superposition of n_features unit features in d dimensions)"),
     Field("data.n_features", 512, "synthetic: number of true features"),
     Field("data.avg_active", 5.0, "synthetic: mean number of features active per row"),
@@ -172,12 +180,14 @@ FIELDS = (
     # model: train on a text model's activations (saejax.models)
     Field("model.name", "",
           "minilm, gemma3-270m or a Hugging Face directory; empty = the data section says what to train on"),
-    Field("model.layer", 3, "the model's block whose activations are harvested"),
+    Field("model.layer", 3, "the model's block whose activations are harvested (data.source=npy) or streamed "
+          "(data.source=model)"),
     Field("model.site", "resid_post", "hook point in that block: attn_out | mlp_out | resid_post"),
     Field("model.context_length", 128, "tokens per harvested context"),
-    Field("model.max_tokens", 200_000, "activation rows to harvest (into data.path, default DIR/activations)"),
+    Field("model.max_tokens", 200_000, "data.source=npy: activation rows to harvest (into data.path, default "
+          "DIR/activations); a stream (data.source=model) reads the texts again and again instead"),
     Field("model.text_glob", "",
-          "text files to harvest from; empty = the Python standard library's docstrings and source"),
+          "text files to harvest or stream from; empty = the Python standard library's docstrings and source"),
     Field("model.eval_texts", 300, "held-out texts (every 10th) for the splice evaluation after training"),
     Field("model.dashboard_latents", 32, "feature dashboards (DIR/dashboards) for this many latents; 0 = none"),
 

@@ -10,6 +10,9 @@ activation [d_model] is appended to a `saejax.data.store.ShardWriter` (chunk by 
 (by default) special tokens ([CLS], [SEP], BOS) are dropped. Then train on it with
 ``--config.data.source=npy --config.data.path=acts``.
 
+`chunk_rows` is that step for one chunk of texts; the streamed source (``data.source=model``,
+`saejax.data.stream`) makes its rows with it too.
+
 Resumable: shards are cut only between chunks, and after each shard `harvest_progress.json`
 records how many texts it covers, so a rerun with the same arguments continues after the last
 complete shard (its statistics recomputed from the shards on disk). Different arguments for an
@@ -42,12 +45,45 @@ def _batches(texts: Iterable[str], size: int):
         yield batch
 
 
+def capture_at(model, layer: int, site: str):
+    """Jitted (params, ids int32 [B, T], mask int32 [B, T]) -> the activations at (layer, site)
+    [B, T, d_model] of `model` (a `saejax.models.loading.TextModel`); the params are an argument,
+    not constants baked into the program. ConfigError naming a layer or site that does not exist."""
+    check_points([(layer, site)], model.n_layers)
+    point = (layer, site)
+    return jax.jit(lambda params, ids, mask: model.apply(params, ids, mask, capture=[point])[1][point])
+
+
+def kept_tokens(model, texts: list[str], context_length: int, drop_special: bool = True) -> np.ndarray:
+    """How many rows each text gives, int64 [len(texts)]: its tokens (truncated to `context_length`)
+    that are not padding nor, with `drop_special`, special tokens."""
+    ids, mask = model.tokenize(list(texts), context_length)
+    keep = mask.astype(bool) & ~(model.special(ids) if drop_special else False)
+    return keep.sum(1).astype(np.int64)
+
+
+def chunk_rows(model, capture, texts: list[str], context_length: int, batch_size: int,
+               drop_special: bool = True) -> np.ndarray:
+    """The activations of one chunk of texts as harvest writes them, float32 [sum of kept_tokens,
+    d_model]: the texts sorted by length (stable), run through `capture` (`capture_at`)
+    `batch_size` at a time, each text's kept tokens in order."""
+    if not texts:
+        return np.zeros((0, model.d_model), np.float32)
+    order = np.argsort(model.tokenize(list(texts), context_length)[1].sum(1), kind="stable")
+    parts = []
+    for b in range(0, len(texts), batch_size):
+        ids, mask, keep = padded_batch(model, [texts[i] for i in order[b:b + batch_size]], context_length,
+                                       drop_special)
+        parts.append(np.asarray(capture(model.params, ids, mask), np.float32)[keep])
+    return np.concatenate(parts)
+
+
 def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str | Path, context_length: int = 128,
             batch_size: int = 32, max_tokens: int = 1_000_000, dtype: str = "float32", rows_per_shard: int = 65536,
             drop_special: bool = True, log_every_s: float = 10.0) -> Manifest:
     """Write the activations of `model` (a `saejax.models.loading.TextModel`) at (layer, site) for
     `texts` into a store in `out_dir`, at most `max_tokens` rows; returns the manifest."""
-    check_points([(layer, site)], model.n_layers)
+    capture = capture_at(model, layer, site)
     out = Path(out_dir)
     if (out / MANIFEST).exists():
         raise DataError(f"{out}: already holds a finished store ({MANIFEST}); choose a new folder")
@@ -71,23 +107,13 @@ def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str 
     if texts_done:
         print(f"resuming the harvest in {out}: {writer.rows_written} rows from {texts_done} texts", flush=True)
 
-    capture = jax.jit(lambda params, ids, mask: model.apply(params, ids, mask, capture=[(layer, site)])[1][(layer, site)])
     done, rows_total = texts_done, writer.rows_written
     first_rows = rows_total
     start, last_log = time.perf_counter(), time.perf_counter()
-
-    def activations(batch):
-        """The kept tokens' activations of a list of texts, [n, d_model], text by text."""
-        ids, mask, keep = padded_batch(model, batch, context_length, drop_special)
-        return np.asarray(capture(model.params, ids, mask))[keep]
-
     for chunk in _batches(islice(texts, texts_done, None), chunk_texts):
         if rows_total >= max_tokens:
             break
-        lengths = model.tokenize(chunk, context_length)[1].sum(1)
-        order = np.argsort(lengths, kind="stable")
-        rows = np.concatenate([activations([chunk[i] for i in order[b:b + batch_size]])
-                               for b in range(0, len(chunk), batch_size)])[: max_tokens - rows_total]
+        rows = chunk_rows(model, capture, chunk, context_length, batch_size, drop_special)[: max_tokens - rows_total]
         if writer.pending_rows + rows.shape[0] > shard_rows:
             writer.flush()
             progress_path.write_text(json.dumps({"settings": settings, "texts_done": done}))
@@ -136,15 +162,18 @@ def run_texts(model_config, held_out: bool) -> Iterable[str]:
 
 
 def prepare_run(config, workdir: Path):
-    """For a config with ``model.name``: the TextModel, with the activations harvested into
-    ``data.path`` (default ``workdir/activations``) unless a finished store is there (an
-    unfinished one is resumed). Sets data.source/data.path on `config`. None without model.name."""
+    """For a config with ``model.name``: the TextModel, with (data.source=npy) the activations
+    harvested into ``data.path`` (default ``workdir/activations``) unless a finished store is there
+    (an unfinished one is resumed; sets data.path on `config`), or (data.source=model) nothing
+    harvested: the source streams them. None without model.name."""
     m = config.model
     if not m.name:
         return None
-    if config.data.source != "npy":
-        raise DataError(f"model.name={m.name!r} trains on harvested activations: data.source must be 'npy', "
-                        f"not {config.data.source!r}")
+    if config.data.source not in ("npy", "model"):
+        raise DataError(f"model.name={m.name!r} trains on the model's activations: data.source must be 'npy' "
+                        f"(harvested first) or 'model' (streamed), not {config.data.source!r}")
+    if config.data.source == "model":
+        return load_text_model(m.name)
     if jax.process_count() > 1:
         raise DataError("harvesting runs in one process; harvest first (experiments/harvest.py), then train "
                         "with several processes on data.path")

@@ -35,6 +35,8 @@ def megabytes(n_bytes: int) -> str:
 
 def rows_of(source) -> str:
     """What the source holds: its training and held-out rows, or that it generates rows."""
+    if source.name == "model":
+        return source.description
     heldout = getattr(source, "heldout_rows", None)
     if hasattr(source, "n_rows"):  # a store: training rows per epoch
         return f"{source.n_rows} training rows, {heldout} held out"
@@ -68,16 +70,17 @@ def describe(config, workdir: str | Path) -> str:
     DataError), except for checks that need the harvested activations of `model.name`."""
     workdir = Path(workdir)
     config, notes = config_lib.complete(config)
-    if config.model.name and not config.data.path:
+    if config.model.name and config.data.source == "npy" and not config.data.path:
         config.data.path = str(workdir / "activations")
     lines = ["resolved config:", *(f"  {line}" for line in cli.config_lines(config)), *(f"note: {n}" for n in notes)]
-    harvested = not config.model.name or (Path(config.data.path) / "manifest.json").exists()
+    harvested = (not config.model.name or config.data.source == "model"
+                 or (Path(config.data.path) / "manifest.json").exists())
     if not harvested:
         return "\n".join(lines + [f"data: would first harvest up to {config.model.max_tokens} activation rows of "
                                   f"model.name={config.model.name!r} layer {config.model.layer} {config.model.site} "
                                   f"into {config.data.path}; d_in and the SAE's size follow from the model",
                                   *_writes(config, workdir, None), _NOTHING_DONE])
-    source = data.make_source(config.data, config.seed)
+    source = data.make_source(config.data, config.seed, model=config.model)  # a model source computes nothing yet
     sae, loss, optimizer = from_config.model_from_config(config, source.d_in)
     where = parallel.placement_from_config(config, sae, loss, optimizer)
     run = assemble.Run(config, workdir, source, sae, loss, optimizer, where, None)

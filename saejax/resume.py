@@ -22,6 +22,8 @@ INIT_SAMPLE_ROWS = 8192
 # data.* fields a resumed run may change: where the store lives, and what to do with bad rows (the
 # usual fix after a NaN error). Everything else in data.* changes the stream, so it is refused.
 RESUMABLE_DATA_FIELDS = ("path", "on_bad_rows")
+# model.* fields that make the stream of data.source=model: changing one of them changes every batch
+STREAM_MODEL_FIELDS = ("name", "layer", "site", "context_length", "text_glob")
 
 
 def _flatten(config_dict: dict, prefix: str = "") -> dict:
@@ -40,6 +42,8 @@ def _resume_fields(config_dict: dict) -> dict:
     for section in ("data", "sae"):
         fields.update({f"{section}.{k}": v for k, v in config_dict.get(section, {}).items()
                        if not (section == "data" and k in RESUMABLE_DATA_FIELDS)})
+    if config_dict.get("data", {}).get("source") == "model":  # the stream is made of the model's activations
+        fields.update({f"model.{k}": config_dict.get("model", {}).get(k) for k in STREAM_MODEL_FIELDS})
     fields.update({f"loss.{k} is on": bool(v) for k, v in config_dict.get("loss", {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return fields

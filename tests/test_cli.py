@@ -232,7 +232,7 @@ class _SourceWithNanAtStep:
 def test_non_finite_batch_stops_the_run_naming_step_and_source(tmp_path, monkeypatch):
     from saejax import assemble
 
-    monkeypatch.setattr(assemble.data, "make_source", lambda data, seed: _SourceWithNanAtStep())
+    monkeypatch.setattr(assemble.data, "make_source", lambda data, seed, **_: _SourceWithNanAtStep())
     c = base_config()
     c.sae.d_sae, c.train.batch_size, c.train.steps, c.log.progress = 16, 32, 20, False
     with pytest.raises(saejax.DataError, match=r"non-finite value inf in the batch at step 7 from "

@@ -229,7 +229,7 @@ class _SourceThatExplodes:
 def test_non_finite_loss_or_params_stop_before_overwriting_the_last_good_checkpoint(tmp_path, monkeypatch):
     from saejax import assemble
 
-    monkeypatch.setattr(assemble.data, "make_source", lambda data, seed: _SourceThatExplodes())
+    monkeypatch.setattr(assemble.data, "make_source", lambda data, seed, **_: _SourceThatExplodes())
     c = base_config()
     c.sae.d_sae, c.train.batch_size, c.train.steps, c.log.progress, c.log.tensorboard = 16, 32, 60, False, False
     c.train.checkpoint_every, c.train.log_every = 10, 1000

@@ -13,6 +13,7 @@ training, summary.json's "eval" holds splice/ce_clean, splice/ce_spliced, splice
 splice/ce_loss_recovered and splice/kl on the held-out texts, plus the SAE's L0/FVU/dead fraction;
 feature dashboards (with the tokens each latent promotes) land in DIR/dashboards/index.html.
 On this 2-core CPU the full 2M-token setting takes hours; try --config.model.max_tokens=200000 first.
+With --config.data.source=model the activations are computed on the fly instead (nothing harvested).
 """
 
 from saejax.config import base_config

@@ -9,7 +9,8 @@ the Python standard library's docstrings (or --config.model.text_glob), keeping 
 out; after training it reports on those held-out texts (summary.json, "eval"): splice/cos_sim of the
 mean-pooled sentence embedding with the SAE spliced in vs zero-ablation, and the SAE's L0, FVU and
 dead fraction on their tokens. Feature dashboards for the 32 most active latents land in
-DIR/dashboards/index.html.
+DIR/dashboards/index.html. With --config.data.source=model the activations are computed on the fly
+instead (nothing harvested; the same texts, read again and again; saejax/data/stream.py).
 """
 
 from saejax.config import base_config

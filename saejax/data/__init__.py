@@ -13,10 +13,12 @@ Sources (``c.data.source``):
 - ``patches``: whitened natural-image patches (`saejax.data.patches`).
 - ``digits``: scikit-learn's bundled 8×8 digits (`saejax.data.digits`).
 - ``tabular``: river's bundled Shuttle table for anomaly detection (`saejax.data.tabular`).
+- ``model``: a text model's activations, computed on the fly from ``c.model`` (`saejax.data.stream`).
 
 Every source keeps a held-out split that no training batch touches (``heldout_rows``,
 ``heldout_batch``): a seeded set of a store's chunks, another random stream for generated data
-(synthetic, patches), the test split of a table; evaluation reads only it.
+(synthetic, patches), the test split of a table, the held-out texts of a streamed model;
+evaluation reads only it.
 
 A source may also carry ``stats`` (normalisation statistics, see `saejax.data.store`),
 ``image_shape`` (rows are flattened images: atom plots), ``labels``, and a held-out split
@@ -31,7 +33,7 @@ import numpy as np
 
 from saejax.errors import ConfigError, DataError
 
-SOURCES = ("synthetic", "npy", "patches", "digits", "tabular")
+SOURCES = ("synthetic", "npy", "patches", "digits", "tabular", "model")
 
 # Stream ids keep the random draws of different purposes independent. Within one stream
 # the number of keys must stay fixed (SeedSequence pads short entropy with zeros, so
@@ -45,6 +47,8 @@ STREAM_WINDOW = 6  # keys: (epoch, window)
 STREAM_SPLIT = 7  # keys: ()
 STREAM_HELDOUT = 8  # keys: (index,): held-out batches of generated data
 STREAM_HELDOUT_CHUNKS = 9  # keys: (): a store's held-out chunks (always under seed 0: one split per store)
+STREAM_TEXT_BLOCK = 10  # keys: (epoch, block): a streamed source's text order (data/texts.py)
+STREAM_FILL = 11  # keys: (fill, repeat): the order a streamed source hands out a fill's rows in
 
 
 @runtime_checkable
@@ -172,14 +176,21 @@ _FACTORIES: dict[str, Callable[[ml_collections.ConfigDict, int], Source]] = {
 }
 
 
-def make_source(data: ml_collections.ConfigDict, seed: int, *, whole_batches: bool = False) -> Source:
+def make_source(data: ml_collections.ConfigDict, seed: int, *, whole_batches: bool = False,
+                model: ml_collections.ConfigDict | None = None, text_model=None) -> Source:
     """Build the source named by ``data.source`` from the ``c.data`` config block.
 
     In a multi-process run the ``npy`` reader gives each process only its rows of every batch;
     `whole_batches` asks for whole batches instead (every other source always gives them).
+    ``model`` streams the activations of the model the ``c.model`` block `model` names (`text_model`:
+    that model already loaded, or None to load it here).
 
     Raises ConfigError naming `data.source` (and listing the valid names) when unknown.
     """
+    if data.source == "model":
+        from saejax.data.stream import model_source
+
+        return model_source(data, model, seed, text_model)
     factory = _FACTORIES.get(data.source)
     if factory is None:
         raise ConfigError(

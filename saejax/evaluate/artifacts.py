@@ -71,7 +71,7 @@ def replot(workdir: str | Path, rows: int = 16384) -> Path:
     from another terminal), the densities measured on `rows` rows of its data. Returns plots/."""
     workdir = Path(workdir)
     params, config = analysis.load(workdir)
-    source = data.make_source(config.data, config.seed, whole_batches=True)
+    source = data.make_source(config.data, config.seed, whole_batches=True, model=config.model)
     sae = from_config.sae_of(config, source.d_in)
     density = analysis.feature_density(analysis.encode(params, config, source.sample(rows)))
     save_training_plot(workdir, writers.read_metrics(workdir))

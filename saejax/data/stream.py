@@ -1,0 +1,254 @@
+"""The ``model`` source: a text model's activations computed on the fly, through a mixing buffer,
+with nothing harvested to disk first.
+
+    source = model_source(c.data, c.model, seed)        # the model that c.model names
+    batch = source.batch(step, 1024)                     # float32 [1024, d_model]
+
+Rows are made exactly as `saejax.harvest` makes them (`saejax.harvest.chunk_rows`): each text is one
+context (tokenised, truncated to ``model.context_length``) run through the jitted model with the hook
+point (``model.layer``, ``model.site``) captured, and every token that is not padding or special
+([CLS], [SEP], BOS) gives a row.
+
+The stream is cut into *fills* of F = ``data.buffer_contexts`` contexts: SAELens' mixing buffer,
+made deterministic.
+
+1. Fill j is the texts at positions [j·F, (j+1)·F) of the text order (`saejax.data.texts.TextOrder`:
+   the training texts in seeded, shuffled blocks of ``data.shuffle_texts``, read again and again).
+2. They go through the model in harvest's chunks (``data.forward_batch`` contexts a pass): the
+   fill's R_j rows, [R_j, d_model].
+3. The fill hands out ``batches_per_fill(B)`` batches of B rows, in the order of a permutation drawn
+   from (seed, j): as many as hold FILL_USE of the rows a fill is expected to hold (F times the mean
+   rows per context of the first ESTIMATE_TEXTS texts of the order). The rest of the fill is
+   dropped. A fill that falls short (rare: the texts are shuffled, so fills differ by a few per
+   cent) hands some rows out twice (further permutations, from (seed, j, r)), with a warning.
+
+Batch i is therefore rows [k·B, (k+1)·B) of fill i // batches_per_fill(B), k = i mod
+batches_per_fill(B): a pure function of (seed, i, B, the corpus), whatever was asked for before. A
+resumed run recomputes at most the fill it stopped in (and re-reads the corpus up to it).
+
+Held out: the texts harvesting keeps out (every 10th paragraph, `saejax.harvest.run_texts`), which no
+fill reads. Their rows, in corpus order and harvest's chunks, up to ``data.heldout_max_rows``, are
+the split `heldout_batch` reads; the splice evaluation uses the first ``model.eval_texts`` of the same
+texts. ``stats`` (E‖x‖² for the activation normalisation) and `sample` come from fill 0: F contexts
+drawn at random (seeded) from the first block of texts.
+
+Every process computes whole fills; a multi-process run keeps its slice of each batch
+(`saejax.data.batches.read_local_batch`).
+"""
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from itertools import islice
+
+import numpy as np
+from absl import logging
+
+from saejax import harvest
+from saejax.data import STREAM_FILL, STREAM_SAMPLE, check_batch_args, check_sample_size, rng
+from saejax.data.store import RunningStats
+from saejax.data.texts import TextOrder
+from saejax.errors import ConfigError, DataError
+
+FILL_USE = 0.9  # share of a fill's expected rows it hands out (a fill's rows vary by ~2 % at F=1024)
+ESTIMATE_TEXTS = 4096  # texts whose mean rows per context sizes every fill
+_CACHED = 2  # fills (and held-out chunks) kept in memory
+
+
+def _remember(cache: OrderedDict, key, make: Callable):
+    """cache[key], made by make() on a miss; the least recently used of more than _CACHED dropped."""
+    if key in cache:
+        cache.move_to_end(key)
+    else:
+        cache[key] = make()
+        if len(cache) > _CACHED:
+            cache.popitem(last=False)
+    return cache[key]
+
+
+class ModelSource:
+    """A text model's activations, streamed; see the module docstring.
+
+    Attributes:
+        name: ``'model'``.
+        d_in: the model's width, d_model.
+        order: the training texts' order (`saejax.data.texts.TextOrder`).
+        description: what the rows are, for logs.
+    """
+
+    name = "model"
+
+    def __init__(self, model, texts: Callable[[], Iterable[str]], heldout_texts: Callable[[], Iterable[str]], *,
+                 seed: int, layer: int, site: str, context_length: int = 128, buffer_contexts: int = 1024,
+                 shuffle_texts: int = 65536, forward_batch: int = 32, heldout_max_rows: int = 100_000) -> None:
+        for field, value, least in (("data.buffer_contexts", buffer_contexts, 1),
+                                    ("data.forward_batch", forward_batch, 1),
+                                    ("model.context_length", context_length, 1),
+                                    ("data.heldout_max_rows", heldout_max_rows, 0)):
+            if value < least:
+                raise ConfigError(f"{field} must be >= {least}, got {value}")
+        self.model, self.seed, self.d_in = model, seed, model.d_model
+        self.context_length, self.buffer_contexts, self.forward_batch = context_length, buffer_contexts, forward_batch
+        self.heldout_max_rows = heldout_max_rows
+        self.capture = harvest.capture_at(model, layer, site)
+        self.order = TextOrder(texts, seed, shuffle_texts)
+        self.description = (f"activations of {model.name} layer {layer} {site}, computed in fills of {buffer_contexts} "
+                            f"contexts of <= {context_length} tokens; held out: every {harvest.HELD_OUT_EVERY}th text")
+        self._heldout_texts = heldout_texts
+        self._lock = threading.RLock()
+        self._fills: OrderedDict = OrderedDict()
+        self._heldout_chunks: OrderedDict = OrderedDict()
+        self._heldout: tuple[list[str], np.ndarray] | None = None
+        self._rows_per_context: float | None = None
+        self._stats: dict | None = None
+        self._short_fills_warned: set[int] = set()
+
+    # -- rows of texts ------------------------------------------------------------------------
+
+    @property
+    def chunk_texts(self) -> int:
+        """Texts per chunk, as harvesting groups them (length-sorted within a chunk)."""
+        return self.forward_batch * harvest.CHUNK_BATCHES
+
+    def rows_of(self, texts: list[str]) -> np.ndarray:
+        """float32 [rows, d_in]: the texts' rows as a harvest of them writes them, chunk by chunk."""
+        chunks = [harvest.chunk_rows(self.model, self.capture, texts[c:c + self.chunk_texts], self.context_length,
+                                     self.forward_batch) for c in range(0, len(texts), self.chunk_texts)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.d_in), np.float32)
+
+    # -- training fills -----------------------------------------------------------------------
+
+    @property
+    def rows_per_context(self) -> float:
+        """Mean rows per context of the first ESTIMATE_TEXTS texts of the order (a seeded sample)."""
+        with self._lock:
+            if self._rows_per_context is None:
+                counts = harvest.kept_tokens(self.model, self.order.texts(0, ESTIMATE_TEXTS), self.context_length)
+                if counts.sum() == 0:
+                    raise DataError(f"the first {ESTIMATE_TEXTS} texts give no tokens (only padding or special "
+                                    "tokens); check model.text_glob")
+                self._rows_per_context = float(counts.mean())
+            return self._rows_per_context
+
+    def batches_per_fill(self, batch_size: int) -> int:
+        """Batches of `batch_size` every fill hands out (at least 1)."""
+        return max(1, int(FILL_USE * self.buffer_contexts * self.rows_per_context) // batch_size)
+
+    def fill_texts(self, fill: int) -> list[str]:
+        """The F texts of fill number `fill`, in text order."""
+        with self._lock:
+            return self.order.texts(fill * self.buffer_contexts, (fill + 1) * self.buffer_contexts)
+
+    def fill_rows(self, fill: int) -> np.ndarray:
+        """float32 [R_j, d_in]: every row of fill `fill`, as a harvest of `fill_texts(fill)` writes them."""
+        def make():
+            rows = self.rows_of(self.fill_texts(fill))
+            if rows.shape[0] == 0:
+                raise DataError(f"fill {fill} ({self.buffer_contexts} texts) gave no tokens; check model.text_glob")
+            return rows
+
+        with self._lock:
+            return _remember(self._fills, fill, make)
+
+    def handout_order(self, fill: int, n_rows: int, count: int) -> np.ndarray:
+        """Which of a fill's `n_rows` rows it hands out, in order, int64 [count]: a permutation drawn from
+        (seed, fill), continued by permutations from (seed, fill, r) when count > n_rows."""
+        repeats = -(-count // n_rows)
+        orders = [rng(self.seed, STREAM_FILL, fill, r).permutation(n_rows) for r in range(repeats)]
+        return np.concatenate(orders)[:count]
+
+    def batch(self, step: int, batch_size: int) -> np.ndarray:
+        """float32 [batch_size, d_in]: batch number `step` (see the module docstring)."""
+        check_batch_args(step, batch_size)
+        per_fill = self.batches_per_fill(batch_size)
+        fill, k = divmod(step, per_fill)
+        with self._lock:
+            rows = self.fill_rows(fill)
+            handed = per_fill * batch_size
+            if rows.shape[0] < handed and fill not in self._short_fills_warned:
+                self._short_fills_warned.add(fill)
+                logging.warning("fill %d gave %d rows, fewer than the %d it hands out: %d of them are handed out "
+                                "twice (raise data.buffer_contexts for fills that vary less)", fill, rows.shape[0],
+                                handed, handed - rows.shape[0])
+            take = self.handout_order(fill, rows.shape[0], handed)[k * batch_size:(k + 1) * batch_size]
+            return rows[take]
+
+    def sample(self, n: int) -> np.ndarray:
+        """A deterministic float32 [n, d_in] sample (without replacement) of the rows of fills 0, 1, ...
+        (as many as hold n rows), for initialisation."""
+        check_sample_size(n)
+        with self._lock:
+            parts = [self.fill_rows(0)]
+            while sum(p.shape[0] for p in parts) < n:
+                parts.append(self.fill_rows(len(parts)))
+        rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return rows[rng(self.seed, STREAM_SAMPLE).choice(rows.shape[0], size=n, replace=False)]
+
+    @property
+    def stats(self) -> dict:
+        """Normalisation statistics of all rows of fill 0: {"rows", "mean" [d_in], "mean_sq_norm"}."""
+        with self._lock:
+            if self._stats is None:
+                running = RunningStats(self.d_in)
+                running.add(self.fill_rows(0))
+                self._stats = running.as_dict()
+            return self._stats
+
+    # -- held out -----------------------------------------------------------------------------
+
+    def heldout_layout(self) -> tuple[list[str], np.ndarray]:
+        """(texts, bounds int64 [C + 1]): the held-out texts the split reads (corpus order, enough for
+        data.heldout_max_rows rows) and the first row of each of their chunks (bounds[-1]: all rows)."""
+        with self._lock:
+            if self._heldout is None:
+                texts, bounds = [], [0]
+                stream = iter(self._heldout_texts())
+                while bounds[-1] < self.heldout_max_rows and (chunk := list(islice(stream, self.chunk_texts))):
+                    texts += chunk
+                    bounds.append(bounds[-1] + int(harvest.kept_tokens(self.model, chunk, self.context_length).sum()))
+                self._heldout = (texts, np.asarray(bounds, np.int64))
+            return self._heldout
+
+    @property
+    def heldout_rows(self) -> int:
+        """Rows in the held-out split: those of the held-out texts, at most data.heldout_max_rows."""
+        return int(min(self.heldout_layout()[1][-1], self.heldout_max_rows))
+
+    def _heldout_chunk(self, chunk: int) -> np.ndarray:
+        texts, bounds = self.heldout_layout()
+        rows = self.rows_of(texts[chunk * self.chunk_texts:(chunk + 1) * self.chunk_texts])
+        if rows.shape[0] != bounds[chunk + 1] - bounds[chunk]:
+            raise DataError(f"held-out chunk {chunk} gave {rows.shape[0]} rows, its tokens counted "
+                            f"{bounds[chunk + 1] - bounds[chunk]}")
+        return rows
+
+    def heldout_batch(self, index: int, batch_size: int) -> np.ndarray:
+        """Rows [index·B, (index+1)·B) of the held-out split, float32 [<= B, d_in] (empty past its end)."""
+        check_batch_args(index, batch_size)
+        with self._lock:
+            _, bounds = self.heldout_layout()
+            lo, hi = index * batch_size, min((index + 1) * batch_size, self.heldout_rows)
+            if lo >= hi:
+                return np.zeros((0, self.d_in), np.float32)
+            first, last = (int(np.searchsorted(bounds, row, side="right")) - 1 for row in (lo, hi - 1))
+            rows = np.concatenate([_remember(self._heldout_chunks, c, lambda c=c: self._heldout_chunk(c))
+                                   for c in range(first, last + 1)])
+            return rows[lo - bounds[first]:hi - bounds[first]]
+
+
+def model_source(data, model, seed: int, text_model=None) -> ModelSource:
+    """The ``model`` source of a run's ``c.data`` and ``c.model`` blocks: model.name's activations at
+    (model.layer, model.site) on model.text_glob's training texts (`saejax.harvest.run_texts`).
+    `text_model`: the model already loaded, or None to load it here."""
+    if model is None or not model.get("name"):
+        raise ConfigError("data.source='model' streams the activations of model.name: set --config.model.name "
+                          "(minilm, gemma3-270m or a Hugging Face directory)")
+    if text_model is None:
+        from saejax.models.loading import load_text_model  # noqa: PLC0415
+
+        text_model = load_text_model(model.name)
+    return ModelSource(text_model, lambda: harvest.run_texts(model, held_out=False),
+                       lambda: harvest.run_texts(model, held_out=True), seed=seed, layer=model.layer, site=model.site,
+                       context_length=model.context_length, buffer_contexts=data.buffer_contexts,
+                       shuffle_texts=data.shuffle_texts, forward_batch=data.forward_batch,
+                       heldout_max_rows=data.heldout_max_rows)
