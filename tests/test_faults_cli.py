@@ -192,12 +192,19 @@ INTERRUPTED = ("error: interrupted (Ctrl-C): stopped at once; checkpoints saved 
                "command to resume)")
 
 
+def _as_from_a_terminal() -> None:
+    """A child's SIGINT at its default, as a command typed at a terminal has it, even when the tests run
+    as a shell's background job (whose children inherit SIGINT ignored, and are left alone by design)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_second_ctrl_c_while_the_first_saves_stops_at_once_with_status_130(tmp_path):
     # Ctrl-C every 20 ms from the first logged step on: the first makes the loop stop after its
     # step and save; one of the next lands before that ends (saving and exiting take longer)
     args = [sys.executable, str(TRAIN), f"--workdir={tmp_path}", f"--config={SYNTHETIC}", *SMALL,
             "--config.train.steps=100000", "--config.train.log_every=1", "--config.train.checkpoint_every=0"]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               preexec_fn=_as_from_a_terminal)
     try:
         _wait_for(process, "[train] step")
         while process.poll() is None:
@@ -224,7 +231,7 @@ def test_ctrl_c_outside_training_is_one_line_and_status_130():
         time.sleep(60)
     """)
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=_as_from_a_terminal)
     try:
         assert process.stderr.readline() == "ready\n"
         process.send_signal(signal.SIGINT)
