@@ -23,8 +23,9 @@ INIT_SAMPLE_ROWS = 8192
 # usual fix after a NaN error). Everything else in data.* changes the stream, so it is refused.
 RESUMABLE_DATA_FIELDS = ("path", "on_bad_rows")
 # model.* fields that make the stream of data.source=model: changing one of them changes every batch
-# (model.hookpoints: which SAEs the checkpoint holds); the value of those a config saved before they existed lacks
+# (model.hookpoints: also which SAEs the checkpoint holds)
 STREAM_MODEL_FIELDS = ("name", "layer", "site", "context_length", "text_glob", "hookpoints")
+# what a config saved before one of those fields existed meant by its absence
 ADDED_MODEL_FIELDS = {"hookpoints": ""}
 
 

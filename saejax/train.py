@@ -33,18 +33,18 @@ import numpy as np
 
 from saejax import assemble, evaluate, guards, hookpoints, resume, writers
 from saejax.preemption import PreemptionGuard, StopVote
-from saejax.step import make_train_step
+from saejax.step import TrainState, make_train_step
 
 
 def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
-def train(run: assemble.Run, writer) -> tuple:
+def train(run: assemble.Run, writer) -> tuple[TrainState, str | None]:
     """Initialise or resume `run` (onto its shardings), then train to `train.steps`, or until
     SIGTERM/SIGINT (then the step in flight finishes and is checkpointed; with several processes, all
-    stop after the same step). Returns (final TrainState (stacked over several hook points), the
-    signal's name or None)."""
+    stop after the same step). Returns (final state, stacked over several hook points; the signal's
+    name or None)."""
     t, config = run.config.train, run.config
     init_key, resample_key = jax.random.split(jax.random.key(config.seed))
     config_dict = json.loads(config.to_json_best_effort())

@@ -18,11 +18,11 @@ import pytest
 pytest.importorskip("tokenizers")
 
 import saejax  # noqa: E402
-from saejax import assemble, hookpoints, parallel, resume, step, writers  # noqa: E402
+from saejax import assemble, guards, hookpoints, parallel, resume, step, writers  # noqa: E402
 from saejax.config import base_config, complete, hookpoint_names  # noqa: E402
 from saejax.data import batches  # noqa: E402
 from saejax.data.stream import ModelSource  # noqa: E402
-from saejax.errors import ConfigError, DataError  # noqa: E402
+from saejax.errors import ConfigError, DataError, SaejaxError  # noqa: E402
 from saejax.models.hooks import parse_points, point_name  # noqa: E402
 from saejax.models.loading import load_text_model  # noqa: E402
 from saejax.train import train, train_and_evaluate  # noqa: E402
@@ -151,10 +151,12 @@ def test_one_pass_trains_each_sae_as_it_would_train_alone(files, tmp_path):
 
 def test_each_sae_is_evaluated_exported_and_loaded_alone_and_a_killed_run_resumes_bitwise(files, tmp_path):
     config = run_config(files, SPEC, steps=30, every=10, evaluators="heldout,curves,export")
+    config.train.resample_every, config.loss.dead_tokens = 10, 320  # dead after 10 steps: resampled at 10 and 20
     summary = train_and_evaluate(config, tmp_path / "whole")
     assert set(summary["points"]) == set(NAMES) and "eval" not in summary
     records = writers.read_metrics(tmp_path / "whole")
     assert {"fvu", "loss", "1/resid_post/fvu", "0/mlp_out/loss/auxk", "1/attn_out/dead_fraction"} <= set(records[-1])
+    assert sum(records[1][f"{name}/resampled"] for name in NAMES) > 0  # each SAE resampled on its own point's rows
     evals = writers.read_metrics(tmp_path / "whole", split="eval")[-1]
     for name in NAMES:
         found = summary["points"][name]
@@ -195,6 +197,8 @@ def test_what_several_points_cannot_do_yet_is_one_clear_error(files):
     config.parallel.strategy = "pmap"
     with pytest.raises(ConfigError, match="model.hookpoints: the SAEs of several hook points train on one device"):
         parallel.placement_from_config(config, None, None, None, points=3)
+    with pytest.raises(SaejaxError, match="the SAE of hook point 0/mlp_out collapsed by step 200"):
+        guards.check_not_collapsed(1.2, 4.0, 200, None, "0/mlp_out")
     saved = json.loads(base_config().to_json_best_effort())
     saved["data"]["source"] = "model"
     del saved["model"]["hookpoints"]  # a config saved before the field existed resumes as one point

@@ -129,7 +129,7 @@ class ModelSource:
         self._heldout_chunks: OrderedDict = OrderedDict()
         self._heldout: tuple[list[str], np.ndarray] | None = None
         self._rows_per_context: float | None = None
-        self._stats: dict | None = None
+        self._stats: list[dict] | None = None  # one per point
         self._short_fills_warned: set[int] = set()
 
     def describe(self, index: int | None = None) -> str:
@@ -242,8 +242,8 @@ class ModelSource:
         with self._lock:
             if self._stats is None:
                 rows = self.fill_rows(0)
-                self._stats = [_stats_of(rows[:, i]) for i in range(len(self.points))] if self.point_names else [
-                    _stats_of(rows)]
+                each = [rows[:, i] for i in range(len(self.points))] if self.point_names else [rows]
+                self._stats = [_stats_of(point_rows) for point_rows in each]
             return self._stats if self.point_names else self._stats[0]
 
     # -- held out -----------------------------------------------------------------------------
@@ -290,6 +290,7 @@ class ModelSource:
 
 
 def _stats_of(rows: np.ndarray) -> dict:
+    """`RunningStats` of rows [n, d] as a dict."""
     running = RunningStats(rows.shape[-1])
     running.add(rows)
     return running.as_dict()
@@ -308,24 +309,30 @@ class PointSource:
         self.description = source.describe(index)
 
     def _one(self, rows: np.ndarray) -> np.ndarray:
+        """This point's [n, d_in] of the source's rows ([P, n, d_in] for several points)."""
         return rows[self.index] if self.source.point_names else rows
 
     def batch(self, step: int, batch_size: int) -> np.ndarray:
+        """float32 [batch_size, d_in]: this point's rows of the source's batch `step`."""
         return self._one(self.source.batch(step, batch_size))
 
     def sample(self, n: int) -> np.ndarray:
+        """float32 [n, d_in]: this point's rows of the source's sample."""
         return self._one(self.source.sample(n))
 
     @property
     def stats(self) -> dict:
+        """This point's normalisation statistics (`ModelSource.stats`)."""
         stats = self.source.stats
         return stats[self.index] if self.source.point_names else stats
 
     @property
     def heldout_rows(self) -> int:
+        """Rows in the held-out split (the same tokens at every point)."""
         return self.source.heldout_rows
 
     def heldout_batch(self, index: int, batch_size: int) -> np.ndarray:
+        """float32 [<= batch_size, d_in]: this point's rows of the source's held-out batch `index`."""
         return self._one(self.source.heldout_batch(index, batch_size))
 
 
