@@ -77,10 +77,13 @@ def batches(run: Run, first: int):
 def resample_step(run: Run):
     """Jitted (state, batch, key) -> (state, resampled count): `resampling.resample_dead_latents`
     over the global batch (pmap's [N, B/N, d_in] flattened); the state stays on its shardings. Several
-    hook points: each SAE of the stacked state on its point's batch [P, B, d_in], with the same key
-    (as each would be alone), the counts [P]."""
+    hook points: each SAE of the stacked state in turn on its point's batch [P, B, d_in], with the same
+    key (as each would be alone), the counts [P]."""
     shardings = run.where.state_shardings
-    resample = resampling.resample_step(run.sae, run.optimizer, run.config.loss.dead_steps)
-    if run.points:
-        resample = jax.vmap(resample, in_axes=(0, 0, None))
+    resample_one = resampling.resample_step(run.sae, run.optimizer, run.config.loss.dead_steps)
+
+    def resample_each(state, batch, key):
+        return jax.lax.map(lambda pair: resample_one(*pair, key), (state, batch))
+
+    resample = resample_each if run.points else resample_one
     return jax.jit(resample, out_shardings=None if shardings is None else (shardings, None))

@@ -7,9 +7,12 @@ The stream (`saejax.data.stream`) captures every point in each forward and hands
 of them at once, [P, B, d_model]: the rows of the same tokens, in the same order. The P SAEs share
 the config (architecture, sizes, loss, optimizer, seed), so their train states are one pytree stacked
 on a leading axis of P (every hook point of a model has the width d_model; `saejax.step.stack_states`),
-and one jitted step is the train step `jax.vmap`ped over it (`vectorized`): each SAE takes exactly the steps it would take
-trained alone on its point's stream with the same seed (the same initial key, its own data sample
-for b_dec and the normalisation), up to float rounding of the batched matmuls.
+and one jitted step runs the train step on each of them in turn (`over_points`): each SAE takes the
+steps it would take trained alone on its point's stream with the same seed (the same initial key, its
+own data sample for b_dec and the normalisation), up to float rounding (XLA compiles the step inside
+a larger program): 3 TopK SAEs on MiniLM (d_sae 3072, 40 steps of 1024) came out bitwise equal to
+the runs alone, the tiny test model's ~1e-6 apart (relative) after 20 steps. That pass took 41.5 s,
+the three runs alone 90.9 s (a shared 2-core CPU: the model's forward is computed once, not thrice).
 
 What a run of several points leaves, beside what a run of one leaves:
 
@@ -29,12 +32,18 @@ import numpy as np
 from saejax import config as config_lib, parallel, step
 
 
-def vectorized(pure_step):
+def over_points(pure_step):
     """(stacked state, batches [P, B, d_in]) -> (stacked state, metrics [P] each): `pure_step` (the
-    step `step.make_train_step` makes) mapped over the SAEs, compiled with the same XLA options."""
-    mapped = jax.vmap(pure_step)
-    mapped.compiler_options = getattr(pure_step, "compiler_options", None)
-    return mapped
+    step `step.make_train_step` makes) on each SAE in turn, in one program (`jax.lax.map`: the step
+    compiled once, one SAE's activations in memory at a time), with the step's XLA options. A
+    `jax.vmap` computes the same, but its batched matmuls, gathers and scatters ran 3-6x slower than
+    P separate steps on a 2-core CPU (TopK, d_in 384, d_sae 3072, batch 1024, 3 points: 0.8-1.1 s
+    against 0.14-0.37 s), where this runs as fast as they do."""
+    def each_point(state, batches):
+        return jax.lax.map(lambda pair: pure_step(*pair), (state, batches))
+
+    each_point.compiler_options = getattr(pure_step, "compiler_options", None)
+    return each_point
 
 
 def step_of(state: step.TrainState) -> int:

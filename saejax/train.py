@@ -10,7 +10,7 @@ It leaves in `workdir`:
     export/{cfg.json, sae_weights.safetensors} (SAELens layout, linear architectures) + saejax_config.json
 
 With several ``model.hookpoints`` it trains one SAE per hook point from one forward of the model, a
-stacked state in one step (`saejax.hookpoints`): each point's metrics are logged under its name,
+stacked state in one jitted step (`saejax.hookpoints`): each point's metrics are logged under its name,
 and each SAE is evaluated and exported alone, into plots/POINT/ and export/POINT/ (e.g.
 export/3/resid_post/), its numbers under summary.json's "points".
 
@@ -52,7 +52,7 @@ def train(run: assemble.Run, writer) -> tuple[TrainState, str | None]:
     state = resume.start_state(run, ckpt, init_key)
     pure_step = make_train_step(run.sae, run.loss, run.optimizer, unit_norm_decoder=t.unit_norm_decoder,
                                 dead_steps=config.loss.dead_steps)
-    train_step = run.where.compile(hookpoints.vectorized(pure_step) if run.points else pure_step)
+    train_step = run.where.compile(hookpoints.over_points(pure_step) if run.points else pure_step)
     resample = assemble.resample_step(run)
     first = hookpoints.step_of(state)
     last_saved, stopped = first or None, None

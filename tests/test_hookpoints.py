@@ -1,8 +1,8 @@
 """Several hook points in one pass (``model.hookpoints``) on a tiny random BERT: one forward hands out
-every point's rows of the same tokens, each equal to the stream of that point alone; one stacked,
-vmapped step trains an SAE per point as each would train alone (to float rounding); each SAE is
-evaluated, exported and loaded on its own; a run killed after a checkpoint resumes bitwise; a run of
-one point is the plain run."""
+every point's rows of the same tokens, each equal to the stream of that point alone; one jitted step
+over the stacked states trains an SAE per point as each would train alone (to float rounding); each
+SAE is evaluated, exported and loaded on its own; a run killed after a checkpoint resumes bitwise; a
+run of one point is the plain run."""
 
 import json
 import shutil
