@@ -192,7 +192,10 @@ def test_each_sae_is_evaluated_exported_and_loaded_alone_and_a_killed_run_resume
         resume.check_resumable(tmp_path / "whole", complete(other)[0])
 
 
-def test_what_several_points_cannot_do_yet_is_one_clear_error(files):
+def test_what_several_points_cannot_do_yet_is_one_clear_error(files, bert):
+    with pytest.raises(ConfigError, match="hook layer 5 does not exist"):
+        ModelSource(bert, lambda: iter(TEXTS), lambda: iter(()), seed=0, layer=0, site="resid_post",
+                    points=((1, "resid_post"), (5, "mlp_out")))
     config = complete(run_config(files, SPEC))[0]
     config.parallel.strategy = "pmap"
     with pytest.raises(ConfigError, match="model.hookpoints: the SAEs of several hook points train on one device"):
