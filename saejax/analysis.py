@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from saejax import checkpoint, downstream, export, from_config, normalization
+from saejax import checkpoint, config as config_lib, downstream, export, from_config, normalization
 from saejax import step as step_lib
 from saejax.downstream import linear_probe_accuracy, roc_auc
 from saejax.errors import DataError, SaejaxError
@@ -32,10 +32,13 @@ __all__ = ["load", "encode", "reconstruct", "feature_density", "dead_latents", "
 EXPORT_CONFIG = export.SAEJAX_CONFIG_FILENAME
 
 
-def load(path: str | Path) -> tuple[dict, ml_collections.ConfigDict]:
+def load(path: str | Path, point: str | None = None) -> tuple[dict, ml_collections.ConfigDict]:
     """(params as numpy arrays, a config) from a saejax workdir or export folder, or an SAE trained
     elsewhere: a SAELens directory (cfg.json + sae_weights.safetensors) or a Gemma Scope
     ``params.npz``. Imported SAEs get a default config with their sae.arch/d_sae/k.
+    A workdir of several hook points (``model.hookpoints``) holds an SAE per point: `point`
+    ("3/resid_post") names the one to load (its config then is that point's alone); its export folder,
+    DIR/export/3/resid_post, loads as any.
 
     Checked before anything is returned (`saejax.validate_weights`): every file parses, cfg.json's
     and the run config's fields have their types, and every tensor its rank, shape, dtype and
@@ -43,7 +46,10 @@ def load(path: str | Path) -> tuple[dict, ml_collections.ConfigDict]:
     file and the field or tensor."""
     path = Path(path)
     if (path / "checkpoints").is_dir():
-        return _load_workdir(path)
+        return _load_workdir(path, point)
+    if point is not None:
+        raise DataError(f"{path}: point={point!r} names an SAE in a workdir of several hook points; this is not a "
+                        "workdir (no checkpoints/)")
     if (path / export.CFG_FILENAME).is_file():
         if (path / EXPORT_CONFIG).is_file():
             return _load_export(path)
@@ -101,27 +107,45 @@ def _saved_config_and_width(ckpt: checkpoint.Checkpointer) -> tuple[ml_collectio
         width = ckpt.saved_shape("params", "b_dec", step=step)
         if not (isinstance(saved, dict) and isinstance(saved.get("sae"), dict)):
             reasons.append(f"step {step}: its config is not a saejax run config")
-        elif width is None or len(width) != 1:
-            reasons.append(f"step {step}: its state metadata has no params.b_dec [d_in]")
+        elif width is None or len(width) not in (1, 2):
+            reasons.append(f"step {step}: its state metadata has no params.b_dec [d_in] (nor [hook points, d_in])")
         else:
-            return ml_collections.ConfigDict(saved), int(width[0]), ckpt.directory / str(step)
+            return ml_collections.ConfigDict(saved), int(width[-1]), ckpt.directory / str(step)
     raise DataError(f"{ckpt.directory}: no checkpoint can be read ({'; '.join(reasons)})")
 
 
-def _load_workdir(path: Path):
+def _point_index(path: Path, names: tuple[str, ...], point: str | None) -> int | None:
+    """Which SAE of a workdir of several hook points (`names`) `point` names (None for a workdir of one
+    SAE); DataError when it names none of them, or is missing where there are several."""
+    if not names and point is not None:
+        raise DataError(f"{path}: trains one SAE, not one per hook point; load it without point={point!r}")
+    if names and point not in names:
+        given = "name one" if point is None else f"point={point!r} is none of them"
+        raise DataError(f"{path}: holds an SAE per hook point ({', '.join(names)}); {given}: "
+                        f"saejax.load(path, point={names[0]!r}), or load its export {path / 'export' / names[0]}")
+    return names.index(point) if names else None
+
+
+def _load_workdir(path: Path, point: str | None = None):
     ckpt = checkpoint.Checkpointer(path / "checkpoints")
     try:
         if ckpt.latest_step() is None:
             raise DataError(f"{path / 'checkpoints'}: holds no checkpoint yet")
         config, d_in, where = _saved_config_and_width(ckpt)
+        names = _built(lambda: config_lib.hookpoint_names(config), where / checkpoint.CONFIG)
+        index = _point_index(path, names, point)
         sae, loss, optimizer = _built(lambda: from_config.model_from_config(config, d_in), where / checkpoint.CONFIG)
         like = step_lib.abstract_train_state(sae, loss, optimizer)
+        if index is not None:  # the SAEs of several hook points, stacked
+            like = step_lib.stacked_abstract(like, len(names))
         try:
             state, _, _ = ckpt.restore_latest_good(like, is_good=lambda s: step_lib.all_finite(s.params))
         except checkpoint.CheckpointError as err:
             raise DataError(str(err)) from None
     finally:
         ckpt.close()
+    if index is not None:
+        state, config = step_lib.state_at(state, index), config_lib.point_config(config, index)
     params = jax.tree.map(np.asarray, step_lib.eval_params(sae, state))
     scale = float(state.norm_scale)
     config.norm_scale = scale

@@ -1,6 +1,7 @@
 """Everything a run is made of, built once from its config: the completed config, the data
-source, the SAE, loss and optimizer, where the state and batches live, and (with `model.name`) the
-text model whose activations were harvested.
+source, the SAE, loss and optimizer, where the state and batches live, (with `model.name`) the
+text model whose activations were harvested, and (with several ``model.hookpoints``) the hook points
+it trains an SAE on each of (`saejax.hookpoints`).
 
     run = prepare(config, workdir)         # checks everything that needs no data first
     for step, batch in batches(run, first):
@@ -27,6 +28,10 @@ class Run(NamedTuple):
     optimizer: optax.GradientTransformation
     where: parallel.Placement
     text_model: Any  # `saejax.models` TextModel, or None without model.name
+    # several hook points: their names ("3/resid_post", ...), one SAE each, stacked (`saejax.hookpoints`); () = one SAE
+    points: tuple[str, ...] = ()
+    # the run of one of those SAEs (`saejax.hookpoints.point_run`): its point's name, its outputs' subfolder
+    point: str = ""
 
 
 def prepare(config, workdir: Path) -> Run:
@@ -39,8 +44,9 @@ def prepare(config, workdir: Path) -> Run:
     text_model = harvest.prepare_run(config, workdir)
     source = data.make_source(config.data, config.seed, model=config.model, text_model=text_model)
     sae, loss, optimizer = from_config.model_from_config(config, source.d_in)
-    where = parallel.placement_from_config(config, sae, loss, optimizer)
-    return Run(config, workdir, source, sae, loss, optimizer, where, text_model)
+    points = tuple(getattr(source, "point_names", ()))
+    where = parallel.placement_from_config(config, sae, loss, optimizer, points=len(points))
+    return Run(config, workdir, source, sae, loss, optimizer, where, text_model, points)
 
 
 def describe(run: Run) -> str:
@@ -48,7 +54,9 @@ def describe(run: Run) -> str:
     config = run.config
     processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
     strategy = config.parallel.strategy
-    return (f"{run.sae.arch} SAE d_in={run.sae.d_in} d_sae={run.sae.d_sae} on data.source={run.source.name!r}; "
+    saes = f"{len(run.points)} {run.sae.arch} SAEs (hook points {', '.join(run.points)})" if run.points else \
+        f"{run.sae.arch} SAE"
+    return (f"{saes} d_in={run.sae.d_in} d_sae={run.sae.d_sae} on data.source={run.source.name!r}; "
             f"{jax.device_count()} {jax.default_backend()} device(s){processes}"
             + (f" as a {dict(run.where.mesh.shape)} mesh" if strategy == "mesh" else "")
             + (" as pmap replicas" if strategy == "pmap" else "") + f"; workdir {run.workdir}")
@@ -68,7 +76,14 @@ def batches(run: Run, first: int):
 
 def resample_step(run: Run):
     """Jitted (state, batch, key) -> (state, resampled count): `resampling.resample_dead_latents`
-    over the global batch (pmap's [N, B/N, d_in] flattened); the state stays on its shardings."""
+    over the global batch (pmap's [N, B/N, d_in] flattened); the state stays on its shardings. Several
+    hook points: each SAE of the stacked state in turn on its point's batch [P, B, d_in], with the same
+    key (as each would be alone), the counts [P]."""
     shardings = run.where.state_shardings
-    resample = resampling.resample_step(run.sae, run.optimizer, run.config.loss.dead_steps)
+    resample_one = resampling.resample_step(run.sae, run.optimizer, run.config.loss.dead_steps)
+
+    def resample_each(state, batch, key):
+        return jax.lax.map(lambda pair: resample_one(*pair, key), (state, batch))
+
+    resample = resample_each if run.points else resample_one
     return jax.jit(resample, out_shardings=None if shardings is None else (shardings, None))

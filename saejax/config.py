@@ -14,6 +14,7 @@ from ml_collections.config_dict import placeholder
 
 from saejax import defaults
 from saejax.errors import ConfigError
+from saejax.models.hooks import parse_points, point_name
 
 
 class Unset(NamedTuple):
@@ -183,6 +184,9 @@ FIELDS = (
     Field("model.layer", 3, "the model's block whose activations are harvested (data.source=npy) or streamed "
           "(data.source=model)"),
     Field("model.site", "resid_post", "hook point in that block: attn_out | mlp_out | resid_post"),
+    # several points: one forward feeds an SAE on each (saejax/hookpoints.py); a single one is model.layer/site
+    Field("model.hookpoints", "", "data.source=model: several hook points LAYER/SITE, comma-separated (e.g. "
+          "\"3/resid_post,4/resid_post,5/mlp_out\"), one SAE each from one forward; empty = model.layer, model.site"),
     Field("model.context_length", 128, "tokens per harvested context"),
     Field("model.max_tokens", 200_000, "data.source=npy: activation rows to harvest (into data.path, default "
           "DIR/activations); a stream (data.source=model) reads the texts again and again instead"),
@@ -230,8 +234,41 @@ def complete(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDi
     """(a copy of `config` with the architecture's defaults filled in, notes for the user), validated:
     `saejax.defaults.resolve`, then `validate`."""
     config, notes = defaults.resolve(config)
+    _resolve_hookpoints(config)
     validate(config)
     return config, notes
+
+
+def _resolve_hookpoints(config: ml_collections.ConfigDict) -> None:
+    """model.hookpoints checked and written canonically ("3/resid_post,5/mlp_out"); one point becomes
+    model.layer and model.site (a run of one SAE, as without the field). ConfigError for a bad entry, or
+    several points without data.source='model' (only a stream computes them all in one forward)."""
+    m = config.model
+    if "hookpoints" not in m:
+        return
+    points = parse_points(m.hookpoints)
+    if len(points) == 1:
+        (m.layer, m.site), m.hookpoints = points[0], ""
+        return
+    m.hookpoints = ",".join(point_name(point) for point in points)
+    _require(not points or config.data.source == "model",
+             f"model.hookpoints={m.hookpoints!r} trains on several hook points from one forward of the model: it needs "
+             f"data.source='model' (streamed), not {config.data.source!r}")
+
+
+def hookpoint_names(config) -> tuple[str, ...]:
+    """The hook points a run's config trains an SAE on each of ("3/resid_post", ...): those of
+    model.hookpoints when it lists several; () for a run of one SAE."""
+    points = parse_points(config.model.get("hookpoints", "")) if "model" in config else ()
+    return tuple(point_name(point) for point in points) if len(points) > 1 else ()
+
+
+def point_config(config: ml_collections.ConfigDict, index: int) -> ml_collections.ConfigDict:
+    """The config of a run on hook point `index` of model.hookpoints alone: a copy with model.layer and
+    model.site at that point and model.hookpoints empty (what that point's export records)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    (config.model.layer, config.model.site), config.model.hookpoints = parse_points(config.model.hookpoints)[index], ""
+    return config
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

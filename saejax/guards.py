@@ -31,12 +31,14 @@ def _kept(last_saved: int | None) -> str:
     return f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was written"
 
 
-def check_not_collapsed(fvu: float, l0: float, step: int, last_saved: int | None) -> None:
+def check_not_collapsed(fvu: float, l0: float, step: int, last_saved: int | None, point: str = "") -> None:
     """Stop a collapsed run before it saves: the step's FVU and L0 (measured on its batch before the
-    update, rows these params were not trained on) must show a working SAE (`collapse`)."""
+    update, rows these params were not trained on) must show a working SAE (`collapse`). point: the
+    hook point of that SAE in a run of several ("" for one)."""
     problem = collapse(fvu, l0)
     if problem:
-        raise SaejaxError(f"the SAE collapsed by step {step}: {problem} on its latest batch; stopped before saving, "
+        which = f"the SAE of hook point {point}" if point else "the SAE"
+        raise SaejaxError(f"{which} collapsed by step {step}: {problem} on its latest batch; stopped before saving, "
                           f"{_kept(last_saved)}; lower optim.lr or the sparsity coefficients")
 
 

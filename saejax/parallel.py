@@ -227,10 +227,18 @@ def placement(strategy: str, mesh: Mesh | None, sae, optimizer, abstract_state, 
                      lambda step: jit_mesh_step(step, mesh, shardings))
 
 
-def placement_from_config(config, sae, loss, optimizer) -> Placement:
+def placement_from_config(config, sae, loss, optimizer, points: int = 0) -> Placement:
     """The Placement `config.parallel.strategy` asks for; sizes (and, with several processes, each
-    process's rows) checked before anything compiles."""
+    process's rows) checked before anything compiles. points: SAEs on this many hook points
+    (`saejax.hookpoints`: batches [points, B, d_in], the state stacked likewise), on one device; 0: one SAE."""
     strategy, batch_size = config.parallel.strategy, config.train.batch_size
+    if points and (strategy != "none" or jax.process_count() > 1):
+        raise ConfigError(f"model.hookpoints: the SAEs of several hook points train on one device, in one process, "
+                          f"for now (parallel.strategy='none'); got parallel.strategy={strategy!r} in "
+                          f"{jax.process_count()} process(es)")
+    if points:
+        return placement("none", None, sae, optimizer, None, batch_size)._replace(
+            batch_shape=(points, batch_size, sae.d_in))
     mesh = None
     if strategy != "none":
         mesh = make_mesh(config.parallel.mesh_shape if strategy == "mesh" else "")

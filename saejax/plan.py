@@ -82,17 +82,21 @@ def describe(config, workdir: str | Path) -> str:
                                   *_writes(config, workdir, None), _NOTHING_DONE])
     source = data.make_source(config.data, config.seed, model=config.model)  # a model source computes nothing yet
     sae, loss, optimizer = from_config.model_from_config(config, source.d_in)
-    where = parallel.placement_from_config(config, sae, loss, optimizer)
-    run = assemble.Run(config, workdir, source, sae, loss, optimizer, where, None)
-    state = abstract_train_state(sae, loss, optimizer)
+    points = tuple(getattr(source, "point_names", ()))  # several hook points: an SAE on each
+    where = parallel.placement_from_config(config, sae, loss, optimizer, points=len(points))
+    run = assemble.Run(config, workdir, source, sae, loss, optimizer, where, None, points)
+    state, saes = abstract_train_state(sae, loss, optimizer), max(1, len(points))
     t = config.train
-    params, optimizer_state = tree_bytes(state.params), tree_bytes(state.opt_state)
-    batch = t.batch_size * sae.d_in * BATCH_DTYPE_BYTES
+    params, optimizer_state = saes * tree_bytes(state.params), saes * tree_bytes(state.opt_state)
+    batch = saes * t.batch_size * sae.d_in * BATCH_DTYPE_BYTES
+    batch_shape = f"[{f'{saes}, ' if points else ''}{t.batch_size}, {sae.d_in}]"
+    what = f"{saes} x {sae.arch} (one per hook point: {', '.join(points)})" if points else sae.arch
     lines += [
         f"data: data.source={source.name!r}, d_in={sae.d_in}; {rows_of(source)}",
-        f"SAE: {sae.arch}, d_in={sae.d_in}, d_sae={sae.d_sae}, {tree_size(state.params):,} parameters",
+        f"SAE: {what}, d_in={sae.d_in}, d_sae={sae.d_sae}, {tree_size(state.params):,} parameters"
+        + (" each" if points else ""),
         f"memory: params {megabytes(params)} + optimizer state {megabytes(optimizer_state)} + a batch "
-        f"[{t.batch_size}, {sae.d_in}] {megabytes(batch)} = {megabytes(params + optimizer_state + batch)} "
+        f"{batch_shape} {megabytes(batch)} = {megabytes(params + optimizer_state + batch)} "
         f"(not counting the step's activations, [batch, d_sae] each)",
         f"training: {t.steps} steps of {t.batch_size} rows ({t.steps * t.batch_size:,} rows) on "
         f"{jax.device_count()} {jax.default_backend()} device(s), parallel.strategy={config.parallel.strategy!r}; "

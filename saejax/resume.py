@@ -23,7 +23,10 @@ INIT_SAMPLE_ROWS = 8192
 # usual fix after a NaN error). Everything else in data.* changes the stream, so it is refused.
 RESUMABLE_DATA_FIELDS = ("path", "on_bad_rows")
 # model.* fields that make the stream of data.source=model: changing one of them changes every batch
-STREAM_MODEL_FIELDS = ("name", "layer", "site", "context_length", "text_glob")
+# (model.hookpoints: also which SAEs the checkpoint holds)
+STREAM_MODEL_FIELDS = ("name", "layer", "site", "context_length", "text_glob", "hookpoints")
+# what a config saved before one of those fields existed meant by its absence
+ADDED_MODEL_FIELDS = {"hookpoints": ""}
 
 
 def _flatten(config_dict: dict, prefix: str = "") -> dict:
@@ -43,7 +46,8 @@ def _resume_fields(config_dict: dict) -> dict:
         fields.update({f"{section}.{k}": v for k, v in config_dict.get(section, {}).items()
                        if not (section == "data" and k in RESUMABLE_DATA_FIELDS)})
     if config_dict.get("data", {}).get("source") == "model":  # the stream is made of the model's activations
-        fields.update({f"model.{k}": config_dict.get("model", {}).get(k) for k in STREAM_MODEL_FIELDS})
+        fields.update({f"model.{k}": config_dict.get("model", {}).get(k, ADDED_MODEL_FIELDS.get(k))
+                       for k in STREAM_MODEL_FIELDS})
     fields.update({f"loss.{k} is on": bool(v) for k, v in config_dict.get("loss", {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return fields
@@ -120,12 +124,16 @@ def restore_latest(workdir: Path, source, sae, ckpt: checkpoint.Checkpointer, st
     """The latest good checkpoint in `ckpt` (which holds at least one) restored into `state`'s
     structure, its saved config checked against `config`. Damaged newer steps are set aside with a
     warning naming them; unfinished saves of older steps are deleted."""
-    saved = ckpt.saved_shape("params", "b_dec")
-    if saved is not None and saved != (sae.d_in,):
+    saved, expected = ckpt.saved_shape("params", "b_dec"), tuple(state.params["b_dec"].shape)  # [d_in] or [P, d_in]
+    if saved is not None and saved[-1:] != (sae.d_in,):
         raise ConfigError(
-            f"--workdir={workdir} holds a checkpoint of an SAE with d_in={saved[0]}, but "
+            f"--workdir={workdir} holds a checkpoint of an SAE with d_in={saved[-1]}, but "
             f"data.source={source.name!r} now gives rows of width {sae.d_in}; use a new --workdir or the original data"
         )
+    if saved is not None and saved != expected:
+        raise ConfigError(f"--workdir={workdir} holds a checkpoint of {saved[0] if len(saved) > 1 else 1} SAE(s), "
+                          f"one per hook point, but this run trains {expected[0] if len(expected) > 1 else 1} "
+                          "(model.hookpoints); use a new --workdir or the original model.hookpoints")
     try:
         restored, at, damaged = ckpt.restore_latest_good(state, is_good=lambda s: step.all_finite(s.params),
                                                          check_config=_same_run(ckpt, config))
@@ -149,14 +157,25 @@ def open_checkpoints(workdir: Path, config) -> checkpoint.Checkpointer:
     return checkpoint.Checkpointer(workdir / "checkpoints", max_to_keep=config.train.keep_checkpoints)
 
 
+def _initial(run, key: jax.Array) -> step.TrainState:
+    """`initial_state` of the run's SAE, or of each hook point's (from its own rows, with the same key:
+    as it would start alone), stacked."""
+    if not run.points:
+        return initial_state(run.config, run.source, run.sae, run.loss, run.optimizer, key)
+    return step.stack_states([initial_state(run.config, run.source.at(i), run.sae, run.loss, run.optimizer, key)
+                             for i in range(len(run.points))])
+
+
 def _fresh_or_restored(run, ckpt: checkpoint.Checkpointer, key: jax.Array) -> step.TrainState:
     shardings = run.where.state_shardings
     if ckpt.latest_step() is None:
         if jax.process_index() == 0:
             writers.drop_records_after(run.workdir, 0)  # records of a run killed before its first checkpoint
-        state = initial_state(run.config, run.source, run.sae, run.loss, run.optimizer, key)
+        state = _initial(run, key)
         return state if shardings is None else parallel.put_state(state, shardings)
     abstract = step.abstract_train_state(run.sae, run.loss, run.optimizer)
+    if run.points:
+        abstract = step.stacked_abstract(abstract, len(run.points))
     like = abstract if shardings is None else parallel.with_shardings(abstract, shardings)
     return restore_latest(run.workdir, run.source, run.sae, ckpt, like, run.config)
 

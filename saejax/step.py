@@ -155,6 +155,26 @@ def abstract_train_state(sae: SAE, loss: losses.LossTerm, optimizer: optax.Gradi
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
+# ---------------------------------------------------------------------------------------------
+# The SAEs of several hook points (`saejax.hookpoints`): one state, every leaf stacked [P, ...].
+
+
+def stack_states(states: list[TrainState]) -> TrainState:
+    """One state whose every leaf is the P states' leaves stacked: [P, ...]."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def state_at(state: TrainState, index: int) -> TrainState:
+    """SAE number `index`'s state in a stacked state (each leaf's slice [index])."""
+    return jax.tree.map(lambda leaf: leaf[index], state)
+
+
+def stacked_abstract(abstract: TrainState, count: int) -> TrainState:
+    """An abstract state (`abstract_train_state`) with a leading axis of `count`: the restore target
+    of the stacked state of `count` SAEs."""
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct((count, *s.shape), s.dtype, sharding=s.sharding), abstract)
+
+
 def step_metrics(x: jax.Array, out, steps_since_fired: jax.Array, dead_steps: int) -> dict[str, jax.Array]:
     """Sparsity and fidelity of one batch: L0, FVU, cosine similarity, dead fraction."""
     return {

@@ -9,6 +9,11 @@ It leaves in `workdir`:
     plots/{training,density}.png (+ atoms.png for image data),
     export/{cfg.json, sae_weights.safetensors} (SAELens layout, linear architectures) + saejax_config.json
 
+With several ``model.hookpoints`` it trains one SAE per hook point from one forward of the model, a
+stacked state in one jitted step (`saejax.hookpoints`): each point's metrics are logged under its name,
+and each SAE is evaluated and exported alone, into plots/POINT/ and export/POINT/ (e.g.
+export/3/resid_post/), its numbers under summary.json's "points".
+
 One run at a time owns a workdir (a lock, `saejax.workdir_lock`): a second one is refused with a
 line naming the first one's PID and host. SIGTERM/SIGINT stop it cleanly after a checkpoint
 (`saejax.preemption`); a damaged latest checkpoint falls back to the previous one
@@ -26,33 +31,30 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from saejax import assemble, evaluate, guards, parallel, resume, writers
+from saejax import assemble, evaluate, guards, hookpoints, resume, writers
 from saejax.preemption import PreemptionGuard, StopVote
-from saejax.step import TrainState, eval_params, make_train_step
+from saejax.step import TrainState, make_train_step
 
 
 def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
-def _host_values(metrics: dict) -> dict:
-    return {k: float(parallel.replicated_value(v)) for k, v in metrics.items()}
-
-
 def train(run: assemble.Run, writer) -> tuple[TrainState, str | None]:
     """Initialise or resume `run` (onto its shardings), then train to `train.steps`, or until
     SIGTERM/SIGINT (then the step in flight finishes and is checkpointed; with several processes, all
-    stop after the same step). Returns (final state, the signal's name or None)."""
+    stop after the same step). Returns (final state, stacked over several hook points; the signal's
+    name or None)."""
     t, config = run.config.train, run.config
     init_key, resample_key = jax.random.split(jax.random.key(config.seed))
     config_dict = json.loads(config.to_json_best_effort())
     ckpt = resume.open_checkpoints(run.workdir, config)
     state = resume.start_state(run, ckpt, init_key)
-    train_step = run.where.compile(make_train_step(run.sae, run.loss, run.optimizer,
-                                                   unit_norm_decoder=t.unit_norm_decoder,
-                                                   dead_steps=config.loss.dead_steps))
+    pure_step = make_train_step(run.sae, run.loss, run.optimizer, unit_norm_decoder=t.unit_norm_decoder,
+                                dead_steps=config.loss.dead_steps)
+    train_step = run.where.compile(hookpoints.over_points(pure_step) if run.points else pure_step)
     resample = assemble.resample_step(run)
-    first = int(parallel.replicated_value(state.step))
+    first = hookpoints.step_of(state)
     last_saved, stopped = first or None, None
     try:
         with PreemptionGuard() as signals:
@@ -65,7 +67,7 @@ def train(run: assemble.Run, writer) -> tuple[TrainState, str | None]:
                     state, resampled = resample(state, batch, jax.random.fold_in(resample_key, done))
                     metrics = {**metrics, "resampled": resampled}
                 if _due(done, t.log_every, t.steps):
-                    logged = _host_values(metrics)
+                    logged = hookpoints.host_values(run, metrics)
                     if getattr(run.source, "skipped_rows", 0):
                         logged["data/skipped_rows"] = run.source.skipped_rows
                     writer.write(done, logged)
@@ -73,9 +75,10 @@ def train(run: assemble.Run, writer) -> tuple[TrainState, str | None]:
                 if vote.vote(signals.requested is not None):
                     stopped = signals.requested or "a signal to another process"
                 if _due(done, t.checkpoint_every, t.steps) or stopped:
-                    now = _host_values({k: metrics[k] for k in ("loss", "fvu", "l0")})
+                    now = hookpoints.host_values(run, {k: metrics[k] for k in ("loss", "fvu", "l0")})
                     if done > guards.collapse_check_from(config):
-                        guards.check_not_collapsed(now["fvu"], now["l0"], done, last_saved)
+                        for point, values in hookpoints.by_point(run, now):
+                            guards.check_not_collapsed(values["fvu"], values["l0"], done, last_saved, point)
                     last_saved = guards.save_checkpoint(ckpt, done, state, now["loss"], config_dict, last_saved)
                 if stopped:
                     break
@@ -86,6 +89,12 @@ def train(run: assemble.Run, writer) -> tuple[TrainState, str | None]:
 
 def _numbers(found: dict) -> dict:
     return {k: v for k, v in found.items() if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+
+
+def _results(found: dict) -> dict:
+    """What summary.json says of one SAE's evaluation."""
+    return {"eval": _numbers(found), "eval_split": found.get("eval_split"),
+            "export": found.get("export", "skipped: not in train.evaluators")}
 
 
 def train_and_evaluate(config, workdir: str | Path) -> dict:
@@ -110,24 +119,24 @@ def _run(config, workdir: Path, start: float) -> dict:
     prepared = evaluate.prepare(run, evaluators) if main else {}  # compiles while the run trains
     try:
         state, stopped = train(run, writer)
-        steps = int(parallel.replicated_value(state.step))
+        steps = hookpoints.step_of(state)
         if stopped:
             writers.say(f"stopped by {stopped} at step {steps}; checkpoint saved in {workdir / 'checkpoints'}; "
                         "run the same command to resume")
             return {"preempted": stopped, "steps": steps}
-        state = parallel.to_host(state)  # evaluation, plots and export work on host copies
-        state = state._replace(params=eval_params(run.sae, state))  # schedule-free: the averaged params
+        saes = hookpoints.each_sae(run, state)  # host copies: evaluation, plots and export work on them
         if not main:
             return {"steps": steps, "process": jax.process_index()}
-        found = evaluate.evaluate_all(run, state, evaluators, prepared)
-        writer.write(steps, _numbers(found), split="eval")
+        found = {}  # point name ("" for a run of one SAE) -> what its evaluators found
+        for point, point_run, point_state in saes:
+            found[point] = evaluate.evaluate_all(point_run, point_state, evaluators, prepared)
+        writer.write(steps, hookpoints.prefixed({point: _numbers(f) for point, f in found.items()}), split="eval")
     finally:
         writer.close()
+    results = {"points": {point: _results(f) for point, f in found.items()}} if run.points else _results(found[""])
     summary = {
         "arch": run.sae.arch, "d_in": run.sae.d_in, "d_sae": run.sae.d_sae, "steps": steps,
-        "eval": _numbers(found), "eval_split": found.get("eval_split"),
-        "export": found.get("export", "skipped: not in train.evaluators"),
-        "wall_time_s": round(time.perf_counter() - start, 2),
+        **results, "wall_time_s": round(time.perf_counter() - start, 2),
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -10,7 +10,9 @@ out; after training it reports on those held-out texts (summary.json, "eval"): s
 mean-pooled sentence embedding with the SAE spliced in vs zero-ablation, and the SAE's L0, FVU and
 dead fraction on their tokens. Feature dashboards for the 32 most active latents land in
 DIR/dashboards/index.html. With --config.data.source=model the activations are computed on the fly
-instead (nothing harvested; the same texts, read again and again; saejax/data/stream.py).
+instead (nothing harvested; the same texts, read again and again; saejax/data/stream.py), and
+adding --config.model.hookpoints=2/resid_post,3/resid_post,4/mlp_out trains an SAE on each of those
+hook points from one forward (exports in DIR/export/3/resid_post/ etc.; saejax/hookpoints.py).
 """
 
 from saejax.config import base_config

@@ -15,40 +15,45 @@ from saejax import distributed
 from saejax.errors import DataError
 
 
-def check_batch(batch: np.ndarray, step: int, source_name: str, d_in: int) -> None:
-    """Raise DataError naming the step and source if a batch has the wrong shape or non-finite values."""
-    if batch.ndim != 2 or batch.shape[1] != d_in:
+def check_batch(batch: np.ndarray, step: int, source_name: str, d_in: int, points: int = 0) -> None:
+    """Raise DataError naming the step and source if a batch has the wrong shape or non-finite values.
+    points: the hook points a batch holds rows of ([points, batch, d_in]); 0: one ([batch, d_in])."""
+    if batch.ndim != 2 + bool(points) or batch.shape[-1] != d_in or batch.shape[:-2] != ((points,) if points else ()):
+        expected = f"[{points}, batch, {d_in}] (a batch per hook point)" if points else f"[batch, {d_in}]"
         raise DataError(
             f"batch at step {step} from data.source={source_name!r} has shape {batch.shape}; "
-            f"the SAE expects [batch, {d_in}]"
+            f"the SAE{'s expect' if points else ' expects'} {expected}"
         )
     finite = np.isfinite(batch)
     if not finite.all():
-        row, col = np.argwhere(~finite)[0]
+        *point, row, col = np.argwhere(~finite)[0]
+        where = f"hook point {point[0]}, " if point else ""
         raise DataError(
-            f"non-finite value {batch[row, col]} in the batch at step {step} from data.source={source_name!r} "
-            f"(row {row}, column {col}); fix or filter the data"
+            f"non-finite value {batch[(*point, row, col)]} in the batch at step {step} from "
+            f"data.source={source_name!r} ({where}row {row}, column {col}); fix or filter the data"
         )
 
 
 def read_batch(source, step: int, batch_size: int, d_in: int) -> np.ndarray:
-    """Batch `step` of `source` [batch_size, d_in], checked; any DataError names the step and the
-    source. A source that reads per process (`process_count` > 1) gives only this process's rows."""
+    """Batch `step` of `source` [batch_size, d_in] (a source of several hook points, `point_names`:
+    [P, batch_size, d_in]), checked; any DataError names the step and the source. A source that reads
+    per process (`process_count` > 1) gives only this process's rows."""
     try:
         batch = source.batch(step, batch_size)
     except DataError as e:
         raise DataError(f"batch at step {step} from data.source={source.name!r}: {e}") from None
-    check_batch(batch, step, source.name, d_in)
+    check_batch(batch, step, source.name, d_in, len(getattr(source, "point_names", ())))
     return batch
 
 
 def read_local_batch(source, step: int, batch_size: int, d_in: int) -> np.ndarray:
-    """This process's rows [p·B/P, (p+1)·B/P) of batch `step` (all of it with one process)."""
+    """This process's rows [p·B/P, (p+1)·B/P) of batch `step` (all of it with one process; of every hook
+    point's batch for a source of several)."""
     rows = read_batch(source, step, batch_size, d_in)
     if getattr(source, "process_count", 1) > 1 or jax.process_count() == 1:
         return rows  # a per-process reader already returned only this process's rows
     lo, hi = distributed.row_range(batch_size)
-    return rows[lo:hi]
+    return rows[..., lo:hi, :]
 
 
 def read_heldout_batch(source, index: int, batch_size: int, d_in: int) -> np.ndarray:

@@ -32,6 +32,12 @@ the split `heldout_batch` reads; the splice evaluation uses the first ``model.ev
 texts. ``stats`` (E‖x‖² for the activation normalisation) and `sample` come from fill 0: F contexts
 drawn at random (seeded) from the first block of texts.
 
+Several hook points (``model.hookpoints``): each forward captures all of them, and a fill keeps the
+rows of every point side by side ([R_j, P, d_model]), so that batch i of every point holds the rows of
+the same tokens, handed out in the same permutation. `batch`, `sample` and `heldout_batch` then
+give [P, B, d_model], every point's rows stacked (`stats`: a list, one per point), and ``at(i)`` is
+point i alone, a `Source` like a stream of that point by itself (whose rows it equals).
+
 Every process computes whole fills; a multi-process run keeps its slice of each batch
 (`saejax.data.batches.read_local_batch`).
 """
@@ -41,6 +47,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from itertools import islice
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -49,10 +57,23 @@ from saejax.data import STREAM_FILL, STREAM_SAMPLE, check_batch_args, check_samp
 from saejax.data.store import RunningStats
 from saejax.data.texts import TextOrder
 from saejax.errors import ConfigError, DataError
+from saejax.models.hooks import check_points, parse_points, point_name
 
 FILL_USE = 0.9  # share of a fill's expected rows it hands out (a fill's rows vary by ~2 % at F=1024)
 ESTIMATE_TEXTS = 4096  # texts whose mean rows per context sizes every fill
 _CACHED = 2  # fills (and held-out chunks) kept in memory
+
+
+def capture_points(model, points: tuple[tuple[int, str], ...]):
+    """Jitted (params, ids int32 [B, T], mask int32 [B, T]) -> the activations at every one of `points`
+    [B, T, P, d_model], from one forward (as `saejax.harvest.capture_at` for one point)."""
+    points = check_points(points, model.n_layers)
+
+    def capture(params, ids, mask):
+        captured = model.apply(params, ids, mask, capture=list(points))[1]
+        return jnp.stack([captured[point] for point in points], axis=2)
+
+    return jax.jit(capture)
 
 
 def _remember(cache: OrderedDict, key, make: Callable):
@@ -74,13 +95,19 @@ class ModelSource:
         d_in: the model's width, d_model.
         order: the training texts' order (`saejax.data.texts.TextOrder`).
         description: what the rows are, for logs.
+        points: the hook points streamed, ((layer, site), ...).
+        point_names: their names ("3/resid_post", ...) when there are several (rows [P, ..., d_in]);
+            () for one point (rows [..., d_in]).
     """
 
     name = "model"
 
     def __init__(self, model, texts: Callable[[], Iterable[str]], heldout_texts: Callable[[], Iterable[str]], *,
                  seed: int, layer: int, site: str, context_length: int = 128, buffer_contexts: int = 1024,
-                 shuffle_texts: int = 65536, forward_batch: int = 32, heldout_max_rows: int = 100_000) -> None:
+                 shuffle_texts: int = 65536, forward_batch: int = 32, heldout_max_rows: int = 100_000,
+                 points: tuple[tuple[int, str], ...] = ()) -> None:
+        """points: several hook points to stream at once (then `layer` and `site` are not read); () or
+        one point: (layer, site) alone."""
         for field, value, least in (("data.buffer_contexts", buffer_contexts, 1),
                                     ("data.forward_batch", forward_batch, 1),
                                     ("model.context_length", context_length, 1),
@@ -90,18 +117,38 @@ class ModelSource:
         self.model, self.seed, self.d_in = model, seed, model.d_model
         self.context_length, self.buffer_contexts, self.forward_batch = context_length, buffer_contexts, forward_batch
         self.heldout_max_rows = heldout_max_rows
-        self.capture = harvest.capture_at(model, layer, site)
+        self.points = tuple((int(layer), str(site)) for layer, site in (points or [(layer, site)]))
+        self.point_names = tuple(point_name(point) for point in self.points) if len(self.points) > 1 else ()
+        self.capture = (capture_points(model, self.points) if self.point_names
+                        else harvest.capture_at(model, *self.points[0]))
         self.order = TextOrder(texts, seed, shuffle_texts)
-        self.description = (f"activations of {model.name} layer {layer} {site}, computed in fills of {buffer_contexts} "
-                            f"contexts of <= {context_length} tokens; held out: every {harvest.HELD_OUT_EVERY}th text")
+        self.description = self.describe()
         self._heldout_texts = heldout_texts
         self._lock = threading.RLock()
         self._fills: OrderedDict = OrderedDict()
         self._heldout_chunks: OrderedDict = OrderedDict()
         self._heldout: tuple[list[str], np.ndarray] | None = None
         self._rows_per_context: float | None = None
-        self._stats: dict | None = None
+        self._stats: list[dict] | None = None  # one per point
         self._short_fills_warned: set[int] = set()
+
+    def describe(self, index: int | None = None) -> str:
+        """What the rows are, for logs: of every hook point, or (`index`) of point `index` alone."""
+        if self.point_names and index is None:
+            what = f"hook points {', '.join(self.point_names)} (one forward)"
+        else:
+            layer, site = self.points[index or 0]
+            what = f"layer {layer} {site}"
+        return (f"activations of {self.model.name} {what}, computed in fills of {self.buffer_contexts} contexts of <= "
+                f"{self.context_length} tokens; held out: every {harvest.HELD_OUT_EVERY}th text")
+
+    def _points_first(self, rows: np.ndarray) -> np.ndarray:
+        """Rows as handed out: [n, d_in] for one point; [P, n, d_in] (from [n, P, d_in]) for several."""
+        return np.ascontiguousarray(np.moveaxis(rows, 1, 0)) if self.point_names else rows
+
+    def at(self, index: int) -> "PointSource":
+        """Hook point number `index` alone, a `Source` of [B, d_in] rows (sharing this source's fills)."""
+        return PointSource(self, index)
 
     # -- rows of texts ------------------------------------------------------------------------
 
@@ -111,10 +158,12 @@ class ModelSource:
         return self.forward_batch * harvest.CHUNK_BATCHES
 
     def rows_of(self, texts: list[str]) -> np.ndarray:
-        """float32 [rows, d_in]: the texts' rows as a harvest of them writes them, chunk by chunk."""
+        """float32 [rows, d_in] (several points: [rows, P, d_in]): the texts' rows as a harvest of them
+        writes them, chunk by chunk."""
         chunks = [harvest.chunk_rows(self.model, self.capture, texts[c:c + self.chunk_texts], self.context_length,
                                      self.forward_batch) for c in range(0, len(texts), self.chunk_texts)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.d_in), np.float32)
+        width = (len(self.points), self.d_in) if self.point_names else (self.d_in,)
+        return np.concatenate(chunks) if chunks else np.zeros((0, *width), np.float32)
 
     # -- training fills -----------------------------------------------------------------------
 
@@ -140,7 +189,8 @@ class ModelSource:
             return self.order.texts(fill * self.buffer_contexts, (fill + 1) * self.buffer_contexts)
 
     def fill_rows(self, fill: int) -> np.ndarray:
-        """float32 [R_j, d_in]: every row of fill `fill`, as a harvest of `fill_texts(fill)` writes them."""
+        """float32 [R_j, d_in] (several points: [R_j, P, d_in]): every row of fill `fill`, as a harvest of
+        `fill_texts(fill)` writes them."""
         def make():
             rows = self.rows_of(self.fill_texts(fill))
             if rows.shape[0] == 0:
@@ -158,7 +208,8 @@ class ModelSource:
         return np.concatenate(orders)[:count]
 
     def batch(self, step: int, batch_size: int) -> np.ndarray:
-        """float32 [batch_size, d_in]: batch number `step` (see the module docstring)."""
+        """float32 [batch_size, d_in] (several points: [P, batch_size, d_in]): batch number `step` (see the
+        module docstring)."""
         check_batch_args(step, batch_size)
         per_fill = self.batches_per_fill(batch_size)
         fill, k = divmod(step, per_fill)
@@ -171,28 +222,29 @@ class ModelSource:
                                 "twice (raise data.buffer_contexts for fills that vary less)", fill, rows.shape[0],
                                 handed, handed - rows.shape[0])
             take = self.handout_order(fill, rows.shape[0], handed)[k * batch_size:(k + 1) * batch_size]
-            return rows[take]
+            return self._points_first(rows[take])
 
     def sample(self, n: int) -> np.ndarray:
-        """A deterministic float32 [n, d_in] sample (without replacement) of the rows of fills 0, 1, ...
-        (as many as hold n rows), for initialisation."""
+        """A deterministic float32 [n, d_in] (several points: [P, n, d_in]) sample (without replacement) of
+        the rows of fills 0, 1, ... (as many as hold n rows), for initialisation."""
         check_sample_size(n)
         with self._lock:
             parts = [self.fill_rows(0)]
             while sum(p.shape[0] for p in parts) < n:
                 parts.append(self.fill_rows(len(parts)))
         rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return rows[rng(self.seed, STREAM_SAMPLE).choice(rows.shape[0], size=n, replace=False)]
+        return self._points_first(rows[rng(self.seed, STREAM_SAMPLE).choice(rows.shape[0], size=n, replace=False)])
 
     @property
-    def stats(self) -> dict:
-        """Normalisation statistics of all rows of fill 0: {"rows", "mean" [d_in], "mean_sq_norm"}."""
+    def stats(self) -> dict | list[dict]:
+        """Normalisation statistics of all rows of fill 0: {"rows", "mean" [d_in], "mean_sq_norm"}; with
+        several points a list of them, one per point."""
         with self._lock:
             if self._stats is None:
-                running = RunningStats(self.d_in)
-                running.add(self.fill_rows(0))
-                self._stats = running.as_dict()
-            return self._stats
+                rows = self.fill_rows(0)
+                each = [rows[:, i] for i in range(len(self.points))] if self.point_names else [rows]
+                self._stats = [_stats_of(point_rows) for point_rows in each]
+            return self._stats if self.point_names else self._stats[0]
 
     # -- held out -----------------------------------------------------------------------------
 
@@ -223,22 +275,71 @@ class ModelSource:
         return rows
 
     def heldout_batch(self, index: int, batch_size: int) -> np.ndarray:
-        """Rows [index·B, (index+1)·B) of the held-out split, float32 [<= B, d_in] (empty past its end)."""
+        """Rows [index·B, (index+1)·B) of the held-out split, float32 [<= B, d_in] (several points:
+        [P, <= B, d_in]; empty past its end)."""
         check_batch_args(index, batch_size)
         with self._lock:
             _, bounds = self.heldout_layout()
             lo, hi = index * batch_size, min((index + 1) * batch_size, self.heldout_rows)
             if lo >= hi:
-                return np.zeros((0, self.d_in), np.float32)
+                return self._points_first(self.rows_of([]))
             first, last = (int(np.searchsorted(bounds, row, side="right")) - 1 for row in (lo, hi - 1))
             rows = np.concatenate([_remember(self._heldout_chunks, c, lambda c=c: self._heldout_chunk(c))
                                    for c in range(first, last + 1)])
-            return rows[lo - bounds[first]:hi - bounds[first]]
+            return self._points_first(rows[lo - bounds[first]:hi - bounds[first]])
+
+
+def _stats_of(rows: np.ndarray) -> dict:
+    """`RunningStats` of rows [n, d] as a dict."""
+    running = RunningStats(rows.shape[-1])
+    running.add(rows)
+    return running.as_dict()
+
+
+class PointSource:
+    """Hook point `index` of a `ModelSource` streaming several: the rows of that point alone ([B, d_in]
+    batches, its held-out split and statistics), read from the shared fills, so each equals the stream
+    of that point by itself."""
+
+    name = "model"
+
+    def __init__(self, source: ModelSource, index: int) -> None:
+        self.source, self.index = source, index
+        self.d_in, self.order = source.d_in, source.order
+        self.description = source.describe(index)
+
+    def _one(self, rows: np.ndarray) -> np.ndarray:
+        """This point's [n, d_in] of the source's rows ([P, n, d_in] for several points)."""
+        return rows[self.index] if self.source.point_names else rows
+
+    def batch(self, step: int, batch_size: int) -> np.ndarray:
+        """float32 [batch_size, d_in]: this point's rows of the source's batch `step`."""
+        return self._one(self.source.batch(step, batch_size))
+
+    def sample(self, n: int) -> np.ndarray:
+        """float32 [n, d_in]: this point's rows of the source's sample."""
+        return self._one(self.source.sample(n))
+
+    @property
+    def stats(self) -> dict:
+        """This point's normalisation statistics (`ModelSource.stats`)."""
+        stats = self.source.stats
+        return stats[self.index] if self.source.point_names else stats
+
+    @property
+    def heldout_rows(self) -> int:
+        """Rows in the held-out split (the same tokens at every point)."""
+        return self.source.heldout_rows
+
+    def heldout_batch(self, index: int, batch_size: int) -> np.ndarray:
+        """float32 [<= batch_size, d_in]: this point's rows of the source's held-out batch `index`."""
+        return self._one(self.source.heldout_batch(index, batch_size))
 
 
 def model_source(data, model, seed: int, text_model=None) -> ModelSource:
     """The ``model`` source of a run's ``c.data`` and ``c.model`` blocks: model.name's activations at
-    (model.layer, model.site) on model.text_glob's training texts (`saejax.harvest.run_texts`).
+    (model.layer, model.site), or at every point of model.hookpoints when it lists several, on
+    model.text_glob's training texts (`saejax.harvest.run_texts`).
     `text_model`: the model already loaded, or None to load it here."""
     if model is None or not model.get("name"):
         raise ConfigError("data.source='model' streams the activations of model.name: set --config.model.name "
@@ -251,4 +352,4 @@ def model_source(data, model, seed: int, text_model=None) -> ModelSource:
                        lambda: harvest.run_texts(model, held_out=True), seed=seed, layer=model.layer, site=model.site,
                        context_length=model.context_length, buffer_contexts=data.buffer_contexts,
                        shuffle_texts=data.shuffle_texts, forward_batch=data.forward_batch,
-                       heldout_max_rows=data.heldout_max_rows)
+                       heldout_max_rows=data.heldout_max_rows, points=parse_points(model.get("hookpoints", "")))

@@ -1,6 +1,7 @@
 """Files a run leaves for people and other tools: plots/training.png (the logged curves),
 plots/density.png and plots/atoms.png (image data) from the held-out density, and the SAELens-format
-export with the normalisation folded back in."""
+export with the normalisation folded back in. The SAE of one hook point of several (`run.point`,
+`saejax.hookpoints`) leaves them in subfolders named by the point: plots/3/resid_post/, export/3/resid_post/."""
 
 from pathlib import Path
 
@@ -10,29 +11,40 @@ import numpy as np
 from saejax import analysis, data, export, from_config, writers
 
 
-def save_training_plot(workdir: Path, records: list[dict]) -> None:
-    """plots/training.png from the train records of metrics.jsonl (`writers.read_metrics`)."""
+def save_training_plot(workdir: Path, records: list[dict], point: str = "") -> None:
+    """plots/training.png (plots/POINT/training.png) from the train records of metrics.jsonl
+    (`writers.read_metrics`)."""
     from saejax import plots  # noqa: PLC0415 (matplotlib takes ~0.4 s to import)
 
-    plots.plot_training_curves(records, workdir / "plots" / "training.png")
+    plots.plot_training_curves(records, workdir / "plots" / point / "training.png")
 
 
-def save_dictionary_plots(workdir: Path, source, sae, params, density: np.ndarray) -> None:
-    """plots/density.png from the latents' firing density [d_sae], and plots/atoms.png (the decoder
-    rows as images, densest first) for image data."""
+def save_dictionary_plots(workdir: Path, source, sae, params, density: np.ndarray, point: str = "") -> None:
+    """plots/density.png (plots/POINT/density.png) from the latents' firing density [d_sae], and
+    plots/atoms.png (the decoder rows as images, densest first) for image data."""
     from saejax import plots  # noqa: PLC0415 (matplotlib takes ~0.4 s to import)
 
-    plots.plot_density_histogram(density, workdir / "plots" / "density.png")
+    plots.plot_density_histogram(density, workdir / "plots" / point / "density.png")
     image_shape = getattr(source, "image_shape", None)
     if image_shape and "W_dec" in params:
         order = np.argsort(-density)
-        plots.plot_atoms(np.asarray(params["W_dec"]), tuple(image_shape), workdir / "plots" / "atoms.png",
+        plots.plot_atoms(np.asarray(params["W_dec"]), tuple(image_shape), workdir / "plots" / point / "atoms.png",
                          n=min(sae.d_sae, 256), order=order, ordered_by="firing density, densest first")
 
 
+def point_records(records: list[dict], point: str) -> list[dict]:
+    """The records of hook point `point`'s metrics ("3/resid_post/fvu"), under their plain names
+    ("fvu"); `records` as they are for point ""."""
+    if not point:
+        return records
+    prefix = f"{point}/"
+    return [{"step": record.get("step"), **{k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}}
+            for record in records]
+
+
 def curves(run, state, found: dict) -> dict:
-    """The evaluator drawing plots/training.png."""
-    save_training_plot(run.workdir, writers.read_metrics(run.workdir))
+    """The evaluator drawing plots/training.png (plots/POINT/training.png for a hook point's SAE)."""
+    save_training_plot(run.workdir, point_records(writers.read_metrics(run.workdir), run.point), run.point)
     return {}
 
 
@@ -40,12 +52,13 @@ def dictionary_plots(run, state, found: dict) -> dict:
     """The evaluator drawing plots/density.png (+ atoms.png) from the held-out density (zeros
     without the heldout evaluator)."""
     density = found.get("density", np.zeros(run.sae.d_sae))
-    save_dictionary_plots(run.workdir, run.source, run.sae, state.params, density)
+    save_dictionary_plots(run.workdir, run.source, run.sae, state.params, density, run.point)
     return {}
 
 
-def save_export(workdir: Path, config, sae, state) -> str:
-    """SAELens-format export with the normalisation folded back in; returns what happened."""
+def save_export(workdir: Path, config, sae, state, point: str = "") -> str:
+    """SAELens-format export (in workdir/export, or workdir/export/POINT for a hook point's SAE) with the
+    normalisation folded back in; returns what happened."""
     spec = sae.spec
     if spec.export is None:
         return f"skipped: sae.arch={sae.arch!r} has no SAELens equivalent"
@@ -54,16 +67,17 @@ def save_export(workdir: Path, config, sae, state) -> str:
         return skip
     params = jax.tree.map(np.asarray, state.params)
     path = export.export_saelens(
-        workdir / "export", params, arch=sae.arch, d_in=sae.d_in, d_sae=sae.d_sae, k=sae.hparams["k"],
-        norm_scale=float(state.norm_scale), metadata={"data_source": config.data.source, "seed": config.seed},
+        workdir / "export" / point, params, arch=sae.arch, d_in=sae.d_in, d_sae=sae.d_sae, k=sae.hparams["k"],
+        norm_scale=float(state.norm_scale),
+        metadata={"data_source": config.data.source, "seed": config.seed, **({"hook_point": point} if point else {})},
     )
     (Path(path) / analysis.EXPORT_CONFIG).write_text(config.to_json_best_effort(indent=2) + "\n")
     return str(path)
 
 
 def export_sae(run, state, found: dict) -> dict:
-    """The evaluator writing workdir/export; "export" says where (or why not)."""
-    return {"export": save_export(run.workdir, run.config, run.sae, state)}
+    """The evaluator writing workdir/export (export/POINT); "export" says where (or why not)."""
+    return {"export": save_export(run.workdir, run.config, run.sae, state, run.point)}
 
 
 def replot(workdir: str | Path, rows: int = 16384) -> Path:

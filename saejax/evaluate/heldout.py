@@ -124,6 +124,7 @@ def evaluate(run, state, found: dict, prepared=None) -> dict:
         source = data.make_source(config.data, config.seed, whole_batches=True)
     scalars, density, split = measure(config, source, run.sae, state, prepared)
     if scalars:
-        guards.check_evaluation_not_collapsed(scalars["fvu"], scalars["l0"], f"{scalars['rows']:.0f} {split} rows",
-                                              int(state.step), config)
+        of_point = f" of hook point {run.point}" if run.point else ""
+        guards.check_evaluation_not_collapsed(scalars["fvu"], scalars["l0"],
+                                              f"{scalars['rows']:.0f} {split} rows{of_point}", int(state.step), config)
     return {**scalars, "density": density, "eval_split": split}

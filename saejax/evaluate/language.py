@@ -37,10 +37,11 @@ def splice_metrics(run, state, found: dict) -> dict:
 
 
 def feature_dashboards(run, state, found: dict) -> dict:
-    """HTML dashboards of `model.dashboard_latents` latents in workdir/dashboards."""
+    """HTML dashboards of `model.dashboard_latents` latents in workdir/dashboards (dashboards/POINT for a
+    hook point's SAE)."""
     params = normalization.fold(state.params, float(state.norm_scale))
     m = run.config.model
     dashboards.write(run.text_model, run.sae, params, _texts(run.config, found), layer=m.layer, site=m.site,
-                     out_dir=run.workdir / "dashboards", n_latents=m.dashboard_latents, max_texts=m.eval_texts,
-                     context_length=m.context_length)
+                     out_dir=run.workdir / "dashboards" / run.point, n_latents=m.dashboard_latents,
+                     max_texts=m.eval_texts, context_length=m.context_length)
     return {}

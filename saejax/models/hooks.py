@@ -16,6 +16,32 @@ from saejax.models import SITES
 Hook = Callable[[int, str, jax.Array], jax.Array]
 
 
+def point_name(point: tuple[int, str]) -> str:
+    """A hook point's name, "LAYER/SITE" (e.g. "3/resid_post"): how `parse_points` reads it, and the
+    prefix of its SAE's metrics and output folders in a run of several."""
+    layer, site = point
+    return f"{layer}/{site}"
+
+
+def parse_points(spec: str, field: str = "model.hookpoints") -> tuple[tuple[int, str], ...]:
+    """ "3/resid_post, 4/mlp_out" -> ((3, "resid_post"), (4, "mlp_out")), in order; "" -> ().
+    ConfigError naming `field` for an entry that is not LAYER/SITE with a known site, or one given twice
+    (whether a layer exists is checked against the model, `check_points`)."""
+    points = []
+    for entry in (part.strip() for part in str(spec or "").split(",")):
+        if not entry:
+            continue
+        layer, slash, site = entry.partition("/")
+        if not (slash and layer.strip().isdigit() and site.strip() in SITES):
+            raise ConfigError(f"{field}={spec!r}: {entry!r} is not LAYER/SITE (e.g. 3/resid_post; sites: "
+                              f"{', '.join(SITES)})")
+        point = (int(layer), site.strip())
+        if point in points:
+            raise ConfigError(f"{field}={spec!r}: {point_name(point)} is listed twice")
+        points.append(point)
+    return tuple(points)
+
+
 def check_points(points: Iterable[tuple[int, str]], n_layers: int) -> tuple[tuple[int, str], ...]:
     """The (layer, site) points as a tuple; ConfigError naming a layer or site that does not exist."""
     points = tuple((int(layer), str(site)) for layer, site in points)
