@@ -43,7 +43,7 @@ def prepare(config, workdir: Path) -> Run:
         writers.say(f"note: {note}")
     text_model = harvest.prepare_run(config, workdir)
     source = data.make_source(config.data, config.seed, model=config.model, text_model=text_model)
-    sae, loss, optimizer = from_config.model_from_config(config, source.d_in)
+    sae, loss, optimizer = from_config.model_from_config(config, source.d_in, getattr(source, "d_out", None))
     points = tuple(getattr(source, "point_names", ()))
     where = parallel.placement_from_config(config, sae, loss, optimizer, points=len(points))
     return Run(config, workdir, source, sae, loss, optimizer, where, text_model, points)
@@ -54,9 +54,11 @@ def describe(run: Run) -> str:
     config = run.config
     processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
     strategy = config.parallel.strategy
-    saes = f"{len(run.points)} {run.sae.arch} SAEs (hook points {', '.join(run.points)})" if run.points else \
-        f"{run.sae.arch} SAE"
-    return (f"{saes} d_in={run.sae.d_in} d_sae={run.sae.d_sae} on data.source={run.source.name!r}; "
+    what = (f"transcoder d_in={run.sae.d_in} -> d_out={run.sae.d_out}" if run.sae.transcoder
+            else f"SAE d_in={run.sae.d_in}")
+    saes = (f"{len(run.points)} {run.sae.arch} SAEs (hook points {', '.join(run.points)}) d_in={run.sae.d_in}"
+            if run.points else f"{run.sae.arch} {what}")
+    return (f"{saes} d_sae={run.sae.d_sae} on data.source={run.source.name!r}; "
             f"{jax.device_count()} {jax.default_backend()} device(s){processes}"
             + (f" as a {dict(run.where.mesh.shape)} mesh" if strategy == "mesh" else "")
             + (" as pmap replicas" if strategy == "pmap" else "") + f"; workdir {run.workdir}")

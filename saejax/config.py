@@ -183,7 +183,7 @@ FIELDS = (
           "minilm, gemma3-270m or a Hugging Face directory; empty = the data section says what to train on"),
     Field("model.layer", 3, "the model's block whose activations are harvested (data.source=npy) or streamed "
           "(data.source=model)"),
-    Field("model.site", "resid_post", "hook point in that block: attn_out | mlp_out | resid_post"),
+    Field("model.site", "resid_post", "hook point in that block: attn_out | mlp_in | mlp_out | resid_post"),
     # several points: one forward feeds an SAE on each (saejax/hookpoints.py); a single one is model.layer/site
     Field("model.hookpoints", "", "data.source=model: several hook points LAYER/SITE, comma-separated (e.g. "
           "\"3/resid_post,4/resid_post,5/mlp_out\"), one SAE each from one forward; empty = model.layer, model.site"),
@@ -194,6 +194,11 @@ FIELDS = (
           "text files to harvest or stream from; empty = the Python standard library's docstrings and source"),
     Field("model.eval_texts", 300, "held-out texts (every 10th) for the splice evaluation after training"),
     Field("model.dashboard_latents", 32, "feature dashboards (DIR/dashboards) for this many latents; 0 = none"),
+
+    # transcoders (saejax/data/pairs.py): each harvested or streamed row holds model.site's and
+    # model.target_site's activations of one token side by side, input first
+    Field("model.target_site", "", "transcoder: the hook point of model.layer reconstructed from model.site's "
+          "(e.g. mlp_out from mlp_in; sae.arch relu | topk | batchtopk | jumprelu or a *_skip); empty = an SAE"),
 
     # log: where metrics go besides metrics.jsonl
     Field("log.tensorboard", True, "write TensorBoard event files to DIR/tensorboard"),
@@ -241,8 +246,9 @@ def complete(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDi
 
 def _resolve_hookpoints(config: ml_collections.ConfigDict) -> None:
     """model.hookpoints checked and written canonically ("3/resid_post,5/mlp_out"); one point becomes
-    model.layer and model.site (a run of one SAE, as without the field). ConfigError for a bad entry, or
-    several points without data.source='model' (only a stream computes them all in one forward)."""
+    model.layer and model.site (a run of one SAE, as without the field). ConfigError for a bad entry,
+    several points without data.source='model' (only a stream computes them all in one forward), or
+    several points with a transcoder's model.target_site."""
     m = config.model
     if "hookpoints" not in m:
         return
@@ -254,6 +260,9 @@ def _resolve_hookpoints(config: ml_collections.ConfigDict) -> None:
     _require(not points or config.data.source == "model",
              f"model.hookpoints={m.hookpoints!r} trains on several hook points from one forward of the model: it needs "
              f"data.source='model' (streamed), not {config.data.source!r}")
+    _require(not points or not m.get("target_site"),
+             f"model.hookpoints={m.hookpoints!r} names several hook points; a transcoder (model.target_site="
+             f"{m.get('target_site')!r}) reads one: set model.layer and model.site instead")
 
 
 def hookpoint_names(config) -> tuple[str, ...]:

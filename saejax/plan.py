@@ -81,20 +81,21 @@ def describe(config, workdir: str | Path) -> str:
                                   f"into {config.data.path}; d_in and the SAE's size follow from the model",
                                   *_writes(config, workdir, None), _NOTHING_DONE])
     source = data.make_source(config.data, config.seed, model=config.model)  # a model source computes nothing yet
-    sae, loss, optimizer = from_config.model_from_config(config, source.d_in)
+    sae, loss, optimizer = from_config.model_from_config(config, source.d_in, getattr(source, "d_out", None))
     points = tuple(getattr(source, "point_names", ()))  # several hook points: an SAE on each
     where = parallel.placement_from_config(config, sae, loss, optimizer, points=len(points))
     run = assemble.Run(config, workdir, source, sae, loss, optimizer, where, None, points)
     state, saes = abstract_train_state(sae, loss, optimizer), max(1, len(points))
     t = config.train
     params, optimizer_state = saes * tree_bytes(state.params), saes * tree_bytes(state.opt_state)
-    batch = saes * t.batch_size * sae.d_in * BATCH_DTYPE_BYTES
-    batch_shape = f"[{f'{saes}, ' if points else ''}{t.batch_size}, {sae.d_in}]"
+    width = sae.d_in + (sae.d_out if sae.transcoder else 0)  # a transcoder's batch: inputs and targets
+    batch = saes * t.batch_size * width * BATCH_DTYPE_BYTES
+    batch_shape = f"[{f'{saes}, ' if points else ''}{t.batch_size}, {width}]"
     what = f"{saes} x {sae.arch} (one per hook point: {', '.join(points)})" if points else sae.arch
     lines += [
         f"data: data.source={source.name!r}, d_in={sae.d_in}; {rows_of(source)}",
         f"SAE: {what}, d_in={sae.d_in}, d_sae={sae.d_sae}, {tree_size(state.params):,} parameters"
-        + (" each" if points else ""),
+        + (" each" if points else "") + (f" (a transcoder to d_out={sae.d_out})" if sae.transcoder else ""),
         f"memory: params {megabytes(params)} + optimizer state {megabytes(optimizer_state)} + a batch "
         f"{batch_shape} {megabytes(batch)} = {megabytes(params + optimizer_state + batch)} "
         f"(not counting the step's activations, [batch, d_sae] each)",

@@ -41,7 +41,9 @@ def _flatten(config_dict: dict, prefix: str = "") -> dict:
 
 def _resume_fields(config_dict: dict) -> dict:
     """The config fields a checkpoint's shapes and stream depend on (flattened 'section.field')."""
-    fields = {"seed": config_dict.get("seed"), "optim.name": config_dict.get("optim", {}).get("name")}
+    fields = {"seed": config_dict.get("seed"), "optim.name": config_dict.get("optim", {}).get("name"),
+              # an SAE or a transcoder (its state holds two norm scales), for every data.source
+              "model.target_site": config_dict.get("model", {}).get("target_site") or ""}
     for section in ("data", "sae"):
         fields.update({f"{section}.{k}": v for k, v in config_dict.get(section, {}).items()
                        if not (section == "data" and k in RESUMABLE_DATA_FIELDS)})
@@ -124,11 +126,14 @@ def restore_latest(workdir: Path, source, sae, ckpt: checkpoint.Checkpointer, st
     """The latest good checkpoint in `ckpt` (which holds at least one) restored into `state`'s
     structure, its saved config checked against `config`. Damaged newer steps are set aside with a
     warning naming them; unfinished saves of older steps are deleted."""
-    saved, expected = ckpt.saved_shape("params", "b_dec"), tuple(state.params["b_dec"].shape)  # [d_in] or [P, d_in]
-    if saved is not None and saved[-1:] != (sae.d_in,):
+    saved, expected = ckpt.saved_shape("params", "b_dec"), tuple(state.params["b_dec"].shape)  # [d] or [P, d]
+    width = sae.d_out or sae.d_in  # b_dec is in the output space: d_out for a transcoder
+    if saved is not None and saved[-1:] != (width,):
+        what = "targets" if sae.transcoder else "rows"
         raise ConfigError(
-            f"--workdir={workdir} holds a checkpoint of an SAE with d_in={saved[-1]}, but "
-            f"data.source={source.name!r} now gives rows of width {sae.d_in}; use a new --workdir or the original data"
+            f"--workdir={workdir} holds a checkpoint of an SAE with d_{'out' if sae.transcoder else 'in'}="
+            f"{saved[-1]}, but data.source={source.name!r} now gives {what} of width {width}; use a "
+            "new --workdir or the original data"
         )
     if saved is not None and saved != expected:
         raise ConfigError(f"--workdir={workdir} holds a checkpoint of {saved[0] if len(saved) > 1 else 1} SAE(s), "

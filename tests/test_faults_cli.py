@@ -192,10 +192,12 @@ INTERRUPTED = ("error: interrupted (Ctrl-C): stopped at once; checkpoints saved 
                "command to resume)")
 
 
-def _as_from_a_terminal() -> None:
-    """A child's SIGINT at its default, as a command typed at a terminal has it, even when the tests run
-    as a shell's background job (whose children inherit SIGINT ignored, and are left alone by design)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _as_from_a_terminal(args: list[str]) -> list[str]:
+    """`args` run with SIGINT at its default, as a command typed at a terminal has it, even when the tests
+    run as a shell's background job (whose children inherit SIGINT ignored, and are left alone by design):
+    a tiny Python resets it and execs the command."""
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", reset, *args]
 
 
 def test_a_second_ctrl_c_while_the_first_saves_stops_at_once_with_status_130(tmp_path):
@@ -203,8 +205,8 @@ def test_a_second_ctrl_c_while_the_first_saves_stops_at_once_with_status_130(tmp
     # step and save; one of the next lands before that ends (saving and exiting take longer)
     args = [sys.executable, str(TRAIN), f"--workdir={tmp_path}", f"--config={SYNTHETIC}", *SMALL,
             "--config.train.steps=100000", "--config.train.log_every=1", "--config.train.checkpoint_every=0"]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
-                               preexec_fn=_as_from_a_terminal)
+    process = subprocess.Popen(_as_from_a_terminal(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=ENV)
     try:
         _wait_for(process, "[train] step")
         while process.poll() is None:
@@ -230,8 +232,8 @@ def test_ctrl_c_outside_training_is_one_line_and_status_130():
         sys.stderr.write("ready\\n"); sys.stderr.flush()
         time.sleep(60)
     """)
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, preexec_fn=_as_from_a_terminal)
+    process = subprocess.Popen(_as_from_a_terminal([sys.executable, "-c", script]), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     try:
         assert process.stderr.readline() == "ready\n"
         process.send_signal(signal.SIGINT)

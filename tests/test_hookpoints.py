@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -196,6 +195,13 @@ def test_what_several_points_cannot_do_yet_is_one_clear_error(files, bert):
     with pytest.raises(ConfigError, match="hook layer 5 does not exist"):
         ModelSource(bert, lambda: iter(TEXTS), lambda: iter(()), seed=0, layer=0, site="resid_post",
                     points=((1, "resid_post"), (5, "mlp_out")))
+    with pytest.raises(ConfigError, match="model.target_site .a transcoder. reads one hook point"):
+        ModelSource(bert, lambda: iter(TEXTS), lambda: iter(()), seed=0, layer=0, site="mlp_in",
+                    points=((0, "mlp_in"), (1, "mlp_in")), target_site="mlp_out")
+    transcoder = run_config(files, SPEC)
+    transcoder.model.target_site = "mlp_out"
+    with pytest.raises(ConfigError, match="a transcoder .model.target_site='mlp_out'. reads one"):
+        complete(transcoder)
     config = complete(run_config(files, SPEC))[0]
     config.parallel.strategy = "pmap"
     with pytest.raises(ConfigError, match="model.hookpoints: the SAEs of several hook points train on one device"):

@@ -627,7 +627,7 @@ def test_config_rejects_bad_coefficients_naming_the_field(field, bad):
 def test_config_pre_act_needs_jumprelu():
     terms, *_ = _config_terms(_cfg(pre_act=1e-3), "jumprelu")
     assert "pre_act" in terms
-    with pytest.raises(ConfigError, match=r"loss\.pre_act needs sae\.arch='jumprelu'"):
+    with pytest.raises(ConfigError, match=r"loss\.pre_act needs one of sae\.arch='jumprelu', 'jumprelu_skip'"):
         L.loss_from_config(_cfg(pre_act=1e-3), _sae("relu"))
 
 
