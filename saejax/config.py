@@ -182,7 +182,7 @@ FIELDS = (
           "minilm, gemma3-270m or a Hugging Face directory; empty = the data section says what to train on"),
     Field("model.layer", 3, "the model's block whose activations are harvested (data.source=npy) or streamed "
           "(data.source=model)"),
-    Field("model.site", "resid_post", "hook point in that block: attn_out | mlp_out | resid_post"),
+    Field("model.site", "resid_post", "hook point in that block: attn_out | mlp_in | mlp_out | resid_post"),
     Field("model.context_length", 128, "tokens per harvested context"),
     Field("model.max_tokens", 200_000, "data.source=npy: activation rows to harvest (into data.path, default "
           "DIR/activations); a stream (data.source=model) reads the texts again and again instead"),

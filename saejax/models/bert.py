@@ -7,8 +7,8 @@ directory: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json`` for `to
     embedding = bert.mean_pool(hidden, mask)            # sentence-transformers' pooling
 
 Post-LayerNorm blocks as in the original BERT: h ← LN(h + attn_out), h ← LN(h + mlp_out); the
-hook points (`saejax.models`) are attn_out and mlp_out before they are added, and resid_post
-after the block's final LayerNorm. Weights stay float32 as stored.
+hook points (`saejax.models`) are attn_out and mlp_out before they are added, mlp_in the MLP's
+input (h after the attention LayerNorm) and resid_post after the block's final LayerNorm. Weights stay float32 as stored.
 """
 
 import json
@@ -168,7 +168,8 @@ def forward(params: dict, config: BertConfig, input_ids, attention_mask, *, toke
     for i, p in enumerate(params["layers"]):
         attn = points.apply(i, "attn_out", _attention(h, p, mask, config.num_attention_heads))
         h = _layer_norm(h + attn, p["attn_norm"], config.layer_norm_eps)
-        mlp = points.apply(i, "mlp_out", _dense(act(_dense(h, p["mlp_in"])), p["mlp_out"]))
+        mlp_in = points.apply(i, "mlp_in", h)  # what the MLP reads; the residual stream keeps h
+        mlp = points.apply(i, "mlp_out", _dense(act(_dense(mlp_in, p["mlp_in"])), p["mlp_out"]))
         h = points.apply(i, "resid_post", _layer_norm(h + mlp, p["mlp_norm"], config.layer_norm_eps))
     return h, points.captured
 

@@ -15,8 +15,8 @@ reads both shapes of config.json and GGUF metadata), GeGLU MLP with tanh GELU, f
 logits through the tied embedding.
 RMSNorm multiplies by (1 + w) in Hugging Face's checkpoints; GGUF files store (1 + w) already, so
 `load` keeps one convention: the params hold the full multiplier. Hook points (`saejax.models`):
-attn_out and mlp_out after their post-norms (what is added to the residual), resid_post after
-the block. The residual stream is large (1e4–1e5): normalise before training an SAE on it.
+attn_out and mlp_out after their post-norms (what is added to the residual), mlp_in after the MLP's
+pre-norm (what the MLP reads), resid_post after the block. The residual stream is large (1e4–1e5): normalise before training an SAE on it.
 """
 
 import json
@@ -202,7 +202,7 @@ def forward(params: dict, config: Gemma3Config, input_ids, attention_mask=None, 
     for i, p in enumerate(params["layers"]):
         attn = _attention(_rms_norm(h, p["attn_pre_norm"], config.rms_eps), p, config, i, mask)
         h = h + points.apply(i, "attn_out", _rms_norm(attn, p["attn_post_norm"], config.rms_eps))
-        x = _rms_norm(h, p["mlp_pre_norm"], config.rms_eps)
+        x = points.apply(i, "mlp_in", _rms_norm(h, p["mlp_pre_norm"], config.rms_eps))
         mlp = (jax.nn.gelu(x @ p["gate"].T, approximate=True) * (x @ p["up"].T)) @ p["down"].T
         h = h + points.apply(i, "mlp_out", _rms_norm(mlp, p["mlp_post_norm"], config.rms_eps))
         h = points.apply(i, "resid_post", h)
