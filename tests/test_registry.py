@@ -72,7 +72,7 @@ def _data(n=256, seed=0, width=D_IN):
 @pytest.mark.parametrize("arch", registry.names())
 def test_every_architecture_round_trips_init_forward_encode_decode(arch):
     spec = registry.get(arch)
-    sae = saejax.make_sae(arch, D_IN, D_SAE, k=4, mlp_hidden=(8,))
+    sae = saejax.make_sae(arch, D_IN, D_SAE, k=4, mlp_hidden=(8,), d_out=D_IN if spec.needs_target else None)
     params = sae.init(jax.random.key(0))
     x = jnp.asarray(_data(6))
     out = sae.forward(params, x)
@@ -122,8 +122,10 @@ def test_a_new_architecture_is_one_spec_and_trains_from_a_config(registered):
 
 def test_the_reconstruction_target_may_differ_from_the_input(registered):
     d_out = 5
-    with pytest.raises(ConfigError, match="d_out=5 must equal d_in"):
-        saejax.make_sae("relu", D_IN, D_SAE, d_out=d_out)
+    with pytest.raises(ConfigError, match="'gated' reconstructs its input and cannot be a transcoder"):
+        saejax.make_sae("gated", D_IN, D_SAE, d_out=d_out)
+    with pytest.raises(ConfigError, match="'topk_skip' is a skip transcoder"):
+        saejax.make_sae("topk_skip", D_IN, D_SAE)
     sae = saejax.make_sae("toy_transcoder", D_IN, D_SAE, d_out=d_out)
     params = sae.init(jax.random.key(0))
     assert sae.d_out == d_out and sae.forward(params, jnp.asarray(_data(4))).x_hat.shape == (4, d_out)

@@ -81,3 +81,76 @@ def test_gemma_mlp_in_is_the_pre_norm_output_the_mlp_reads(gemma):
     np.testing.assert_allclose(hooked[(LAYER, "mlp_out")], _gemma_mlp(p, 2 * mlp_in, eps), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(hooked[(LAYER, "resid_post")], before_mlp + hooked[(LAYER, "mlp_out")],
                                rtol=1e-4, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures: transcoders and skip transcoders, their gradients against the dense formula.
+
+D_IN, D_OUT, D_SAE, K = 6, 5, 24, 3
+
+
+def _random_params(sae, seed=0):
+    """`sae`'s initial params with random biases and (skip variants) a random W_skip."""
+    params = dict(sae.init(jax.random.key(seed)))
+    rng = np.random.default_rng(seed)
+    for key in ("b_enc", "b_dec", "W_skip"):
+        if key in params:
+            params[key] = jnp.asarray(rng.normal(scale=0.3, size=params[key].shape), jnp.float32)
+    return params
+
+
+def _dense_formula(arch, params, x):
+    """The transcoder's reconstruction written out plainly: pre = x @ W_enc + b_enc (no b_dec on the
+    input), z = ReLU(pre) or its k largest per row, x_hat = z @ W_dec + b_dec (+ x @ W_skip.T)."""
+    pre = x @ params["W_enc"] + params["b_enc"]
+    if arch.startswith("topk"):
+        values, indices = jax.lax.top_k(pre, K)
+        rows = jnp.arange(x.shape[0])[:, None]
+        z = jnp.zeros_like(pre).at[rows, indices].set(jax.nn.relu(values))
+    else:
+        z = jax.nn.relu(pre)
+    x_hat = z @ params["W_dec"] + params["b_dec"]
+    return x_hat + x @ params["W_skip"].T if "W_skip" in params else x_hat
+
+
+@pytest.mark.parametrize("arch,sparse", [("relu", False), ("topk", False), ("topk", True), ("relu_skip", False),
+                                         ("topk_skip", False), ("topk_skip", True)])
+def test_transcoder_gradients_are_those_of_the_dense_formula(arch, sparse):
+    import saejax
+
+    sae = saejax.make_sae(arch, D_IN, D_SAE, k=K, d_out=D_OUT, sparse=sparse)
+    assert sae.transcoder and sae.d_out == D_OUT and sae.hparams["sparse"] == sparse
+    params = _random_params(sae)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(16, D_IN)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(16, D_OUT)), jnp.float32)
+
+    def ours(p):
+        return jnp.mean(jnp.sum(jnp.square(y - sae.forward(p, x).x_hat), -1))
+
+    def reference(p):
+        return jnp.mean(jnp.sum(jnp.square(y - _dense_formula(arch, p, x)), -1))
+
+    np.testing.assert_allclose(ours(params), reference(params), rtol=1e-5)
+    got, want = jax.jit(jax.grad(ours))(params), jax.grad(reference)(params)
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(sae.encode(params, x) @ params["W_dec"] + params["b_dec"]
+                               + (x @ params["W_skip"].T if "W_skip" in params else 0),
+                               sae.forward(params, x, train=False).x_hat, rtol=1e-5, atol=1e-5)
+
+
+def test_the_skip_term_starts_at_zero_and_adds_x_times_w_skip():
+    import saejax
+
+    base, skip = (saejax.make_sae(arch, D_IN, D_SAE, k=K, d_out=D_OUT) for arch in ("topk", "topk_skip"))
+    params = skip.init(jax.random.key(0))
+    assert params["W_skip"].shape == (D_OUT, D_IN) and not np.any(params["W_skip"])
+    assert skip.latent_axes["W_skip"] is None
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(8, D_IN)), jnp.float32)
+    without = {k: v for k, v in params.items() if k != "W_skip"}
+    np.testing.assert_array_equal(skip.forward(params, x).x_hat, base.forward(without, x).x_hat)
+    w_skip = jnp.asarray(np.random.default_rng(3).normal(size=(D_OUT, D_IN)), jnp.float32)
+    np.testing.assert_allclose(skip.forward({**params, "W_skip": w_skip}, x).x_hat,
+                               base.forward(without, x).x_hat + x @ w_skip.T, rtol=1e-5, atol=1e-5)

@@ -5,6 +5,7 @@ Each architecture is one `registry.Architecture` spec, registered here in this o
     relu.py        relu (optionally leaky)          topk.py        topk, batchtopk
     jumprelu.py    jumprelu                         gated.py       gated
     matryoshka.py  matryoshka                       mlp.py         mlp (deep Flax encoder/decoder)
+    skip.py        relu_skip, topk_skip, batchtopk_skip, jumprelu_skip (skip transcoders)
 
 built from the shared linear blocks of `linear` and assembled into an `SAE` by `core.make_sae`:
 
@@ -14,9 +15,13 @@ built from the shared linear blocks of `linear` and assembled into an `SAE` by `
     registry.get("topk").has_linear_decoder   # what an architecture is and can do
 
 A new architecture is one new spec: ``registry.register(registry.Architecture(name=..., ...))``.
+
+Transcoders: relu, topk, batchtopk and jumprelu may also reconstruct a target other than their
+input (``make_sae(arch, d_in, d_sae, d_out=d_out)``: `registry.Architecture.separate_output`); the
+skip transcoders are transcoders only.
 """
 
-from saejax.sae import gated, jumprelu, matryoshka, mlp, registry, relu, topk
+from saejax.sae import gated, jumprelu, matryoshka, mlp, registry, relu, skip, topk
 from saejax.sae.core import (
     SAE,
     SPARSE_MIN_RATIO,
@@ -32,6 +37,14 @@ from saejax.sae.core import (
 for _spec in (relu.SPEC, topk.TOPK, topk.BATCHTOPK, jumprelu.SPEC, gated.SPEC, matryoshka.SPEC, mlp.SPEC):
     registry.register(_spec)
 
-# The architectures saejax ships (`registry.names()` also lists any registered later).
+# The SAE architectures saejax ships (`registry.names()` also lists the skip transcoders and any
+# architecture registered later).
 ARCHITECTURES = registry.names()
 TIEABLE = tuple(name for name in ARCHITECTURES if registry.get(name).tieable)
+
+for _spec in (relu.SPEC, topk.TOPK, topk.BATCHTOPK, jumprelu.SPEC):
+    registry.register(skip.skip_variant(_spec))
+
+# The architectures that can be transcoders, and the skip transcoders among them.
+TRANSCODERS = tuple(name for name in registry.names() if registry.get(name).separate_output)
+SKIP_TRANSCODERS = tuple(name for name in TRANSCODERS if registry.get(name).needs_target)

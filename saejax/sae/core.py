@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from saejax import kernels
 from saejax.kernels import screening
 from saejax.errors import ConfigError, DataError
-from saejax.sae import registry
+from saejax.sae import linear, registry
 
 Params = registry.Params
 
@@ -72,6 +72,9 @@ class SAE(NamedTuple):
       in params; None for the mlp SAE.
     d_out: the reconstruction's width: d_in for an SAE (`make_sae` sets it); another width for an
       architecture that reconstructs a target other than its input (a transcoder).
+    transcoder: the reconstruction's target is another activation than the input (`make_sae`'s d_out
+      was given): batches are (inputs [B, d_in], targets [B, d_out]) pairs, and the run keeps a
+      normalisation scale for each (`saejax.normalization`).
     """
 
     arch: str
@@ -87,6 +90,7 @@ class SAE(NamedTuple):
     update_buffers: Callable[[Params, SAEOutput, jax.Array], Params]
     pre_acts_of: Callable[..., jax.Array] | None = None
     d_out: int | None = None
+    transcoder: bool = False
 
     @property
     def spec(self) -> registry.Architecture:
@@ -127,8 +131,16 @@ def _validate(spec: registry.Architecture, opts: registry.Options) -> None:
     if opts.tied and not spec.tieable:
         tieable = [name for name in registry.names() if registry.get(name).tieable]
         raise ConfigError(f"sae.tied=True is not supported for sae.arch={arch!r} (only {', '.join(tieable)})")
-    if opts.d_out != d_in and not spec.separate_output:
-        raise ConfigError(f"sae.arch={arch!r} reconstructs its input: d_out={opts.d_out} must equal d_in={d_in}")
+    if opts.transcoder and not spec.separate_output:
+        transcoders = [name for name in registry.names() if registry.get(name).separate_output]
+        raise ConfigError(f"sae.arch={arch!r} reconstructs its input and cannot be a transcoder (a target of width "
+                          f"d_out={opts.d_out} from inputs of width d_in={d_in}); transcoders: {', '.join(transcoders)}")
+    if spec.needs_target and not opts.transcoder:
+        raise ConfigError(f"sae.arch={arch!r} is a skip transcoder: it reconstructs a target other than its input "
+                          "(set model.target_site, e.g. mlp_out with model.site=mlp_in)")
+    if opts.transcoder and (opts.d_out <= 0 or opts.tied):
+        raise ConfigError(f"a transcoder needs a target width d_out > 0 (got {opts.d_out}) and an untied encoder "
+                          f"(sae.tied={opts.tied}): its input and output are different spaces")
     spec.validate(opts)
     if opts.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"sae.dtype={opts.dtype!r} must be 'float32' or 'bfloat16'")
@@ -169,7 +181,9 @@ def make_sae(
     screen: sparse float32 topk only: True screens the encoder's pre-activations in bfloat16 and
     certifies the selection (`screening`; the same latents, faster where bf16 dots are), "auto" does
     where `screening.worth_screening` says it pays, for batches of screening.MIN_ROWS rows and more.
-    d_out: the reconstruction's width; None: d_in. Only architectures with `separate_output` take another.
+    d_out: None: an SAE, which reconstructs its input (of width d_in). A width: a transcoder, which
+    reconstructs a target of that width (another activation) from its input; only architectures with
+    `separate_output` can be one (`registry.Options.transcoder`).
     """
     spec = registry.get(arch)
     prefixes = tuple(matryoshka_prefixes) if matryoshka_prefixes else default_prefixes(d_sae)
@@ -177,7 +191,7 @@ def make_sae(
         d_in=d_in, d_sae=d_sae, d_out=d_in if d_out is None else d_out, k=k, leak=leak, tied=tied,
         init_threshold=jumprelu_init_threshold, bandwidth=jumprelu_bandwidth, prefixes=prefixes,
         mlp_hidden=tuple(mlp_hidden), dec_init_norm=dec_init_norm, unit_norm_decoder=unit_norm_decoder,
-        dtype=dtype, sparse=False, screen=False,
+        dtype=dtype, sparse=False, screen=False, transcoder=d_out is not None,
     )
     _validate(spec, opts)
     sparse = _resolve_sparse(sparse, arch, d_sae, k)
@@ -198,9 +212,21 @@ def make_sae(
         _check_width(x, d_in)
         return encode_fn(params, x, False)[0]
 
-    pre_acts_of = None if spec.pre_acts_of is None else functools.partial(spec.pre_acts_of, dtype=dtype)
+    pre_acts_of = None if spec.pre_acts_of is None else _pre_acts_of(spec.pre_acts_of, opts)
     return SAE(arch, d_in, d_sae, hparams, functools.partial(spec.init, opts=opts), forward, encode, decode_fn,
-               dict(spec.latent_axes), spec.buffers, spec.update_buffers or _no_buffers, pre_acts_of, opts.d_out)
+               dict(spec.latent_axes), spec.buffers, spec.update_buffers or _no_buffers, pre_acts_of, opts.d_out,
+               opts.transcoder)
+
+
+def _pre_acts_of(pre_acts_of: Callable, opts: registry.Options) -> Callable:
+    """A spec's pre_acts_of bound to opts.dtype; a transcoder's encoder reads `linear.encoder_view`."""
+    if not opts.transcoder:
+        return functools.partial(pre_acts_of, dtype=opts.dtype)
+
+    def transcoder_pre_acts_of(params, x, latents):
+        return pre_acts_of(linear.encoder_view(params, opts), x, latents, dtype=opts.dtype)
+
+    return transcoder_pre_acts_of
 
 
 def _resolve_sparse(sparse: bool | str, arch: str, d_sae: int, k: int) -> bool:
@@ -255,8 +281,9 @@ def encoder_init_scale(arch: str, chosen: float | None = None) -> float:
     return 0.1 if spec is None else spec.encoder_init_scale
 
 
-def sae_from_config(sae_config, d_in: int, unit_norm_decoder: bool = True) -> SAE:
-    """Build the SAE that the `sae` section of a run's config describes."""
+def sae_from_config(sae_config, d_in: int, unit_norm_decoder: bool = True, d_out: int | None = None) -> SAE:
+    """Build the SAE that the `sae` section of a run's config describes (a transcoder to targets of
+    width `d_out` when given)."""
     return make_sae(
         sae_config.arch,
         d_in,
@@ -273,4 +300,5 @@ def sae_from_config(sae_config, d_in: int, unit_norm_decoder: bool = True) -> SA
         dtype=sae_config.dtype,
         sparse=_sparse_setting(sae_config.get("sparse", "auto"), "sae.sparse"),
         screen=_sparse_setting(sae_config.get("screen", "auto"), "sae.screen"),
+        d_out=d_out,
     )

@@ -40,7 +40,8 @@ def encode(params: registry.Params, x: jax.Array, train: bool, opts: registry.Op
 
 SPEC = registry.Architecture(
     name="jumprelu", init=init, encode=encode, decode=linear.decode, forward=core.dense_forward,
-    pre_acts_of=linear.linear_pre_acts_of, validate=validate, tieable=True, learned_thresholds=True,
+    pre_acts_of=linear.linear_pre_acts_of, validate=validate, tieable=True, separate_output=True,
+    learned_thresholds=True,
     penalties=("l0", "target_l0"), scaled_lr=True, lr_decay="linear", pre_act=PRE_ACT_COEFF, target_l0_from_k=True,
-    export=registry.SAELensExport("jumprelu"),
+    export=registry.SAELensExport("jumprelu", transcoder="jumprelu_transcoder"),
 )

@@ -233,9 +233,35 @@ def init_linear(key, d_in, d_sae, *, tied, dec_init_norm, unit_norm_decoder) -> 
 
 def init_linear_of(key: jax.Array, opts) -> Params:
     """`init_linear` with the sizes and init options of `opts`: W_dec [d_sae, d_in], b_dec [d_in],
-    W_enc [d_in, d_sae] (absent when tied)."""
+    W_enc [d_in, d_sae] (absent when tied). A transcoder's (opts.transcoder) input and output are
+    different spaces: `init_transcoder`."""
+    if opts.transcoder:
+        return init_transcoder(key, opts.d_in, opts.d_out, opts.d_sae, dec_init_norm=opts.dec_init_norm,
+                               unit_norm_decoder=opts.unit_norm_decoder)
     return init_linear(key, opts.d_in, opts.d_sae, tied=opts.tied, dec_init_norm=opts.dec_init_norm,
                        unit_norm_decoder=opts.unit_norm_decoder)
+
+
+def init_transcoder(key, d_in, d_out, d_sae, *, dec_init_norm, unit_norm_decoder) -> Params:
+    """A transcoder's linear params: W_enc [d_in, d_sae] with random unit directions of the input
+    space times dec_init_norm as columns, W_dec [d_sae, d_out] with independent random directions of
+    the output space as rows (unit norm if constrained, else dec_init_norm), b_dec [d_out] zero."""
+    k_enc, k_dec = jax.random.split(key)
+    return {
+        "W_enc": random_unit_rows(k_enc, d_sae, d_in).T * dec_init_norm,
+        "W_dec": random_unit_rows(k_dec, d_sae, d_out) * (1.0 if unit_norm_decoder else dec_init_norm),
+        "b_dec": jnp.zeros((d_out,), jnp.float32),
+    }
+
+
+def encoder_view(params: Params, opts) -> Params:
+    """`params` as the encoder reads them. Every linear encoder subtracts b_dec from its input; a
+    transcoder's b_dec [d_out] lives in the output space, so its encoder sees b_dec = 0 [d_in] instead
+    (pre = x @ W_enc + b_enc, SAELens' transcoders). The zeros are a constant: b_dec gets no gradient
+    through the encoder, only through the decoder."""
+    if not opts.transcoder:
+        return params
+    return {**params, "b_dec": jnp.zeros((opts.d_in,), jnp.float32)}
 
 
 def zero_latents(opts) -> jax.Array:
@@ -244,10 +270,11 @@ def zero_latents(opts) -> jax.Array:
 
 
 def decode(params: Params, z: jax.Array, opts) -> jax.Array:
-    """`linear_decode` in opts.dtype: z [B, d_sae] -> [B, d_in]."""
+    """`linear_decode` in opts.dtype: z [B, d_sae] -> [B, d_out]."""
     return linear_decode(params, z, opts.dtype)
 
 
 def pre_acts(params: Params, x: jax.Array, opts) -> jax.Array:
-    """(x - b_dec) @ W_enc + b_enc of every latent, in opts.dtype: [B, d_in] -> [B, d_sae]."""
-    return linear_pre_acts_of(params, x, None, opts.dtype)
+    """(x - b_dec) @ W_enc + b_enc of every latent (a transcoder's x @ W_enc + b_enc, `encoder_view`),
+    in opts.dtype: [B, d_in] -> [B, d_sae]."""
+    return linear_pre_acts_of(encoder_view(params, opts), x, None, opts.dtype)

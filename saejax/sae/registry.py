@@ -29,6 +29,9 @@ class Options(NamedTuple):
     """An SAE's sizes and build options, as `make_sae` resolved them.
 
     d_in: input width.  d_sae: latents.  d_out: reconstruction width (d_in for an SAE).
+    transcoder: the reconstruction's target is not the input but another activation of width d_out
+      (a transcoder): b_dec [d_out] lives in the output space, so the encoder does not subtract it
+      (pre = x @ W_enc + b_enc, as SAELens' transcoders), and W_enc and W_dec start independent.
     k: active latents (TopK family; JumpReLU's target L0).  leak: leaky-ReLU slope.  tied: W_enc = W_dec.T.
     init_threshold / bandwidth: JumpReLU's.  prefixes: Matryoshka's nested prefix ends.
     mlp_hidden: the MLP SAE's hidden widths.  dec_init_norm, unit_norm_decoder: linear init.
@@ -50,6 +53,7 @@ class Options(NamedTuple):
     dtype: str
     sparse: bool
     screen: bool | str
+    transcoder: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +64,14 @@ class SAELensExport:
     scalar_threshold: our threshold is one scalar [], written broadcast to [d_sae] (BatchTopK's
       inference threshold, as SAELens saves its own BatchTopK SAEs).
     writes_k: the cfg carries `k` (SAELens' topk), so exporting needs k >= 1.
+    transcoder: SAELens' architecture for a transcoder of this architecture (transcoder,
+      jumprelu_transcoder, skip_transcoder, jumprelu_skip_transcoder); None: SAELens has none.
     """
 
     architecture: str
     scalar_threshold: bool = False
     writes_k: bool = False
+    transcoder: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +89,9 @@ class Architecture:
     validate(opts): raises ConfigError on options this architecture cannot take.
     extra_hparams(opts) -> what `SAE.hparams` records beside the common options.
     has_sparse_path: `forward` takes the sparse TopK path when opts.sparse (`make_sae`'s sparse="auto").
-    separate_output: the reconstruction may have a width opts.d_out other than d_in (a transcoder's
-      target); an SAE's d_out is d_in.
+    separate_output: the architecture may be a transcoder (opts.transcoder: it reconstructs a target of
+      width opts.d_out, which may differ from d_in, from its input); an SAE's d_out is d_in.
+    needs_target: the architecture is a transcoder only (a skip transcoder): `make_sae` needs d_out.
 
     Defaults and capabilities (read by `saejax.defaults`, losses, train, export, resampling, ...):
     has_linear_decoder: W_dec rows exist (decoder constraints, resampling, AuxK, tanh, weighted L1).
@@ -112,6 +120,7 @@ class Architecture:
     extra_hparams: Callable[[Options], dict] = lambda opts: {}
     has_sparse_path: bool = False
     separate_output: bool = False
+    needs_target: bool = False
     has_linear_decoder: bool = True
     tieable: bool = False
     needs_k: bool = False

@@ -35,6 +35,7 @@ def export_skip(hparams) -> str | None:
 
 SPEC = registry.Architecture(
     name="relu", init=init, encode=encode, decode=linear.decode, forward=core.dense_forward,
-    pre_acts_of=linear.linear_pre_acts_of, tieable=True, penalties=("l1", "tanh", "kl"),
-    free_decoder_norm=FREE_DECODER_NORM, export=registry.SAELensExport("standard"), export_skip=export_skip,
+    pre_acts_of=linear.linear_pre_acts_of, tieable=True, separate_output=True, penalties=("l1", "tanh", "kl"),
+    free_decoder_norm=FREE_DECODER_NORM, export=registry.SAELensExport("standard", transcoder="transcoder"),
+    export_skip=export_skip,
 )

@@ -83,7 +83,8 @@ def encode_topk(params: registry.Params, x: jax.Array, train: bool, opts: regist
 def encode_topk_sparse(params: registry.Params, x: jax.Array, train: bool, opts: registry.Options):
     """TopK with the selection read off pre-activations that carry no gradient; the selected values
     get theirs through `selected_pre_acts` (sparse). aux holds the values and indices for decoding."""
-    selected, indices = linear.linear_top_k(params, x, opts.k, opts.dtype, screening.screens(opts.screen, x.shape[0]))
+    selected, indices = linear.linear_top_k(linear.encoder_view(params, opts), x, opts.k, opts.dtype,
+                                            screening.screens(opts.screen, x.shape[0]))
     values = jax.nn.relu(selected)
     pre = jax.lax.stop_gradient(linear.pre_acts(params, x, opts))  # only computed if read
     return linear.scatter_rows(values, indices, pre.shape[1]), pre, {"values": values, "indices": indices}
@@ -129,12 +130,12 @@ def update_running_threshold(params: registry.Params, out: core.SAEOutput, step:
 
 TOPK = registry.Architecture(
     name="topk", init=init_topk, encode=encode_topk, decode=linear.decode, forward=forward_topk,
-    pre_acts_of=linear.linear_pre_acts_of, has_sparse_path=True,
+    pre_acts_of=linear.linear_pre_acts_of, has_sparse_path=True, separate_output=True,
     export=registry.SAELensExport("topk", writes_k=True), **FAMILY,
 )
 BATCHTOPK = registry.Architecture(
     name="batchtopk", init=init_batchtopk, encode=encode_batchtopk, decode=linear.decode,
     forward=core.dense_forward, pre_acts_of=linear.linear_pre_acts_of, latent_axes=SCALAR_THRESHOLD_AXES,
-    buffers=("threshold",), update_buffers=update_running_threshold,
-    export=registry.SAELensExport("jumprelu", scalar_threshold=True), **FAMILY,
+    buffers=("threshold",), update_buffers=update_running_threshold, separate_output=True,
+    export=registry.SAELensExport("jumprelu", scalar_threshold=True, transcoder="jumprelu_transcoder"), **FAMILY,
 )
