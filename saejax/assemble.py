@@ -38,7 +38,7 @@ def prepare(config, workdir: Path) -> Run:
         writers.say(f"note: {note}")
     text_model = harvest.prepare_run(config, workdir)
     source = data.make_source(config.data, config.seed, model=config.model, text_model=text_model)
-    sae, loss, optimizer = from_config.model_from_config(config, source.d_in)
+    sae, loss, optimizer = from_config.model_from_config(config, source.d_in, getattr(source, "d_out", None))
     where = parallel.placement_from_config(config, sae, loss, optimizer)
     return Run(config, workdir, source, sae, loss, optimizer, where, text_model)
 

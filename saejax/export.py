@@ -319,6 +319,91 @@ def decode_saelens(
 
 
 # ---------------------------------------------------------------------------------------------
+# Transcoders, in the layout of SAELens' transcoder classes (sae_lens/saes/transcoder.py): the
+# encoder reads x itself (apply_b_dec_to_input false), the decoder writes the target (cfg d_out).
+
+# SAELens' transcoder architectures -> their tensors, in file order.
+SAELENS_TRANSCODER_WEIGHTS = {
+    "transcoder": ("W_enc", "b_enc", "W_dec", "b_dec"),
+    "skip_transcoder": ("W_enc", "b_enc", "W_dec", "b_dec", "W_skip"),
+    "jumprelu_transcoder": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
+    "jumprelu_skip_transcoder": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip"),
+}
+# Each transcoder tensor's axes, by size name (W_skip as SAELens holds it: x @ W_skip.T).
+TRANSCODER_DIMS = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_out"), "b_dec": ("d_out",),
+                   "threshold": ("d_sae",), "W_skip": ("d_out", "d_in")}
+
+
+def saelens_transcoder(arch: str) -> str | None:
+    """SAELens' architecture for a transcoder of our `arch` (its spec's `export.transcoder`), or None."""
+    written = saelens_export(arch)
+    return None if written is None else written.transcoder
+
+
+def transcoder_tensors(params: Mapping[str, Any], arch: str, sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Contiguous float32 tensors of SAELens' transcoder architecture for `arch`, shaped by `sizes`
+    ({"d_in", "d_out", "d_sae"}); a scalar threshold (BatchTopK's) broadcast to [d_sae]."""
+    tensors = {}
+    for name in SAELENS_TRANSCODER_WEIGHTS[saelens_transcoder(arch)]:
+        if name not in params:
+            raise SaejaxError(f"{arch} transcoder params have no {name!r} to export")
+        shape = tuple(sizes[dim] for dim in TRANSCODER_DIMS[name])
+        value = np.asarray(params[name], dtype=np.float32)
+        if name == "threshold" and saelens_export(arch).scalar_threshold:
+            value = np.full(shape, value.reshape(()), dtype=np.float32)
+        if value.shape != shape:
+            raise SaejaxError(f"{arch} transcoder param {name!r} has shape {value.shape}, expected {shape} for {sizes}")
+        tensors[name] = np.ascontiguousarray(value)
+    return tensors
+
+
+def export_transcoder(out_dir: str | Path, params: Mapping[str, Any], *, arch: str, d_in: int, d_out: int, d_sae: int,
+                      k: int | None = None, input_scale: float = 1.0, target_scale: float = 1.0,
+                      metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write a transcoder's params as SAELens writes its transcoders: out_dir/cfg.json (architecture
+    transcoder, skip_transcoder, jumprelu_transcoder or jumprelu_skip_transcoder; d_in, d_sae,
+    d_out; apply_b_dec_to_input false) + out_dir/sae_weights.safetensors (W_enc [d_in, d_sae], b_enc,
+    W_dec [d_sae, d_out], b_dec [d_out], threshold, W_skip [d_out, d_in]). params were trained on
+    inputs s·x_raw and targets t·y_raw (s = input_scale, t = target_scale); both are folded in
+    (`normalization.fold`), so the export maps raw inputs to raw targets. SaejaxError for an
+    architecture SAELens has no transcoder of (topk). Returns out_dir as a Path."""
+    if registry.find(arch) is None:
+        raise SaejaxError(f"cannot export unknown arch {arch!r}")
+    architecture = saelens_transcoder(arch)
+    if architecture is None:
+        raise SaejaxError(f"a {arch} transcoder has no SAELens equivalent (SAELens' transcoders: "
+                          f"{', '.join(SAELENS_TRANSCODER_WEIGHTS)})")
+    sizes = {"d_in": int(d_in), "d_out": int(d_out), "d_sae": int(d_sae)}
+    tensors = transcoder_tensors(normalization.fold(params, input_scale, target_scale), arch, sizes)
+    cfg = {"architecture": architecture, **sizes, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": False,
+           "normalize_activations": "none", "reshape_activations": "none",
+           "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "sae_lens_training_version": SAELENS_FORMAT_VERSION,
+                        "model_name": None, "hook_name": None,
+                        "saejax": {"arch": arch, "k": None if k is None else int(k), "tied": False, "transcoder": True,
+                                   "norm_scale_folded": float(input_scale),
+                                   "target_norm_scale_folded": float(target_scale)},
+                        **dict(metadata or {})}}
+    try:
+        cfg_text = json.dumps(cfg, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise SaejaxError(f"export metadata is not JSON-serialisable: {err}") from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / WEIGHTS_FILENAME))
+    (out / CFG_FILENAME).write_text(cfg_text + "\n")
+    return out
+
+
+def forward_saelens_transcoder(params: Mapping[str, np.ndarray], cfg: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    """SAELens' transcoder forward (numpy): x [B, d_in] -> [B, d_out]: ReLU (jumprelu_*: also
+    pre > threshold) of x @ W_enc + b_enc, decoded by W_dec + b_dec, plus x @ W_skip.T (skip_*)."""
+    pre = x @ params["W_enc"] + params["b_enc"]
+    z = _relu(pre) * (pre > params["threshold"]) if "threshold" in params else _relu(pre)
+    out = z @ params["W_dec"] + params["b_dec"]
+    return out + x @ params["W_skip"].T if "W_skip" in params else out
+
+
+# ---------------------------------------------------------------------------------------------
 # Importing SAEs trained elsewhere.
 
 # SAELens' architecture -> ours: the shipped architecture each SAELens architecture is written from

@@ -11,21 +11,43 @@ from saejax.errors import ConfigError
 from saejax.sae import SAE, registry, sae_from_config
 
 
-def sae_of(config, d_in: int) -> SAE:
+def is_transcoder(config) -> bool:
+    """Whether a run's config trains a transcoder: its data are (input, target) pairs, by
+    model.target_site or data.input_columns (`saejax.data.pair_columns`)."""
+    return bool(config.get("model", {}).get("target_site") or config.get("data", {}).get("input_columns"))
+
+
+def sae_of(config, d_in: int, d_out: int | None = None) -> SAE:
     """The SAE a run's config describes (completed by `saejax.defaults.resolve`), for inputs of width
-    `d_in`; e.g. to encode with a loaded SAE, which needs no loss or optimizer."""
+    `d_in` (a transcoder to targets of width `d_out` when given); e.g. to encode with a loaded SAE,
+    which needs no loss or optimizer."""
     config, _ = defaults.resolve(config)
-    return sae_from_config(config.sae, d_in, unit_norm_decoder=config.train.unit_norm_decoder)
+    return sae_from_config(config.sae, d_in, unit_norm_decoder=config.train.unit_norm_decoder, d_out=d_out)
 
 
-def model_from_config(config, d_in: int) -> tuple[SAE, losses.LossTerm, optax.GradientTransformation]:
+def model_from_config(config, d_in: int, d_out: int | None = None
+                      ) -> tuple[SAE, losses.LossTerm, optax.GradientTransformation]:
     """The SAE, loss and optimizer a run's config describes (completed by `saejax.defaults.resolve`),
-    for inputs of width `d_in`."""
+    for inputs of width `d_in` (a transcoder to targets of width `d_out` when given)."""
     config, _ = defaults.resolve(config)
-    sae = sae_of(config, d_in)
+    sae = sae_of(config, d_in, d_out)
     if config.train.resample_every and not sae.spec.has_linear_decoder:
         raise ConfigError(f"train.resample_every > 0 needs linear decoder rows; sae.arch={sae.arch!r} has none")
+    if sae.transcoder:
+        check_transcoder_run(config)
     return sae, losses.loss_from_config(config.loss, sae), optimizers.optimizer_from_config(config.optim, config.train, sae)
+
+
+def check_transcoder_run(config) -> None:
+    """ConfigError for what a transcoder run does not do yet: resampling (it draws decoder rows from
+    inputs, which live in another space than a transcoder's outputs) and parallel strategies other
+    than 'none' (their batch layouts are for one array, not an (inputs, targets) pair)."""
+    if config.train.resample_every:
+        raise ConfigError("train.resample_every > 0 is not supported for transcoders (model.target_site or "
+                          "data.input_columns set): resampling points decoder rows at inputs; leave it at 0")
+    if config.parallel.strategy != "none":
+        raise ConfigError(f"parallel.strategy={config.parallel.strategy!r} is not supported for transcoders yet; "
+                          "use 'none'")
 
 
 def jumprelu_threshold_rate(config) -> float | None:

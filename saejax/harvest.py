@@ -13,6 +13,10 @@ activation [d_model] is appended to a `saejax.data.store.ShardWriter` (chunk by 
 `chunk_rows` is that step for one chunk of texts; the streamed source (``data.source=model``,
 `saejax.data.stream`) makes its rows with it too.
 
+With a `target_site` (a transcoder's data: e.g. site="mlp_in", target_site="mlp_out"), one forward
+pass captures both points of the layer and each row holds the input and the target side by side,
+[2·d_model] (`saejax.data.pairs`): the store's rows are pairs, aligned by construction.
+
 Resumable: shards are cut only between chunks, and after each shard `harvest_progress.json`
 records how many texts it covers, so a rerun with the same arguments continues after the last
 complete shard (its statistics recomputed from the shards on disk). Different arguments for an
@@ -27,11 +31,12 @@ from itertools import islice
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from saejax.data.store import MANIFEST, Manifest, ShardWriter
 from saejax.errors import DataError
-from saejax.models.hooks import check_points
+from saejax.models.hooks import check_points, check_transcoder_sites
 from saejax.models.loading import load_text_model, padded_batch
 
 PROGRESS = "harvest_progress.json"
@@ -45,13 +50,28 @@ def _batches(texts: Iterable[str], size: int):
         yield batch
 
 
-def capture_at(model, layer: int, site: str):
+def capture_at(model, layer: int, site: str, target_site: str | None = None):
     """Jitted (params, ids int32 [B, T], mask int32 [B, T]) -> the activations at (layer, site)
-    [B, T, d_model] of `model` (a `saejax.models.loading.TextModel`); the params are an argument,
-    not constants baked into the program. ConfigError naming a layer or site that does not exist."""
-    check_points([(layer, site)], model.n_layers)
-    point = (layer, site)
-    return jax.jit(lambda params, ids, mask: model.apply(params, ids, mask, capture=[point])[1][point])
+    [B, T, d_model] of `model` (a `saejax.models.loading.TextModel`); with `target_site`, those at
+    (layer, site) and (layer, target_site) side by side, [B, T, 2·d_model] (a transcoder's input and
+    target, from one forward pass). The params are an argument, not constants baked into the program.
+    ConfigError naming a layer or site that does not exist, or a target site that is not after the
+    input site (`check_transcoder_sites`)."""
+    points = [(layer, site)] + ([(layer, target_site)] if target_site else [])
+    check_points(points, model.n_layers)
+    if target_site:
+        check_transcoder_sites(site, target_site)
+
+    def capture(params, ids, mask):
+        captured = model.apply(params, ids, mask, capture=points)[1]
+        return jnp.concatenate([captured[point] for point in points], -1) if target_site else captured[points[0]]
+
+    return jax.jit(capture)
+
+
+def row_width(model, target_site: str | None = None) -> int:
+    """Columns of the rows `capture_at` gives: d_model, or 2·d_model with a target site."""
+    return model.d_model * (2 if target_site else 1)
 
 
 def kept_tokens(model, texts: list[str], context_length: int, drop_special: bool = True) -> np.ndarray:
@@ -63,12 +83,12 @@ def kept_tokens(model, texts: list[str], context_length: int, drop_special: bool
 
 
 def chunk_rows(model, capture, texts: list[str], context_length: int, batch_size: int,
-               drop_special: bool = True) -> np.ndarray:
+               drop_special: bool = True, width: int | None = None) -> np.ndarray:
     """The activations of one chunk of texts as harvest writes them, float32 [sum of kept_tokens,
-    d_model]: the texts sorted by length (stable), run through `capture` (`capture_at`)
-    `batch_size` at a time, each text's kept tokens in order."""
+    width (`row_width`; None: d_model)]: the texts sorted by length (stable), run through `capture`
+    (`capture_at`) `batch_size` at a time, each text's kept tokens in order."""
     if not texts:
-        return np.zeros((0, model.d_model), np.float32)
+        return np.zeros((0, width or model.d_model), np.float32)
     order = np.argsort(model.tokenize(list(texts), context_length)[1].sum(1), kind="stable")
     parts = []
     for b in range(0, len(texts), batch_size):
@@ -80,15 +100,19 @@ def chunk_rows(model, capture, texts: list[str], context_length: int, batch_size
 
 def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str | Path, context_length: int = 128,
             batch_size: int = 32, max_tokens: int = 1_000_000, dtype: str = "float32", rows_per_shard: int = 65536,
-            drop_special: bool = True, log_every_s: float = 10.0) -> Manifest:
+            drop_special: bool = True, log_every_s: float = 10.0, target_site: str | None = None) -> Manifest:
     """Write the activations of `model` (a `saejax.models.loading.TextModel`) at (layer, site) for
-    `texts` into a store in `out_dir`, at most `max_tokens` rows; returns the manifest."""
-    capture = capture_at(model, layer, site)
+    `texts` into a store in `out_dir`, at most `max_tokens` rows; returns the manifest. With
+    `target_site`, each row is the pair [site | target_site] of one token (`capture_at`)."""
+    capture = capture_at(model, layer, site, target_site)
+    width = row_width(model, target_site)
     out = Path(out_dir)
     if (out / MANIFEST).exists():
         raise DataError(f"{out}: already holds a finished store ({MANIFEST}); choose a new folder")
     settings = {"model": model.name, "layer": layer, "site": site, "context_length": context_length,
                 "batch_size": batch_size, "drop_special": drop_special, "dtype": dtype}
+    if target_site:
+        settings["target_site"] = target_site  # rows [site | target_site]: d_model input columns first
     progress_path = out / PROGRESS
     texts_done = 0
     if progress_path.exists():
@@ -103,7 +127,7 @@ def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str 
     # share a batch: little padding); shards are cut only between chunks, where a harvest resumes
     chunk_texts = batch_size * CHUNK_BATCHES
     shard_rows = max(rows_per_shard, chunk_texts * context_length)
-    writer = ShardWriter(out, model.d_model, dtype, shard_rows, resume=texts_done > 0)
+    writer = ShardWriter(out, width, dtype, shard_rows, resume=texts_done > 0)
     if texts_done:
         print(f"resuming the harvest in {out}: {writer.rows_written} rows from {texts_done} texts", flush=True)
 
@@ -113,7 +137,8 @@ def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str 
     for chunk in _batches(islice(texts, texts_done, None), chunk_texts):
         if rows_total >= max_tokens:
             break
-        rows = chunk_rows(model, capture, chunk, context_length, batch_size, drop_special)[: max_tokens - rows_total]
+        rows = chunk_rows(model, capture, chunk, context_length, batch_size, drop_special,
+                          width)[: max_tokens - rows_total]
         if writer.pending_rows + rows.shape[0] > shard_rows:
             writer.flush()
             progress_path.write_text(json.dumps({"settings": settings, "texts_done": done}))
@@ -130,7 +155,7 @@ def harvest(model, texts: Iterable[str], *, layer: int, site: str, out_dir: str 
     (out / SETTINGS).write_text(json.dumps({"settings": settings, "texts": done, "rows": rows_total}, indent=2) + "\n")
     progress_path.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
-    print(f"harvested {rows_total:,} tokens of width {model.d_model} from {done:,} texts into {out} "
+    print(f"harvested {rows_total:,} tokens of width {width} from {done:,} texts into {out} "
           f"({(rows_total - first_rows) / seconds:,.0f} tokens/s)", file=sys.stdout, flush=True)
     return manifest
 
@@ -180,14 +205,20 @@ def prepare_run(config, workdir: Path):
     model = load_text_model(m.name)
     path = Path(config.data.path or Path(workdir) / "activations")
     config.data.path = str(path)
+    target_site = m.get("target_site") or None
     if not (path / MANIFEST).exists():
         harvest(model, run_texts(m, held_out=False), layer=m.layer, site=m.site, out_dir=path,
-                context_length=m.context_length, max_tokens=m.max_tokens)
+                context_length=m.context_length, max_tokens=m.max_tokens, target_site=target_site)
     elif (path / SETTINGS).exists():  # reuse, if it holds this model's activations at this point
         made = json.loads((path / SETTINGS).read_text())["settings"]
-        wanted = {"model": model.name, "layer": m.layer, "site": m.site}
+        wanted = {"model": model.name, "layer": m.layer, "site": m.site, "target_site": target_site}
         if {k: made.get(k) for k in wanted} != wanted:
             raise DataError(f"data.path={str(path)!r} holds activations of {made.get('model')} layer {made.get('layer')} "
-                            f"{made.get('site')}, not of model.name={m.name!r} layer {m.layer} {m.site}; use another "
-                            "data.path (or --workdir)")
+                            f"{_sites(made.get('site'), made.get('target_site'))}, not of model.name={m.name!r} layer "
+                            f"{m.layer} {_sites(m.site, target_site)}; use another data.path (or --workdir)")
     return model
+
+
+def _sites(site: str, target_site: str | None) -> str:
+    """'mlp_in' or, for a transcoder's pairs, 'mlp_in -> mlp_out'."""
+    return f"{site} -> {target_site}" if target_site else site

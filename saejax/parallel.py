@@ -273,7 +273,11 @@ def put_state(state, shardings):
 
 
 def put_batch(rows: np.ndarray, where: Placement) -> jax.Array:
-    """This process's rows [B / P, d_in] of a batch -> the global array the step takes."""
+    """This process's rows [B / P, d_in] of a batch -> the global array the step takes (a transcoder's
+    (inputs, targets) -> a pair of them, each laid out alike with its own width)."""
+    if isinstance(rows, tuple):
+        return tuple(put_batch(part, where._replace(batch_shape=(*where.batch_shape[:-1], part.shape[-1])))
+                     for part in rows)
     local_shape = (where.batch_shape[0] // jax.process_count(), *where.batch_shape[1:])
     rows = rows.reshape(local_shape)
     if jax.process_count() == 1:

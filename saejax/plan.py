@@ -81,7 +81,7 @@ def describe(config, workdir: str | Path) -> str:
                                   f"into {config.data.path}; d_in and the SAE's size follow from the model",
                                   *_writes(config, workdir, None), _NOTHING_DONE])
     source = data.make_source(config.data, config.seed, model=config.model)  # a model source computes nothing yet
-    sae, loss, optimizer = from_config.model_from_config(config, source.d_in)
+    sae, loss, optimizer = from_config.model_from_config(config, source.d_in, getattr(source, "d_out", None))
     where = parallel.placement_from_config(config, sae, loss, optimizer)
     run = assemble.Run(config, workdir, source, sae, loss, optimizer, where, None)
     state = abstract_train_state(sae, loss, optimizer)

@@ -38,7 +38,9 @@ def _flatten(config_dict: dict, prefix: str = "") -> dict:
 
 def _resume_fields(config_dict: dict) -> dict:
     """The config fields a checkpoint's shapes and stream depend on (flattened 'section.field')."""
-    fields = {"seed": config_dict.get("seed"), "optim.name": config_dict.get("optim", {}).get("name")}
+    fields = {"seed": config_dict.get("seed"), "optim.name": config_dict.get("optim", {}).get("name"),
+              # an SAE or a transcoder (its state holds two norm scales), for every data.source
+              "model.target_site": config_dict.get("model", {}).get("target_site") or ""}
     for section in ("data", "sae"):
         fields.update({f"{section}.{k}": v for k, v in config_dict.get(section, {}).items()
                        if not (section == "data" and k in RESUMABLE_DATA_FIELDS)})
@@ -120,11 +122,13 @@ def restore_latest(workdir: Path, source, sae, ckpt: checkpoint.Checkpointer, st
     """The latest good checkpoint in `ckpt` (which holds at least one) restored into `state`'s
     structure, its saved config checked against `config`. Damaged newer steps are set aside with a
     warning naming them; unfinished saves of older steps are deleted."""
-    saved = ckpt.saved_shape("params", "b_dec")
-    if saved is not None and saved != (sae.d_in,):
+    saved = ckpt.saved_shape("params", "b_dec")  # [d_out]: d_in for an SAE
+    if saved is not None and saved != (sae.d_out or sae.d_in,):
+        what = "targets" if sae.transcoder else "rows"
         raise ConfigError(
-            f"--workdir={workdir} holds a checkpoint of an SAE with d_in={saved[0]}, but "
-            f"data.source={source.name!r} now gives rows of width {sae.d_in}; use a new --workdir or the original data"
+            f"--workdir={workdir} holds a checkpoint of an SAE with d_{'out' if sae.transcoder else 'in'}={saved[0]}, "
+            f"but data.source={source.name!r} now gives {what} of width {sae.d_out or sae.d_in}; use a new --workdir or "
+            "the original data"
         )
     try:
         restored, at, damaged = ckpt.restore_latest_good(state, is_good=lambda s: step.all_finite(s.params),

@@ -14,6 +14,12 @@ zero-ablated (x → 0 at the same positions). Reported, over all texts:
   the fraction of CE loss recovered, (CE_ablated − CE_spliced) / (CE_ablated − CE_clean), and the
   KL of the spliced next-token distribution from the clean one;
 - every model: L0, FVU and the dead fraction of the SAE on the same tokens.
+
+A transcoder (``target_site``: it reads `site` and reconstructs `target_site` of the same layer, e.g.
+mlp_in -> mlp_out) is spliced in the same way at its target: in one forward pass the activations at
+`site` are read as the pass computes them and those at `target_site` replaced by the transcoder's
+reconstruction from them (zero-ablated: replaced by zeros); its FVU is the target's. For an MLP
+transcoder this replaces the MLP's output by the transcoder's.
 """
 
 from collections.abc import Iterable
@@ -24,15 +30,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from saejax.errors import ConfigError, DataError
-from saejax.models.hooks import check_points
+from saejax.models.hooks import check_points, check_transcoder_sites
 from saejax.models.loading import padded_batch
 
 
-def check_width(sae, model, layer: int, site: str) -> None:
-    """ConfigError when the SAE's d_in is not the hook point's width."""
-    if sae.d_in != model.d_model:
-        raise ConfigError(f"the SAE reads d_in={sae.d_in}, but {model.name}'s {site} at layer {layer} has width "
-                          f"{model.d_model}; train the SAE on this model's activations")
+def check_width(sae, model, layer: int, site: str, target_site: str | None = None) -> None:
+    """ConfigError when the SAE's d_in (a transcoder's d_in or d_out) is not the hook point's width."""
+    widths = [("reads d_in", sae.d_in, site)] + ([("writes d_out", sae.d_out, target_site)] if target_site else [])
+    for what, width, at in widths:
+        if width != model.d_model:
+            raise ConfigError(f"the SAE {what}={width}, but {model.name}'s {at} at layer {layer} has width "
+                              f"{model.d_model}; train the SAE on this model's activations")
+
+
+def _points(model, sae, layer: int, site: str, target_site: str | None) -> str:
+    """The hook point the splice replaces (target_site for a transcoder, else site), after checking
+    the points, the SAE's widths, and that a transcoder is spliced as one (and an SAE as one)."""
+    check_points([(layer, site)] + ([(layer, target_site)] if target_site else []), model.n_layers)
+    if target_site:
+        check_transcoder_sites(site, target_site)
+    if bool(target_site) != bool(getattr(sae, "transcoder", False)):
+        raise ConfigError("a transcoder is spliced with its target site (model.target_site), an SAE without one")
+    check_width(sae, model, layer, site, target_site)
+    return target_site or site
 
 
 def _cosine(a, b):
@@ -72,13 +92,14 @@ def _summary(kind: str, sums: dict) -> dict[str, float]:
 
 
 def evaluate(model, sae, params, texts: Iterable[str], *, layer: int, site: str, context_length: int = 128,
-             batch_size: int | None = None, max_texts: int = 1000, drop_special: bool = True) -> dict[str, float]:
+             batch_size: int | None = None, max_texts: int = 1000, drop_special: bool = True,
+             target_site: str | None = None) -> dict[str, float]:
     """The splice report (module docstring) of `sae` with `params` (acting on raw activations) at
     (layer, site) of `model` (a `saejax.models.loading.TextModel`), over at most `max_texts` texts
     (in batches of `batch_size`; default 32 texts for encoders, 4 for causal LMs, whose logits
-    over a large vocabulary dominate memory)."""
-    check_points([(layer, site)], model.n_layers)
-    check_width(sae, model, layer, site)
+    over a large vocabulary dominate memory). A transcoder reads (layer, site) and replaces
+    (layer, `target_site`)."""
+    out_site = _points(model, sae, layer, site, target_site)
     behaviour = {"bert": _encoder_behaviour, "causal": _causal_behaviour}.get(model.kind)
     if behaviour is None:
         raise ConfigError(f"splice evaluation does not know model kind {model.kind!r}")
@@ -87,21 +108,30 @@ def evaluate(model, sae, params, texts: Iterable[str], *, layer: int, site: str,
     @jax.jit
     def passes(model_params, params, ids, mask, keep):
         def replace(fn):
+            """A hook replacing (layer, out_site) at the kept tokens by fn(activations at (layer, site),
+            activations at (layer, out_site)); site's are read as this pass computes them."""
+            read = {}
+
             def hook(at_layer, at_site, x):
-                if (at_layer, at_site) != (layer, site):
+                if at_layer != layer:
                     return x
-                return jnp.where(keep[..., None], fn(x), x)
+                if at_site == site:
+                    read["input"] = x
+                return jnp.where(keep[..., None], fn(read["input"], x), x) if at_site == out_site else x
             return hook
 
         def reconstruct(x):
-            return sae.decode(params, sae.encode(params, x.reshape(-1, x.shape[-1]))).reshape(x.shape)
+            rows = x.reshape(-1, x.shape[-1])
+            if target_site:  # the whole forward: a skip transcoder's skip term reads x
+                return sae.forward(params, rows, train=False).x_hat.reshape(*x.shape[:-1], -1)
+            return sae.decode(params, sae.encode(params, rows)).reshape(x.shape)
 
-        clean, captured = model.apply(model_params, ids, mask, capture=[(layer, site)])
-        spliced, _ = model.apply(model_params, ids, mask, hook=replace(reconstruct))
-        ablated, _ = model.apply(model_params, ids, mask, hook=replace(jnp.zeros_like))
+        clean, captured = model.apply(model_params, ids, mask, capture=[(layer, site), (layer, out_site)])
+        spliced, _ = model.apply(model_params, ids, mask, hook=replace(lambda x, _: reconstruct(x)))
+        ablated, _ = model.apply(model_params, ids, mask, hook=replace(lambda _, y: jnp.zeros_like(y)))
         x = captured[(layer, site)]
         z = sae.encode(params, x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
-        return {"x": x, "x_hat": reconstruct(x), "z_active": z != 0,
+        return {"x": captured[(layer, out_site)], "x_hat": reconstruct(x), "z_active": z != 0,
                 "behaviour": behaviour(clean, spliced, ablated, ids, mask)}
 
     sums: dict[str, float] = {"texts": 0, "tokens": 0, "active": 0.0, "err": 0.0}

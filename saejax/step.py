@@ -30,7 +30,8 @@ class TrainState(NamedTuple):
     step: [] int32.  params: the SAE's params dict.  opt_state: the optimizer's state.
     loss_state: the loss terms' state.  steps_since_fired: [d_sae] int32, the one dead-latent counter
       (metrics, resampling, and the loss terms through ``out.aux["steps_since_fired"]``).
-    norm_scale: [] float32, inputs are multiplied by it (`saejax.normalization`).
+    norm_scale: [] float32, inputs are multiplied by it (`saejax.normalization`); a transcoder's is
+      [2] float32, (input scale, target scale).
     """
 
     step: jax.Array
@@ -73,12 +74,16 @@ def init_train_state(
 ) -> TrainState:
     """Fresh state: params from `sae.init`, b_dec from `sample` [n, d_in], and the normalisation
     scale from `mean_sq_norm` (the data's E||x||², e.g. a store's statistics) or else the sample.
+    A transcoder's sample is (inputs [n, d_in], targets [n, d_out]): each half gets its own scale
+    (`normalization.scales_of`) and b_dec [d_out] comes from the targets.
     threshold_rate: JumpReLU only: each latent's threshold where it fires on this share of the
     sample (`initializers.jumprelu_thresholds`) instead of `sae.init`'s constant."""
-    scale = normalization.scale_of(sample, mean_sq_norm) if normalize else 1.0
+    scale = normalization.scales_of(sample, mean_sq_norm) if normalize else normalization.unit_scale(sae)
+    inputs, targets = sample if isinstance(sample, tuple) else (sample, sample)
     params = jax.jit(sae.init)(key)
-    normalized = np.asarray(sample, np.float32) * scale
-    params["b_dec"] = initializers.initial_b_dec(normalized, init_b_dec)
+    normalized = np.asarray(inputs, np.float32) * normalization.input_scale(scale)
+    params["b_dec"] = initializers.initial_b_dec(
+        np.asarray(targets, np.float32) * normalization.target_scale(scale), init_b_dec)
     if threshold_rate is not None and sae.spec.learned_thresholds:
         pre_acts = jax.jit(sae.pre_acts_of)(params, normalized, None)
         params["threshold"] = initializers.jumprelu_thresholds(pre_acts, threshold_rate)
@@ -150,8 +155,8 @@ def abstract_train_state(sae: SAE, loss: losses.LossTerm, optimizer: optax.Gradi
     """The TrainState's structure, shapes, dtypes and (default-device) shardings, without computing
     anything: a restore target for a checkpoint."""
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shapes = jax.eval_shape(lambda key: state_at_step_zero(sae, loss, optimizer, sae.init(key), 1.0),
-                            jax.random.key(0))
+    shapes = jax.eval_shape(lambda key: state_at_step_zero(sae, loss, optimizer, sae.init(key),
+                                                           normalization.unit_scale(sae)), jax.random.key(0))
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
@@ -177,7 +182,9 @@ def make_train_step(
     which compiles it with the step's `compiler_options` (attribute: XLA options for this SAE's
     matmuls on CPU, see `cpu.step_compiler_options`; {} elsewhere).
     A batch may also be a pair (inputs [B, d_in], targets [B, d_out]) for an architecture whose
-    reconstruction's target is not its input (`SAE.d_out`); both are scaled by the state's norm scale."""
+    reconstruction's target is not its input (a transcoder, `SAE.d_out`); each is scaled by its own
+    entry of the state's norm scale (`normalization.input_scale`, `target_scale`; the same one when
+    the norm scale is a scalar)."""
     constrain = unit_norm_decoder and sae.spec.has_linear_decoder
 
     def loss_fn(params, x, loss_state, step, target, steps_since_fired):
@@ -189,8 +196,9 @@ def make_train_step(
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
         inputs, targets = batch if isinstance(batch, tuple) else (batch, None)
-        x = normalization.normalize(inputs, state.norm_scale)
-        target = None if targets is None else normalization.normalize(targets, state.norm_scale)
+        x = normalization.normalize(inputs, normalization.input_scale(state.norm_scale))
+        target = None if targets is None else normalization.normalize(targets,
+                                                                      normalization.target_scale(state.norm_scale))
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (value, (terms, out, loss_state)), grads = grad_fn(state.params, x, state.loss_state, state.step, target,
                                                            state.steps_since_fired)

@@ -15,6 +15,10 @@ Sources (``c.data.source``):
 - ``tabular``: river's bundled Shuttle table for anomaly detection (`saejax.data.tabular`).
 - ``model``: a text model's activations, computed on the fly from ``c.model`` (`saejax.data.stream`).
 
+A transcoder's source (``model.target_site``, or ``data.input_columns`` > 0) hands out pairs
+``(inputs [B, d_in], targets [B, d_out])`` instead: its rows hold both side by side
+(`saejax.data.pairs`), and it has a ``d_out``.
+
 Every source keeps a held-out split that no training batch touches (``heldout_rows``,
 ``heldout_batch``): a seeded set of a store's chunks, another random stream for generated data
 (synthetic, patches), the test split of a table, the held-out texts of a streamed model;
@@ -185,15 +189,52 @@ def make_source(data: ml_collections.ConfigDict, seed: int, *, whole_batches: bo
     ``model`` streams the activations of the model the ``c.model`` block `model` names (`text_model`:
     that model already loaded, or None to load it here).
 
+    A transcoder's rows (`pair_columns`) come as (inputs, targets) pairs (`saejax.data.pairs.PairSource`).
+
     Raises ConfigError naming `data.source` (and listing the valid names) when unknown.
     """
+    check_pair_fields(data, model)
     if data.source == "model":
         from saejax.data.stream import model_source
 
-        return model_source(data, model, seed, text_model)
+        return as_pairs(model_source(data, model, seed, text_model), data, model)
     factory = _FACTORIES.get(data.source)
     if factory is None:
         raise ConfigError(
             f"data.source: unknown source {data.source!r}; valid: {', '.join(SOURCES)}"
         )
-    return factory(data, seed, whole_batches=True) if whole_batches and data.source == "npy" else factory(data, seed)
+    source = factory(data, seed, whole_batches=True) if whole_batches and data.source == "npy" else factory(data, seed)
+    return as_pairs(source, data, model)
+
+
+def pair_columns(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None, width: int) -> int:
+    """How many of the `width` columns of each row are a transcoder's input (the rest its target); 0
+    for an SAE's rows. ``data.input_columns`` when set, else half the row with ``model.target_site``
+    (the rows of two hook points of one model, each d_model wide)."""
+    check_pair_fields(data, model)
+    columns, target_site = data.get("input_columns", 0), (model or {}).get("target_site", "")
+    return columns or (width // 2 if target_site else 0)
+
+
+def check_pair_fields(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None) -> None:
+    """ConfigError for a model.target_site without model.name, or data.input_columns on a source other
+    than a store (npy) or below 0."""
+    columns, target_site = data.get("input_columns", 0), (model or {}).get("target_site", "")
+    if target_site and not model.get("name"):
+        raise ConfigError(f"model.target_site={target_site!r} is a site of model.name's model, which is empty; set "
+                          "model.name, or data.input_columns for a store of (input, target) rows")
+    if columns and data.source != "npy":
+        raise ConfigError(f"data.input_columns={columns} is for stored pairs (data.source='npy'), not "
+                          f"data.source={data.source!r}")
+    if columns < 0:
+        raise ConfigError(f"data.input_columns={columns} must be >= 0 (0: the rows are an SAE's)")
+
+
+def as_pairs(source: Source, data: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None) -> Source:
+    """`source` itself, or for a transcoder's rows (`pair_columns`) a `PairSource` over it."""
+    columns = pair_columns(data, model, source.d_in)
+    if not columns:
+        return source
+    from saejax.data.pairs import PairSource
+
+    return PairSource(source, columns)

@@ -26,6 +26,10 @@ Batch i is therefore rows [k·B, (k+1)·B) of fill i // batches_per_fill(B), k =
 batches_per_fill(B): a pure function of (seed, i, B, the corpus), whatever was asked for before. A
 resumed run recomputes at most the fill it stopped in (and re-reads the corpus up to it).
 
+With ``model.target_site`` (a transcoder's data) each row is the pair [site | target_site] of one token,
+captured in one forward pass (`saejax.harvest.capture_at`), [2·d_model]; `saejax.data.pairs.PairSource`
+hands the halves out as (inputs, targets).
+
 Held out: the texts harvesting keeps out (every 10th paragraph, `saejax.harvest.run_texts`), which no
 fill reads. Their rows, in corpus order and harvest's chunks, up to ``data.heldout_max_rows``, are
 the split `heldout_batch` reads; the splice evaluation uses the first ``model.eval_texts`` of the same
@@ -71,7 +75,7 @@ class ModelSource:
 
     Attributes:
         name: ``'model'``.
-        d_in: the model's width, d_model.
+        d_in: the rows' width: d_model, or 2·d_model with a target site (pairs).
         order: the training texts' order (`saejax.data.texts.TextOrder`).
         description: what the rows are, for logs.
     """
@@ -80,19 +84,21 @@ class ModelSource:
 
     def __init__(self, model, texts: Callable[[], Iterable[str]], heldout_texts: Callable[[], Iterable[str]], *,
                  seed: int, layer: int, site: str, context_length: int = 128, buffer_contexts: int = 1024,
-                 shuffle_texts: int = 65536, forward_batch: int = 32, heldout_max_rows: int = 100_000) -> None:
+                 shuffle_texts: int = 65536, forward_batch: int = 32, heldout_max_rows: int = 100_000,
+                 target_site: str | None = None) -> None:
         for field, value, least in (("data.buffer_contexts", buffer_contexts, 1),
                                     ("data.forward_batch", forward_batch, 1),
                                     ("model.context_length", context_length, 1),
                                     ("data.heldout_max_rows", heldout_max_rows, 0)):
             if value < least:
                 raise ConfigError(f"{field} must be >= {least}, got {value}")
-        self.model, self.seed, self.d_in = model, seed, model.d_model
+        self.model, self.seed, self.d_in = model, seed, harvest.row_width(model, target_site)
         self.context_length, self.buffer_contexts, self.forward_batch = context_length, buffer_contexts, forward_batch
         self.heldout_max_rows = heldout_max_rows
-        self.capture = harvest.capture_at(model, layer, site)
+        self.capture = harvest.capture_at(model, layer, site, target_site)
         self.order = TextOrder(texts, seed, shuffle_texts)
-        self.description = (f"activations of {model.name} layer {layer} {site}, computed in fills of {buffer_contexts} "
+        sites = f"{site} -> {target_site} pairs" if target_site else site
+        self.description = (f"activations of {model.name} layer {layer} {sites}, computed in fills of {buffer_contexts} "
                             f"contexts of <= {context_length} tokens; held out: every {harvest.HELD_OUT_EVERY}th text")
         self._heldout_texts = heldout_texts
         self._lock = threading.RLock()
@@ -113,7 +119,7 @@ class ModelSource:
     def rows_of(self, texts: list[str]) -> np.ndarray:
         """float32 [rows, d_in]: the texts' rows as a harvest of them writes them, chunk by chunk."""
         chunks = [harvest.chunk_rows(self.model, self.capture, texts[c:c + self.chunk_texts], self.context_length,
-                                     self.forward_batch) for c in range(0, len(texts), self.chunk_texts)]
+                                     self.forward_batch, width=self.d_in) for c in range(0, len(texts), self.chunk_texts)]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.d_in), np.float32)
 
     # -- training fills -----------------------------------------------------------------------
@@ -251,4 +257,4 @@ def model_source(data, model, seed: int, text_model=None) -> ModelSource:
                        lambda: harvest.run_texts(model, held_out=True), seed=seed, layer=model.layer, site=model.site,
                        context_length=model.context_length, buffer_contexts=data.buffer_contexts,
                        shuffle_texts=data.shuffle_texts, forward_batch=data.forward_batch,
-                       heldout_max_rows=data.heldout_max_rows)
+                       heldout_max_rows=data.heldout_max_rows, target_site=model.get("target_site") or None)

@@ -1,13 +1,13 @@
 """Files a run leaves for people and other tools: plots/training.png (the logged curves),
 plots/density.png and plots/atoms.png (image data) from the held-out density, and the SAELens-format
-export with the normalisation folded back in."""
+export (a transcoder's in SAELens' transcoder layout) with the normalisation folded back in."""
 
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from saejax import analysis, data, export, from_config, writers
+from saejax import analysis, data, export, from_config, normalization, writers
 
 
 def save_training_plot(workdir: Path, records: list[dict]) -> None:
@@ -53,10 +53,17 @@ def save_export(workdir: Path, config, sae, state) -> str:
     if skip:
         return skip
     params = jax.tree.map(np.asarray, state.params)
-    path = export.export_saelens(
-        workdir / "export", params, arch=sae.arch, d_in=sae.d_in, d_sae=sae.d_sae, k=sae.hparams["k"],
-        norm_scale=float(state.norm_scale), metadata={"data_source": config.data.source, "seed": config.seed},
-    )
+    metadata = {"data_source": config.data.source, "seed": config.seed}
+    if sae.transcoder:
+        if export.saelens_transcoder(sae.arch) is None:
+            return f"skipped: SAELens has no {sae.arch} transcoder"
+        input_scale, target_scale = normalization.scales(state.norm_scale)
+        path = export.export_transcoder(workdir / "export", params, arch=sae.arch, d_in=sae.d_in, d_out=sae.d_out,
+                                        d_sae=sae.d_sae, k=sae.hparams["k"], input_scale=input_scale,
+                                        target_scale=target_scale, metadata=metadata)
+    else:
+        path = export.export_saelens(workdir / "export", params, arch=sae.arch, d_in=sae.d_in, d_sae=sae.d_sae,
+                                     k=sae.hparams["k"], norm_scale=float(state.norm_scale), metadata=metadata)
     (Path(path) / analysis.EXPORT_CONFIG).write_text(config.to_json_best_effort(indent=2) + "\n")
     return str(path)
 
@@ -72,7 +79,7 @@ def replot(workdir: str | Path, rows: int = 16384) -> Path:
     workdir = Path(workdir)
     params, config = analysis.load(workdir)
     source = data.make_source(config.data, config.seed, whole_batches=True, model=config.model)
-    sae = from_config.sae_of(config, source.d_in)
+    sae = from_config.sae_of(config, source.d_in, getattr(source, "d_out", None))
     density = analysis.feature_density(analysis.encode(params, config, source.sample(rows)))
     save_training_plot(workdir, writers.read_metrics(workdir))
     save_dictionary_plots(workdir, source, sae, params, density)

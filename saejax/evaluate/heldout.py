@@ -26,13 +26,16 @@ def evaluation_sums(sae: SAE, params: Params, norm_scale: jax.Array, batch: jax.
     """Inference-mode sums over the rows of one batch [B, d_in], which `combine_evaluation` turns
     into metrics of all rows exactly (FVU against the mean of all rows, not of each batch): rows,
     Σ‖x − x̂‖², Σx [d_in], Σ‖x‖², Σ L0, Σ cos(x, x̂), and the rows each latent fired on [d_sae]
-    (float32 counts are exact up to 2^24 rows per batch).
+    (float32 counts are exact up to 2^24 rows per batch). A transcoder's batch is (inputs [B, d_in],
+    targets [B, d_out]): x is then the target (its FVU is the target's), each half normalised by its
+    own scale.
     rows: [] how many of the batch's leading rows count (None: all); a short last batch padded to
     B rows (with finite values) then compiles into the same program as the others.
     The inference-mode forward, not encode + decode: a sparse TopK SAE then decodes from its k
     selected rows (1.44x faster at d_sae 16384, the same at 3072; BUILD_NOTES.md, "Performance")."""
-    x = normalization.normalize(batch, norm_scale)
-    out = sae.forward(params, x, train=False)
+    inputs, targets = batch if isinstance(batch, tuple) else (batch, None)
+    out = sae.forward(params, normalization.normalize(inputs, normalization.input_scale(norm_scale)), train=False)
+    x = normalization.normalize(inputs if targets is None else targets, normalization.target_scale(norm_scale))
     z, x_hat = out.z, out.x_hat
     counted = jnp.ones(x.shape[0], bool) if rows is None else jnp.arange(x.shape[0]) < rows
     weight = counted.astype(jnp.float32)  # [B]
@@ -71,10 +74,15 @@ def combine_evaluation(sums: list[dict], dense_above: float = 0.1) -> tuple[dict
 
 def compile_sums(sae: SAE, abstract_params, batch_size: int):
     """`evaluation_sums` of `sae` compiled ahead of time for params shaped like `abstract_params` and
-    float32 batches [batch_size, d_in] (what `measure` calls), e.g. on a worker thread while training."""
+    float32 batches [batch_size, d_in] (a transcoder's: ([batch_size, d_in], [batch_size, d_out]))
+    (what `measure` calls), e.g. on a worker thread while training."""
     spec = jax.ShapeDtypeStruct
+    batch = spec((batch_size, sae.d_in), jnp.float32)
+    if sae.transcoder:
+        batch = (batch, spec((batch_size, sae.d_out), jnp.float32))
+    norm_scale = spec(np.shape(normalization.unit_scale(sae)), jnp.float32)
     return jax.jit(functools.partial(evaluation_sums, sae)).lower(
-        abstract_params, spec((), jnp.float32), spec((batch_size, sae.d_in), jnp.float32), spec((), jnp.int32)).compile()
+        abstract_params, norm_scale, batch, spec((), jnp.int32)).compile()
 
 
 def measure(config, source, sae: SAE, state, sums_of=None) -> tuple[dict, np.ndarray, str]:
@@ -99,11 +107,14 @@ def measure(config, source, sae: SAE, state, sums_of=None) -> tuple[dict, np.nda
         return batches.read_heldout_batch(source, i, batch_size, sae.d_in)
 
     def padded(batch):  # a short last batch filled up with zero rows: every batch has one shape
-        batch = np.asarray(batch, np.float32)  # as evaluation_sums would cast it
+        if isinstance(batch, tuple):  # a transcoder's (inputs, targets)
+            return tuple(padded(part) for part in batch)
+        batch = np.asarray(batch, np.float32)[:batch_size]  # as evaluation_sums would cast it
         return np.pad(batch, [(0, batch_size - batch.shape[0]), (0, 0)]) if batch.shape[0] < batch_size else batch
 
     sums_of = sums_of or jax.jit(functools.partial(evaluation_sums, sae))  # compiled once: [batch_size, d_in]
-    sums = [jax.device_get(sums_of(state.params, jnp.float32(state.norm_scale), padded(read(i)[:batch_size]),
+    norm_scale = jnp.asarray(state.norm_scale, jnp.float32)
+    sums = [jax.device_get(sums_of(state.params, norm_scale, padded(read(i)),
                                    np.int32(min(batch_size, rows - i * batch_size))))
             for i in range(-(-rows // batch_size))]
     scalars, density = combine_evaluation(sums)
@@ -121,7 +132,7 @@ def evaluate(run, state, found: dict, prepared=None) -> dict:
     prepared: `prepare(run)`'s result, or None."""
     source, config = run.source, run.config
     if getattr(source, "process_count", 1) > 1:  # a per-process reader: read whole batches here
-        source = data.make_source(config.data, config.seed, whole_batches=True)
+        source = data.make_source(config.data, config.seed, whole_batches=True, model=config.model)
     scalars, density, split = measure(config, source, run.sae, state, prepared)
     if scalars:
         guards.check_evaluation_not_collapsed(scalars["fvu"], scalars["l0"], f"{scalars['rows']:.0f} {split} rows",

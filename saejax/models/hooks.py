@@ -27,6 +27,18 @@ def check_points(points: Iterable[tuple[int, str]], n_layers: int) -> tuple[tupl
     return points
 
 
+def check_transcoder_sites(site: str, target_site: str) -> None:
+    """ConfigError unless `target_site` comes after `site` in a block (`SITES` is in that order): a
+    transcoder reads site and reconstructs target_site of the same layer (e.g. mlp_in -> mlp_out),
+    and the splice replaces target_site with what it computed from site earlier in the pass."""
+    for field, name in (("model.site", site), ("model.target_site", target_site)):
+        if name not in SITES:
+            raise ConfigError(f"unknown hook site {field}={name!r}; valid: {', '.join(SITES)}")
+    if SITES.index(target_site) <= SITES.index(site):
+        raise ConfigError(f"model.target_site={target_site!r} must come after model.site={site!r} in a block "
+                          f"({' -> '.join(SITES)}): a transcoder reconstructs a later activation from an earlier one")
+
+
 class HookPoints:
     """Calls `hook` at every point and records the (possibly replaced) values of `capture`."""
 
