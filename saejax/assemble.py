@@ -48,7 +48,9 @@ def describe(run: Run) -> str:
     config = run.config
     processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
     strategy = config.parallel.strategy
-    return (f"{run.sae.arch} SAE d_in={run.sae.d_in} d_sae={run.sae.d_sae} on data.source={run.source.name!r}; "
+    what = (f"transcoder d_in={run.sae.d_in} -> d_out={run.sae.d_out}" if run.sae.transcoder
+            else f"SAE d_in={run.sae.d_in}")
+    return (f"{run.sae.arch} {what} d_sae={run.sae.d_sae} on data.source={run.source.name!r}; "
             f"{jax.device_count()} {jax.default_backend()} device(s){processes}"
             + (f" as a {dict(run.where.mesh.shape)} mesh" if strategy == "mesh" else "")
             + (" as pmap replicas" if strategy == "pmap" else "") + f"; workdir {run.workdir}")

@@ -394,6 +394,28 @@ def export_transcoder(out_dir: str | Path, params: Mapping[str, Any], *, arch: s
     return out
 
 
+def load_saelens_transcoder(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A transcoder directory in SAELens' layout (`export_transcoder`, or SAELens' own) read back:
+    (tensors as float32 arrays, cfg dict), checked at the door: cfg.json's architecture is one of
+    SAELens' transcoders, d_in, d_out and d_sae positive integers, apply_b_dec_to_input not true,
+    and the weights file holds exactly that architecture's tensors, finite and shaped by those sizes.
+    Anything else is one DataError naming the file and the field or tensor."""
+    root = Path(path)
+    cfg_path, weights_path = root / CFG_FILENAME, root / WEIGHTS_FILENAME
+    cfg = check.read_json_object(cfg_path)
+    architecture = cfg.get("architecture")
+    if architecture not in SAELENS_TRANSCODER_WEIGHTS:
+        raise DataError(f"{cfg_path}: architecture={architecture!r} is not one of SAELens' transcoders "
+                        f"({', '.join(SAELENS_TRANSCODER_WEIGHTS)})")
+    sizes = {name: check.positive_int(cfg, name, cfg_path) for name in ("d_in", "d_out", "d_sae")}
+    if check.optional_field(cfg, "apply_b_dec_to_input", bool, cfg_path):
+        raise DataError(f"{cfg_path}: apply_b_dec_to_input=true, but a transcoder's encoder reads its input as it is")
+    tensors = check.read_safetensors(weights_path)
+    check.check_names(tensors, SAELENS_TRANSCODER_WEIGHTS[architecture], weights_path,
+                      f"{CFG_FILENAME}'s architecture {architecture!r}")
+    return check.check_tensors(tensors, sizes, weights_path, f"sizes {sizes} in {CFG_FILENAME}", TRANSCODER_DIMS), cfg
+
+
 def forward_saelens_transcoder(params: Mapping[str, np.ndarray], cfg: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
     """SAELens' transcoder forward (numpy): x [B, d_in] -> [B, d_out]: ReLU (jumprelu_*: also
     pre > threshold) of x @ W_enc + b_enc, decoded by W_dec + b_dec, plus x @ W_skip.T (skip_*)."""

@@ -87,12 +87,14 @@ def describe(config, workdir: str | Path) -> str:
     state = abstract_train_state(sae, loss, optimizer)
     t = config.train
     params, optimizer_state = tree_bytes(state.params), tree_bytes(state.opt_state)
-    batch = t.batch_size * sae.d_in * BATCH_DTYPE_BYTES
+    width = sae.d_in + (sae.d_out if sae.transcoder else 0)  # a transcoder's batch: inputs and targets
+    batch = t.batch_size * width * BATCH_DTYPE_BYTES
     lines += [
         f"data: data.source={source.name!r}, d_in={sae.d_in}; {rows_of(source)}",
-        f"SAE: {sae.arch}, d_in={sae.d_in}, d_sae={sae.d_sae}, {tree_size(state.params):,} parameters",
+        f"SAE: {sae.arch}, d_in={sae.d_in}, d_sae={sae.d_sae}, {tree_size(state.params):,} parameters"
+        + (f" (a transcoder to d_out={sae.d_out})" if sae.transcoder else ""),
         f"memory: params {megabytes(params)} + optimizer state {megabytes(optimizer_state)} + a batch "
-        f"[{t.batch_size}, {sae.d_in}] {megabytes(batch)} = {megabytes(params + optimizer_state + batch)} "
+        f"[{t.batch_size}, {width}] {megabytes(batch)} = {megabytes(params + optimizer_state + batch)} "
         f"(not counting the step's activations, [batch, d_sae] each)",
         f"training: {t.steps} steps of {t.batch_size} rows ({t.steps * t.batch_size:,} rows) on "
         f"{jax.device_count()} {jax.default_backend()} device(s), parallel.strategy={config.parallel.strategy!r}; "

@@ -169,15 +169,16 @@ def is_floating(dtype: np.dtype) -> bool:
     return np.issubdtype(dtype, np.floating) or dtype == np.dtype(ml_dtypes.bfloat16)
 
 
-def check_tensor(name: str, value: np.ndarray, sizes: Mapping[str, int], where: Path, origin: str) -> np.ndarray:
-    """`value` as a contiguous float32 array of shape TENSOR_DIMS[name] at `sizes` (e.g. W_dec
-    [d_sae, d_in]; `origin` says where the sizes come from). DataError naming `where` and the
-    tensor if its dtype is not floating point, its shape differs, or a value is not finite (also
-    after the cast to float32)."""
+def check_tensor(name: str, value: np.ndarray, sizes: Mapping[str, int], where: Path, origin: str,
+                 dims_of: Mapping[str, tuple[str, ...]] = TENSOR_DIMS) -> np.ndarray:
+    """`value` as a contiguous float32 array of shape dims_of[name] at `sizes` (e.g. W_dec
+    [d_sae, d_in]; a transcoder's dims_of has W_dec [d_sae, d_out]; `origin` says where the sizes
+    come from). DataError naming `where` and the tensor if its dtype is not floating point, its
+    shape differs, or a value is not finite (also after the cast to float32)."""
     value = np.asarray(value)
     if not is_floating(value.dtype):
         raise DataError(f"{where}: tensor {name} has dtype {value.dtype}, expected floating point")
-    dims = TENSOR_DIMS[name]
+    dims = dims_of[name]
     expected = tuple(sizes[dim] for dim in dims)
     if value.shape != expected:
         raise DataError(f"{where}: tensor {name} has shape {value.shape}, expected [{', '.join(dims)}] = "
@@ -192,9 +193,9 @@ def check_tensor(name: str, value: np.ndarray, sizes: Mapping[str, int], where: 
 
 
 def check_tensors(tensors: Mapping[str, Any], sizes: Mapping[str, int], where: Path,
-                  origin: str) -> dict[str, np.ndarray]:
+                  origin: str, dims_of: Mapping[str, tuple[str, ...]] = TENSOR_DIMS) -> dict[str, np.ndarray]:
     """Every tensor checked by `check_tensor` against `sizes` (d_in, d_sae): name -> float32 array."""
-    return {name: check_tensor(name, value, sizes, where, origin) for name, value in tensors.items()}
+    return {name: check_tensor(name, value, sizes, where, origin, dims_of) for name, value in tensors.items()}
 
 
 def check_finite(params: Mapping[str, np.ndarray], where: Path, what: str) -> dict[str, np.ndarray]:

@@ -287,3 +287,178 @@ def test_a_transcoder_trains_on_pairs_with_a_scale_for_inputs_and_one_for_target
     y_hat = np.asarray(sae.forward(folded, x, train=False).x_hat)
     np.testing.assert_allclose(after["fvu"], np.sum(np.square(y - y_hat)) / np.sum(np.square(y - y.mean(0))),
                                rtol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splice: the MLP's output replaced by the transcoder's reconstruction from the MLP's input.
+
+
+def test_a_transcoder_that_is_the_mlp_splices_in_exactly(tmp_path):
+    """A BERT whose MLP is ReLU(x W1 + b1) W2 + b2 is a ReLU transcoder with W_enc = W1, b_enc = b1,
+    W_dec = W2, b_dec = b2: spliced at mlp_out from mlp_in it changes nothing, zero-ablated it does."""
+    import json
+
+    import saejax
+    from saejax import splice
+
+    folder = tiny_bert(tmp_path / "bert")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    model = load_text_model(str(folder))
+    p = model.params["layers"][LAYER]
+    sae = saejax.make_sae("relu", model.d_model, p["mlp_in"]["w"].shape[1], d_out=model.d_model)
+    params = {"W_enc": p["mlp_in"]["w"], "b_enc": p["mlp_in"]["b"], "W_dec": p["mlp_out"]["w"], "b_dec": p["mlp_out"]["b"]}
+    report = splice.evaluate(model, sae, params, TEXTS[:12], layer=LAYER, site="mlp_in", target_site="mlp_out",
+                             context_length=CONTEXT)
+    assert report["fvu"] < 1e-9 and report["cos_sim"] == pytest.approx(1.0, abs=1e-6)
+    assert report["ablation_cos_sim"] < 0.999 and report["tokens"] > 0 and report["l0"] > 0
+    with pytest.raises(ConfigError, match="spliced with its target site"):
+        splice.evaluate(model, sae, params, TEXTS[:2], layer=LAYER, site="mlp_in", context_length=CONTEXT)
+    with pytest.raises(ConfigError, match="must come after model.site"):
+        splice.evaluate(model, sae, params, TEXTS[:2], layer=LAYER, site="mlp_out", target_site="mlp_in")
+
+
+def test_splice_reports_the_ce_recovered_of_a_transcoder_in_place_of_the_mlp(gemma):
+    import saejax
+    from saejax import splice
+    from saejax.models.loading import padded_batch
+
+    sae = saejax.make_sae("topk_skip", gemma.d_model, 48, k=4, d_out=gemma.d_model)
+    params = _random_params(sae, seed=4)
+    texts = TEXTS[:6]
+    report = splice.evaluate(gemma, sae, params, texts, layer=LAYER, site="mlp_in", target_site="mlp_out",
+                             context_length=CONTEXT, batch_size=len(texts))
+
+    ids, mask, keep = padded_batch(gemma, texts, CONTEXT)
+
+    def replacing(fn):
+        read = {}
+
+        def hook(layer, site, x):
+            if (layer, site) == (LAYER, "mlp_in"):
+                read["x"] = x
+            if (layer, site) != (LAYER, "mlp_out"):
+                return x
+            return jnp.where(keep[..., None], fn(read["x"], x), x)
+        return hook
+
+    def transcoded(x, _):
+        return sae.forward(params, x.reshape(-1, x.shape[-1]), train=False).x_hat.reshape(x.shape)
+
+    ce = {name: float(gemma_lib.cross_entropy(gemma.forward(ids, mask, hook=hook)[0], ids, mask))
+          for name, hook in (("clean", None), ("spliced", replacing(transcoded)),
+                             ("ablated", replacing(lambda _, y: jnp.zeros_like(y))))}
+    for name in ce:
+        assert report[f"ce_{name}"] == pytest.approx(ce[name], rel=1e-5)
+    recovered = (ce["ablated"] - ce["spliced"]) / (ce["ablated"] - ce["clean"])
+    assert report["ce_loss_recovered"] == pytest.approx(recovered, rel=1e-4, abs=1e-6)
+    assert ce["spliced"] != ce["clean"] and report["kl"] > 0
+
+    silent = {**params, **{key: jnp.zeros_like(params[key]) for key in ("W_dec", "b_dec", "W_skip")}}
+    zero = splice.evaluate(gemma, sae, silent, texts, layer=LAYER, site="mlp_in", target_site="mlp_out",
+                           context_length=CONTEXT, batch_size=len(texts))
+    assert zero["ce_spliced"] == pytest.approx(zero["ce_ablated"], rel=1e-6) and abs(zero["ce_loss_recovered"]) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# Export in SAELens' transcoder layout.
+
+EXPORTED = {"relu": "Transcoder", "jumprelu": "JumpReLUTranscoder", "batchtopk": "JumpReLUTranscoder",
+            "relu_skip": "SkipTranscoder", "jumprelu_skip": "JumpReLUSkipTranscoder",
+            "batchtopk_skip": "JumpReLUSkipTranscoder"}
+INPUT_SCALE, TARGET_SCALE = 2.5, 0.25
+
+
+@pytest.mark.saelens
+@pytest.mark.parametrize("arch", EXPORTED)
+def test_saelens_loads_the_transcoder_export_and_computes_what_we_compute(tmp_path, arch):
+    torch = pytest.importorskip("torch")
+    sae_lens = pytest.importorskip("sae_lens")
+    import saejax
+    from saejax import export
+
+    sae = saejax.make_sae(arch, D_IN, D_SAE, k=K, d_out=D_OUT)
+    params = {key: np.asarray(value) for key, value in _random_params(sae, seed=5).items()}
+    if "threshold" in params:
+        params["threshold"] = np.abs(params["threshold"]) + 0.05 if params["threshold"].ndim else np.float32(0.1)
+    export.export_transcoder(tmp_path, params, arch=arch, d_in=D_IN, d_out=D_OUT, d_sae=D_SAE, k=K,
+                             input_scale=INPUT_SCALE, target_scale=TARGET_SCALE)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path), device="cpu")
+    assert type(theirs).__name__ == EXPORTED[arch] and theirs.cfg.d_out == D_OUT
+    raw = np.random.default_rng(6).normal(size=(64, D_IN)).astype(np.float32)
+    with torch.no_grad():
+        z_theirs = theirs.encode(torch.from_numpy(raw)).numpy()
+        y_theirs = theirs(torch.from_numpy(raw)).numpy()
+    z_ours = np.asarray(sae.encode(params, raw * INPUT_SCALE))  # trained on scaled inputs and targets
+    y_ours = np.asarray(sae.forward(params, raw * INPUT_SCALE, train=False).x_hat) / TARGET_SCALE
+    assert (z_ours != 0).any() and (z_ours == 0).any()
+    np.testing.assert_allclose(z_theirs, z_ours, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y_theirs, y_ours, rtol=1e-5, atol=1e-4)
+    tensors, _ = export.load_saelens_transcoder(tmp_path)
+    np.testing.assert_allclose(export.forward_saelens_transcoder(tensors, {}, raw), y_ours, rtol=1e-5, atol=1e-4)
+
+
+def test_a_topk_transcoder_has_no_saelens_layout(tmp_path):
+    import saejax
+    from saejax import export
+    from saejax.errors import SaejaxError
+
+    sae = saejax.make_sae("topk", D_IN, D_SAE, k=K, d_out=D_OUT)
+    with pytest.raises(SaejaxError, match="a topk transcoder has no SAELens equivalent"):
+        export.export_transcoder(tmp_path, sae.init(jax.random.key(0)), arch="topk", d_in=D_IN, d_out=D_OUT,
+                                 d_sae=D_SAE)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: experiments/train.py trains a skip transcoder from the MLP's input to its output.
+
+
+def _train(workdir, model_dir, corpus, *flags):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    common = [f"--config.model.name={model_dir}", f"--config.model.layer={LAYER}", "--config.model.site=mlp_in",
+              "--config.model.target_site=mlp_out", f"--config.model.text_glob={corpus}",
+              f"--config.model.context_length={CONTEXT}", "--config.model.eval_texts=4",
+              "--config.model.dashboard_latents=0", "--config.model.max_tokens=2000", "--config.data.buffer_contexts=64",
+              "--config.data.forward_batch=4", "--config.sae.d_sae=64", "--config.sae.k=4",
+              "--config.train.batch_size=32", "--config.train.steps=40", "--config.train.checkpoint_every=20",
+              "--config.train.log_every=10", "--config.train.eval_rows=200", "--config.log.tensorboard=False",
+              "--config.log.progress=False"]
+    return subprocess.run([sys.executable, str(root / "experiments" / "train.py"), f"--workdir={workdir}", *common,
+                           *flags], capture_output=True, text=True, timeout=600, cwd=root)
+
+
+@pytest.mark.slow
+def test_train_skip_transcoders_from_the_command_line_on_the_stream_and_on_a_store(tmp_path):
+    import json
+
+    import saejax
+    from saejax import analysis
+
+    model_dir = tiny_gemma(tmp_path / "gemma")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(TEXTS))
+    streamed = _train(tmp_path / "stream", model_dir, corpus, "--config.data.source=model",
+                      "--config.sae.arch=topk_skip")
+    assert streamed.returncode == 0, streamed.stderr[-3000:]
+    summary = json.loads((tmp_path / "stream" / "summary.json").read_text())
+    assert summary["arch"] == "topk_skip" and summary["eval_split"] == "held-out"
+    assert 0 < summary["eval"]["fvu"] < 1 and "splice/ce_loss_recovered" in summary["eval"]
+    assert summary["export"] == "skipped: SAELens has no topk_skip transcoder"
+    params, config = saejax.load(tmp_path / "stream")
+    assert config.model.target_site == "mlp_out" and params["W_skip"].shape == (32, 32)
+
+    stored = _train(tmp_path / "store", model_dir, corpus, "--config.data.source=npy", "--config.data.chunk_rows=64",
+                    "--config.sae.arch=batchtopk_skip")
+    assert stored.returncode == 0, stored.stderr[-3000:]
+    summary = json.loads((tmp_path / "store" / "summary.json").read_text())
+    assert (tmp_path / "store" / "activations" / "manifest.json").exists() and summary["eval_split"] == "held-out"
+    assert 0 < summary["eval"]["fvu"] < 1 and "splice/ce_loss_recovered" in summary["eval"]
+    assert summary["export"] == str(tmp_path / "store" / "export")
+    rows = np.random.default_rng(7).normal(size=(16, 32)).astype(np.float32)
+    from_workdir, from_export = (saejax.load(tmp_path / "store" / name) for name in ("", "export"))
+    np.testing.assert_allclose(analysis.reconstruct(*from_export, rows), analysis.reconstruct(*from_workdir, rows),
+                               rtol=1e-4, atol=1e-4)

@@ -47,6 +47,8 @@ def dictionary_plots(run, state, found: dict) -> dict:
 def save_export(workdir: Path, config, sae, state) -> str:
     """SAELens-format export with the normalisation folded back in; returns what happened."""
     spec = sae.spec
+    if sae.transcoder and export.saelens_transcoder(sae.arch) is None:
+        return f"skipped: SAELens has no {sae.arch} transcoder"
     if spec.export is None:
         return f"skipped: sae.arch={sae.arch!r} has no SAELens equivalent"
     skip = spec.export_skip(sae.hparams)
@@ -55,8 +57,6 @@ def save_export(workdir: Path, config, sae, state) -> str:
     params = jax.tree.map(np.asarray, state.params)
     metadata = {"data_source": config.data.source, "seed": config.seed}
     if sae.transcoder:
-        if export.saelens_transcoder(sae.arch) is None:
-            return f"skipped: SAELens has no {sae.arch} transcoder"
         input_scale, target_scale = normalization.scales(state.norm_scale)
         path = export.export_transcoder(workdir / "export", params, arch=sae.arch, d_in=sae.d_in, d_out=sae.d_out,
                                         d_sae=sae.d_sae, k=sae.hparams["k"], input_scale=input_scale,
