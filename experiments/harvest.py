@@ -12,7 +12,7 @@ has. Rerunning the same command resumes an interrupted harvest. Then:
 
 With --target_site (a transcoder's data, e.g. --site=mlp_in --target_site=mlp_out) each row holds the
 token's activations at --site and at --target_site side by side; train a transcoder on them with
---config.data.input_columns=D_MODEL (384 for MiniLM) and --config.sae.arch=topk (or topk_skip, ...).
+--config.model.target_site=mlp_out (the same as --target_site) and --config.sae.arch=topk (or topk_skip, ...).
 """
 
 import sys

@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from saejax import checkpoint, downstream, export, from_config, normalization, validate_weights
+from saejax import checkpoint, downstream, export, from_config, normalization
 from saejax import step as step_lib
 from saejax.downstream import linear_probe_accuracy, roc_auc
 from saejax.errors import DataError, SaejaxError
@@ -82,12 +82,8 @@ def _built(make, where: Path):
 def _load_transcoder_export(path: Path):
     """(params, config) of a transcoder saejax exported (`export.export_transcoder`)."""
     params, cfg = export.load_saelens_transcoder(path)
-    where = path / EXPORT_CONFIG
-    config = ml_collections.ConfigDict(validate_weights.read_json_object(where))
-    arch = config.get("sae", {}).get("arch")
-    if not isinstance(arch, str) or export.saelens_transcoder(arch) != cfg["architecture"]:
-        raise DataError(f"{where}: sae.arch={arch!r} is not exported as SAELens' {cfg['architecture']!r}")
-    _built(lambda: from_config.sae_of(config, int(cfg["d_in"]), int(cfg["d_out"])), where)
+    config = ml_collections.ConfigDict(export.read_transcoder_export_config(path, cfg))
+    _built(lambda: from_config.sae_of(config, int(cfg["d_in"]), int(cfg["d_out"])), path / EXPORT_CONFIG)
     ours = (cfg.get("metadata") or {}).get("saejax") or {}
     config.norm_scale = float(ours.get("norm_scale_folded") or 1.0)
     config.target_norm_scale = float(ours.get("target_norm_scale_folded") or 1.0)
@@ -95,8 +91,7 @@ def _load_transcoder_export(path: Path):
 
 
 def _load_export(path: Path):
-    if validate_weights.read_json_object(path / export.CFG_FILENAME).get("architecture") in \
-            export.SAELENS_TRANSCODER_WEIGHTS:
+    if export.is_transcoder_export(path):
         return _load_transcoder_export(path)
     params, cfg = export.load_saelens(path)
     where = path / EXPORT_CONFIG

@@ -191,12 +191,10 @@ FIELDS = (
     Field("model.eval_texts", 300, "held-out texts (every 10th) for the splice evaluation after training"),
     Field("model.dashboard_latents", 32, "feature dashboards (DIR/dashboards) for this many latents; 0 = none"),
 
-    # transcoders: reconstruct another activation than the input (saejax/data/pairs.py); rows hold the
-    # input and the target side by side, input first
+    # transcoders (saejax/data/pairs.py): each harvested or streamed row holds model.site's and
+    # model.target_site's activations of one token side by side, input first
     Field("model.target_site", "", "transcoder: the hook point of model.layer reconstructed from model.site's "
           "(e.g. mlp_out from mlp_in; sae.arch relu | topk | batchtopk | jumprelu or a *_skip); empty = an SAE"),
-    Field("data.input_columns", 0, "npy: > 0: each stored row is a transcoder's input (its first input_columns "
-          "columns) and target (the rest); 0: an SAE's rows (or, with model.target_site, half and half)"),
 
     # log: where metrics go besides metrics.jsonl
     Field("log.tensorboard", True, "write TensorBoard event files to DIR/tensorboard"),

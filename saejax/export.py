@@ -416,6 +416,23 @@ def load_saelens_transcoder(path: str | Path) -> tuple[dict[str, np.ndarray], di
     return check.check_tensors(tensors, sizes, weights_path, f"sizes {sizes} in {CFG_FILENAME}", TRANSCODER_DIMS), cfg
 
 
+def is_transcoder_export(path: str | Path) -> bool:
+    """Whether the SAELens directory `path`'s cfg.json names one of SAELens' transcoder architectures."""
+    return check.read_json_object(Path(path) / CFG_FILENAME).get("architecture") in SAELENS_TRANSCODER_WEIGHTS
+
+
+def read_transcoder_export_config(path: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The run config saved beside a transcoder saejax exported (saejax_config.json) as a dict, checked
+    against the export's cfg dict (`load_saelens_transcoder`): its sae.arch is written as cfg.json's
+    architecture. DataError naming the file and the field otherwise."""
+    where = Path(path) / SAEJAX_CONFIG_FILENAME
+    config = check.read_json_object(where)
+    arch = config.get("sae", {}).get("arch") if isinstance(config.get("sae"), dict) else None
+    if not isinstance(arch, str) or saelens_transcoder(arch) != cfg["architecture"]:
+        raise DataError(f"{where}: sae.arch={arch!r} is not exported as SAELens' {cfg['architecture']!r}")
+    return config
+
+
 def forward_saelens_transcoder(params: Mapping[str, np.ndarray], cfg: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
     """SAELens' transcoder forward (numpy): x [B, d_in] -> [B, d_out]: ReLU (jumprelu_*: also
     pre > threshold) of x @ W_enc + b_enc, decoded by W_dec + b_dec, plus x @ W_skip.T (skip_*)."""

@@ -12,9 +12,9 @@ from saejax.sae import SAE, registry, sae_from_config
 
 
 def is_transcoder(config) -> bool:
-    """Whether a run's config trains a transcoder: its data are (input, target) pairs, by
-    model.target_site or data.input_columns (`saejax.data.pair_columns`)."""
-    return bool(config.get("model", {}).get("target_site") or config.get("data", {}).get("input_columns"))
+    """Whether a run's config trains a transcoder: model.target_site is set (its data are (input,
+    target) pairs, `saejax.data.pair_columns`)."""
+    return bool(config.get("model", {}).get("target_site"))
 
 
 def sae_of(config, d_in: int, d_out: int | None = None) -> SAE:
@@ -43,8 +43,8 @@ def check_transcoder_run(config) -> None:
     inputs, which live in another space than a transcoder's outputs) and parallel strategies other
     than 'none' (their batch layouts are for one array, not an (inputs, targets) pair)."""
     if config.train.resample_every:
-        raise ConfigError("train.resample_every > 0 is not supported for transcoders (model.target_site or "
-                          "data.input_columns set): resampling points decoder rows at inputs; leave it at 0")
+        raise ConfigError("train.resample_every > 0 is not supported for transcoders (model.target_site set): "
+                          "resampling points decoder rows at inputs; leave it at 0")
     if config.parallel.strategy != "none":
         raise ConfigError(f"parallel.strategy={config.parallel.strategy!r} is not supported for transcoders yet; "
                           "use 'none'")

@@ -126,9 +126,9 @@ def restore_latest(workdir: Path, source, sae, ckpt: checkpoint.Checkpointer, st
     if saved is not None and saved != (sae.d_out or sae.d_in,):
         what = "targets" if sae.transcoder else "rows"
         raise ConfigError(
-            f"--workdir={workdir} holds a checkpoint of an SAE with d_{'out' if sae.transcoder else 'in'}={saved[0]}, "
-            f"but data.source={source.name!r} now gives {what} of width {sae.d_out or sae.d_in}; use a new --workdir or "
-            "the original data"
+            f"--workdir={workdir} holds a checkpoint of an SAE with d_{'out' if sae.transcoder else 'in'}="
+            f"{saved[0]}, but data.source={source.name!r} now gives {what} of width {sae.d_out or sae.d_in}; use a "
+            "new --workdir or the original data"
         )
     try:
         restored, at, damaged = ckpt.restore_latest_good(state, is_good=lambda s: step.all_finite(s.params),

@@ -36,8 +36,8 @@ def _tokens(model, n=6):
     return model.tokenize(TEXTS[:n], CONTEXT)
 
 
-def _bert_mlp(p, x, config):
-    return bert_lib._dense(bert_lib._activation(config)(bert_lib._dense(x, p["mlp_in"])), p["mlp_out"])
+def _bert_mlp(p, x, act):
+    return bert_lib._dense(bert_lib._activation(act)(bert_lib._dense(x, p["mlp_in"])), p["mlp_out"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_a_harvested_store_of_pairs_hands_out_aligned_inputs_and_targets(bert, t
         _assert_aligned(source.batch(step, 32), mlp)
     _assert_aligned(source.heldout_batch(0, 32), mlp)
     _assert_aligned(source.sample(50), mlp)
-    config.model.target_site, config.data.input_columns = "", bert.d_model  # or split by data.input_columns
+    config.model.name = ""  # a store of pairs needs no model to train on
     _assert_aligned(make_source(config.data, 0, model=config.model).batch(0, 32), mlp)
 
 
@@ -239,8 +239,8 @@ def test_the_stream_of_pairs_hands_out_aligned_inputs_and_targets(name, bert, ge
     with pytest.raises(ConfigError, match="model.target_site='mlp_in' must come after model.site='mlp_out'"):
         ModelSource(model, lambda: iter(TEXTS), lambda: iter(()), seed=0, layer=LAYER, site="mlp_out",
                     target_site="mlp_in")
-    config.model.name, config.data.source = "", "npy"
-    with pytest.raises(ConfigError, match="model.target_site='mlp_out' is a site of model.name's model"):
+    config.data.source = "synthetic"
+    with pytest.raises(ConfigError, match="model.target_site='mlp_out' trains a transcoder on pairs of a text model"):
         make_source(config.data, 0, model=config.model)
 
 
@@ -307,7 +307,8 @@ def test_a_transcoder_that_is_the_mlp_splices_in_exactly(tmp_path):
     model = load_text_model(str(folder))
     p = model.params["layers"][LAYER]
     sae = saejax.make_sae("relu", model.d_model, p["mlp_in"]["w"].shape[1], d_out=model.d_model)
-    params = {"W_enc": p["mlp_in"]["w"], "b_enc": p["mlp_in"]["b"], "W_dec": p["mlp_out"]["w"], "b_dec": p["mlp_out"]["b"]}
+    params = {"W_enc": p["mlp_in"]["w"], "b_enc": p["mlp_in"]["b"], "W_dec": p["mlp_out"]["w"],
+              "b_dec": p["mlp_out"]["b"]}
     report = splice.evaluate(model, sae, params, TEXTS[:12], layer=LAYER, site="mlp_in", target_site="mlp_out",
                              context_length=CONTEXT)
     assert report["fvu"] < 1e-9 and report["cos_sim"] == pytest.approx(1.0, abs=1e-6)
@@ -422,7 +423,8 @@ def _train(workdir, model_dir, corpus, *flags):
     common = [f"--config.model.name={model_dir}", f"--config.model.layer={LAYER}", "--config.model.site=mlp_in",
               "--config.model.target_site=mlp_out", f"--config.model.text_glob={corpus}",
               f"--config.model.context_length={CONTEXT}", "--config.model.eval_texts=4",
-              "--config.model.dashboard_latents=0", "--config.model.max_tokens=2000", "--config.data.buffer_contexts=64",
+              "--config.model.dashboard_latents=0", "--config.model.max_tokens=2000",
+              "--config.data.buffer_contexts=64",
               "--config.data.forward_batch=4", "--config.sae.d_sae=64", "--config.sae.k=4",
               "--config.train.batch_size=32", "--config.train.steps=40", "--config.train.checkpoint_every=20",
               "--config.train.log_every=10", "--config.train.eval_rows=200", "--config.log.tensorboard=False",

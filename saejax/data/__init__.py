@@ -15,7 +15,7 @@ Sources (``c.data.source``):
 - ``tabular``: river's bundled Shuttle table for anomaly detection (`saejax.data.tabular`).
 - ``model``: a text model's activations, computed on the fly from ``c.model`` (`saejax.data.stream`).
 
-A transcoder's source (``model.target_site``, or ``data.input_columns`` > 0) hands out pairs
+A transcoder's source (``model.target_site`` set) hands out pairs
 ``(inputs [B, d_in], targets [B, d_out])`` instead: its rows hold both side by side
 (`saejax.data.pairs`), and it has a ``d_out``.
 
@@ -208,26 +208,26 @@ def make_source(data: ml_collections.ConfigDict, seed: int, *, whole_batches: bo
 
 
 def pair_columns(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None, width: int) -> int:
-    """How many of the `width` columns of each row are a transcoder's input (the rest its target); 0
-    for an SAE's rows. ``data.input_columns`` when set, else half the row with ``model.target_site``
-    (the rows of two hook points of one model, each d_model wide)."""
+    """How many of the `width` columns of each row are a transcoder's input (the rest its target):
+    half of them with ``model.target_site`` (a row holds two hook points of one model, d_model
+    columns each), 0 for an SAE's rows. DataError for rows that do not split in two."""
     check_pair_fields(data, model)
-    columns, target_site = data.get("input_columns", 0), (model or {}).get("target_site", "")
-    return columns or (width // 2 if target_site else 0)
+    if not (model or {}).get("target_site"):
+        return 0
+    if width % 2:
+        raise DataError(f"model.target_site={model.target_site!r}: the rows of data.source={data.source!r} have "
+                        f"{width} columns, not an input and a target of one width each")
+    return width // 2
 
 
 def check_pair_fields(data: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None) -> None:
-    """ConfigError for a model.target_site without model.name, or data.input_columns on a source other
-    than a store (npy) or below 0."""
-    columns, target_site = data.get("input_columns", 0), (model or {}).get("target_site", "")
-    if target_site and not model.get("name"):
-        raise ConfigError(f"model.target_site={target_site!r} is a site of model.name's model, which is empty; set "
-                          "model.name, or data.input_columns for a store of (input, target) rows")
-    if columns and data.source != "npy":
-        raise ConfigError(f"data.input_columns={columns} is for stored pairs (data.source='npy'), not "
-                          f"data.source={data.source!r}")
-    if columns < 0:
-        raise ConfigError(f"data.input_columns={columns} must be >= 0 (0: the rows are an SAE's)")
+    """ConfigError for a model.target_site on a source whose rows are not a text model's activations
+    (npy: a store harvested with a target site; model: the stream)."""
+    target_site = (model or {}).get("target_site", "")
+    if target_site and data.source not in ("npy", "model"):
+        raise ConfigError(f"model.target_site={target_site!r} trains a transcoder on pairs of a text model's "
+                          "activations: data.source must be 'npy' (a store harvested with a target site) or 'model', "
+                          f"not {data.source!r}")
 
 
 def as_pairs(source: Source, data: ml_collections.ConfigDict, model: ml_collections.ConfigDict | None) -> Source:

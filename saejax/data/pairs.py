@@ -19,7 +19,7 @@ is the target of row i of the inputs by construction. `PairSource` wraps such a 
 
 import numpy as np
 
-from saejax.errors import ConfigError, DataError
+from saejax.errors import DataError
 
 
 def split_rows(rows: np.ndarray, input_columns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,8 +50,8 @@ class PairSource:
 
     def __init__(self, rows, input_columns: int) -> None:
         if not 0 < input_columns < rows.d_in:
-            raise ConfigError(f"data.input_columns={input_columns} must leave a target: the rows of "
-                              f"data.source={rows.name!r} have {rows.d_in} columns")
+            raise DataError(f"rows of data.source={rows.name!r} have {rows.d_in} columns: no input of "
+                            f"{input_columns} columns and a target")
         self.rows, self.d_in, self.d_out = rows, input_columns, rows.d_in - input_columns
 
     @property

@@ -98,8 +98,9 @@ class ModelSource:
         self.capture = harvest.capture_at(model, layer, site, target_site)
         self.order = TextOrder(texts, seed, shuffle_texts)
         sites = f"{site} -> {target_site} pairs" if target_site else site
-        self.description = (f"activations of {model.name} layer {layer} {sites}, computed in fills of {buffer_contexts} "
-                            f"contexts of <= {context_length} tokens; held out: every {harvest.HELD_OUT_EVERY}th text")
+        self.description = (f"activations of {model.name} layer {layer} {sites}, computed in fills of "
+                            f"{buffer_contexts} contexts of <= {context_length} tokens; held out: every "
+                            f"{harvest.HELD_OUT_EVERY}th text")
         self._heldout_texts = heldout_texts
         self._lock = threading.RLock()
         self._fills: OrderedDict = OrderedDict()
@@ -119,7 +120,8 @@ class ModelSource:
     def rows_of(self, texts: list[str]) -> np.ndarray:
         """float32 [rows, d_in]: the texts' rows as a harvest of them writes them, chunk by chunk."""
         chunks = [harvest.chunk_rows(self.model, self.capture, texts[c:c + self.chunk_texts], self.context_length,
-                                     self.forward_batch, width=self.d_in) for c in range(0, len(texts), self.chunk_texts)]
+                                     self.forward_batch, width=self.d_in)
+                  for c in range(0, len(texts), self.chunk_texts)]
         return np.concatenate(chunks) if chunks else np.zeros((0, self.d_in), np.float32)
 
     # -- training fills -----------------------------------------------------------------------

@@ -8,7 +8,8 @@ directory: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json`` for `to
 
 Post-LayerNorm blocks as in the original BERT: h ← LN(h + attn_out), h ← LN(h + mlp_out); the
 hook points (`saejax.models`) are attn_out and mlp_out before they are added, mlp_in the MLP's
-input (h after the attention LayerNorm) and resid_post after the block's final LayerNorm. Weights stay float32 as stored.
+input (h after the attention LayerNorm) and resid_post after the block's final LayerNorm.
+Weights stay float32 as stored.
 """
 
 import json

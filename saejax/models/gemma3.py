@@ -16,7 +16,8 @@ logits through the tied embedding.
 RMSNorm multiplies by (1 + w) in Hugging Face's checkpoints; GGUF files store (1 + w) already, so
 `load` keeps one convention: the params hold the full multiplier. Hook points (`saejax.models`):
 attn_out and mlp_out after their post-norms (what is added to the residual), mlp_in after the MLP's
-pre-norm (what the MLP reads), resid_post after the block. The residual stream is large (1e4–1e5): normalise before training an SAE on it.
+pre-norm (what the MLP reads), resid_post after the block. The residual stream is large (1e4–1e5):
+normalise before training an SAE on it.
 """
 
 import json

@@ -7,7 +7,8 @@ Each architecture is one `registry.Architecture` spec, registered here in this o
     matryoshka.py  matryoshka                       mlp.py         mlp (deep Flax encoder/decoder)
     skip.py        relu_skip, topk_skip, batchtopk_skip, jumprelu_skip (skip transcoders)
 
-built from the shared linear blocks of `linear` and assembled into an `SAE` by `core.make_sae`:
+built from the shared linear blocks of `linear` (listed in `shipped`) and assembled into an `SAE` by
+`core.make_sae`:
 
     sae = make_sae("topk", d_in=512, d_sae=8192, k=32)
     params = sae.init(jax.random.key(0))
@@ -21,7 +22,7 @@ input (``make_sae(arch, d_in, d_sae, d_out=d_out)``: `registry.Architecture.sepa
 skip transcoders are transcoders only.
 """
 
-from saejax.sae import gated, jumprelu, matryoshka, mlp, registry, relu, skip, topk
+from saejax.sae import registry, shipped
 from saejax.sae.core import (
     SAE,
     SPARSE_MIN_RATIO,
@@ -34,7 +35,7 @@ from saejax.sae.core import (
     sae_from_config,
 )
 
-for _spec in (relu.SPEC, topk.TOPK, topk.BATCHTOPK, jumprelu.SPEC, gated.SPEC, matryoshka.SPEC, mlp.SPEC):
+for _spec in shipped.SAES:
     registry.register(_spec)
 
 # The SAE architectures saejax ships (`registry.names()` also lists the skip transcoders and any
@@ -42,8 +43,8 @@ for _spec in (relu.SPEC, topk.TOPK, topk.BATCHTOPK, jumprelu.SPEC, gated.SPEC, m
 ARCHITECTURES = registry.names()
 TIEABLE = tuple(name for name in ARCHITECTURES if registry.get(name).tieable)
 
-for _spec in (relu.SPEC, topk.TOPK, topk.BATCHTOPK, jumprelu.SPEC):
-    registry.register(skip.skip_variant(_spec))
+for _spec in shipped.SKIP_TRANSCODERS:
+    registry.register(_spec)
 
 # The architectures that can be transcoders, and the skip transcoders among them.
 TRANSCODERS = tuple(name for name in registry.names() if registry.get(name).separate_output)

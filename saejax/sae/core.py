@@ -134,7 +134,8 @@ def _validate(spec: registry.Architecture, opts: registry.Options) -> None:
     if opts.transcoder and not spec.separate_output:
         transcoders = [name for name in registry.names() if registry.get(name).separate_output]
         raise ConfigError(f"sae.arch={arch!r} reconstructs its input and cannot be a transcoder (a target of width "
-                          f"d_out={opts.d_out} from inputs of width d_in={d_in}); transcoders: {', '.join(transcoders)}")
+                          f"d_out={opts.d_out} from inputs of width d_in={d_in}); transcoders: "
+                          f"{', '.join(transcoders)}")
     if spec.needs_target and not opts.transcoder:
         raise ConfigError(f"sae.arch={arch!r} is a skip transcoder: it reconstructs a target other than its input "
                           "(set model.target_site, e.g. mlp_out with model.site=mlp_in)")
