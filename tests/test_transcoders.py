@@ -6,6 +6,11 @@ On tiny random BERT and Gemma-3 models: the mlp_in hook point is what the MLP re
 the splice replaces the MLP's output and reports CE recovered; SAELens loads the export and computes
 what we compute."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,11 +18,21 @@ import pytest
 
 pytest.importorskip("tokenizers")
 
-from saejax.errors import ConfigError  # noqa: E402
+import saejax  # noqa: E402
+from saejax import analysis, export, from_config, harvest, initializers, normalization, splice  # noqa: E402
+from saejax import step as step_lib  # noqa: E402
+from saejax.config import base_config  # noqa: E402
+from saejax.data import as_pairs, make_source  # noqa: E402
+from saejax.data.pairs import PairSource  # noqa: E402
+from saejax.data.stream import ModelSource  # noqa: E402
+from saejax.errors import ConfigError, SaejaxError  # noqa: E402
+from saejax.evaluate import heldout  # noqa: E402
 from saejax.models import bert as bert_lib  # noqa: E402
 from saejax.models import gemma3 as gemma_lib  # noqa: E402
-from saejax.models.loading import load_text_model  # noqa: E402
+from saejax.models.loading import load_text_model, padded_batch  # noqa: E402
 from test_stream import TEXTS, tiny_bert, tiny_gemma  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LAYER, CONTEXT = 1, 16
 
@@ -117,8 +132,6 @@ def _dense_formula(arch, params, x):
 @pytest.mark.parametrize("arch,sparse", [("relu", False), ("topk", False), ("topk", True), ("relu_skip", False),
                                          ("topk_skip", False), ("topk_skip", True)])
 def test_transcoder_gradients_are_those_of_the_dense_formula(arch, sparse):
-    import saejax
-
     sae = saejax.make_sae(arch, D_IN, D_SAE, k=K, d_out=D_OUT, sparse=sparse)
     assert sae.transcoder and sae.d_out == D_OUT and sae.hparams["sparse"] == sparse
     params = _random_params(sae)
@@ -143,8 +156,6 @@ def test_transcoder_gradients_are_those_of_the_dense_formula(arch, sparse):
 
 
 def test_the_skip_term_starts_at_zero_and_adds_x_times_w_skip():
-    import saejax
-
     base, skip = (saejax.make_sae(arch, D_IN, D_SAE, k=K, d_out=D_OUT) for arch in ("topk", "topk_skip"))
     params = skip.init(jax.random.key(0))
     assert params["W_skip"].shape == (D_OUT, D_IN) and not np.any(params["W_skip"])
@@ -171,12 +182,9 @@ def _gemma_mlp_of(model):
 
 
 def _run_config(model, **fields):
-    from saejax.config import base_config
-
     config = base_config()
-    config.model.name, config.model.layer, config.model.site, config.model.target_site = model.name, LAYER, "mlp_in", \
-        "mlp_out"
-    config.model.context_length = CONTEXT
+    config.model.name, config.model.layer, config.model.context_length = model.name, LAYER, CONTEXT
+    config.model.site, config.model.target_site = "mlp_in", "mlp_out"
     for path, value in fields.items():
         section, name = path.split("__")
         config[section][name] = value
@@ -191,10 +199,6 @@ def _assert_aligned(pairs, mlp, rtol=1e-4, atol=1e-4):
 
 
 def test_a_harvested_store_of_pairs_hands_out_aligned_inputs_and_targets(bert, tmp_path):
-    from saejax import harvest
-    from saejax.data import make_source
-    from saejax.data.pairs import PairSource
-
     texts = TEXTS[:40]
     kwargs = dict(layer=LAYER, context_length=CONTEXT, batch_size=4, rows_per_shard=64)
     manifest = harvest.harvest(bert, texts, site="mlp_in", target_site="mlp_out", out_dir=tmp_path / "pairs", **kwargs)
@@ -221,9 +225,6 @@ def test_a_harvested_store_of_pairs_hands_out_aligned_inputs_and_targets(bert, t
 
 @pytest.mark.parametrize("name", ["bert", "gemma"])
 def test_the_stream_of_pairs_hands_out_aligned_inputs_and_targets(name, bert, gemma):
-    from saejax.data import as_pairs, make_source
-    from saejax.data.stream import ModelSource
-
     model = {"bert": bert, "gemma": gemma}[name]
     config = _run_config(model, data__source="model", data__buffer_contexts=32, data__forward_batch=4,
                          data__heldout_max_rows=40)
@@ -249,12 +250,6 @@ def test_the_stream_of_pairs_hands_out_aligned_inputs_and_targets(name, bert, ge
 
 
 def test_a_transcoder_trains_on_pairs_with_a_scale_for_inputs_and_one_for_targets(gemma):
-    from saejax import from_config, initializers, normalization
-    from saejax import step as step_lib
-    from saejax.data import as_pairs
-    from saejax.data.stream import ModelSource
-    from saejax.evaluate import heldout
-
     config = _run_config(gemma, sae__arch="topk_skip", sae__d_sae=64, sae__k=4, train__batch_size=32,
                          train__eval_rows=64, data__source="model")
     rows = ModelSource(gemma, lambda: iter(TEXTS[10:]), lambda: iter(TEXTS[:10]), seed=0, layer=LAYER, site="mlp_in",
@@ -263,7 +258,7 @@ def test_a_transcoder_trains_on_pairs_with_a_scale_for_inputs_and_one_for_target
     source = as_pairs(rows, config.data, config.model)
     sae, loss, optimizer = from_config.model_from_config(config, source.d_in, source.d_out)
     assert sae.transcoder and sae.arch == "topk_skip"
-    inputs, targets = sample = source.sample(256)
+    _, targets = sample = source.sample(256)
     state = step_lib.init_train_state(sae, loss, optimizer, jax.random.key(0), sample)
     assert state.norm_scale.shape == (2,)
     for half, scale in zip(sample, np.asarray(state.norm_scale)):  # E||s·x||² = width, for each half
@@ -296,11 +291,6 @@ def test_a_transcoder_trains_on_pairs_with_a_scale_for_inputs_and_one_for_target
 def test_a_transcoder_that_is_the_mlp_splices_in_exactly(tmp_path):
     """A BERT whose MLP is ReLU(x W1 + b1) W2 + b2 is a ReLU transcoder with W_enc = W1, b_enc = b1,
     W_dec = W2, b_dec = b2: spliced at mlp_out from mlp_in it changes nothing, zero-ablated it does."""
-    import json
-
-    import saejax
-    from saejax import splice
-
     folder = tiny_bert(tmp_path / "bert")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
@@ -320,10 +310,6 @@ def test_a_transcoder_that_is_the_mlp_splices_in_exactly(tmp_path):
 
 
 def test_splice_reports_the_ce_recovered_of_a_transcoder_in_place_of_the_mlp(gemma):
-    import saejax
-    from saejax import splice
-    from saejax.models.loading import padded_batch
-
     sae = saejax.make_sae("topk_skip", gemma.d_model, 48, k=4, d_out=gemma.d_model)
     params = _random_params(sae, seed=4)
     texts = TEXTS[:6]
@@ -375,9 +361,6 @@ INPUT_SCALE, TARGET_SCALE = 2.5, 0.25
 def test_saelens_loads_the_transcoder_export_and_computes_what_we_compute(tmp_path, arch):
     torch = pytest.importorskip("torch")
     sae_lens = pytest.importorskip("sae_lens")
-    import saejax
-    from saejax import export
-
     sae = saejax.make_sae(arch, D_IN, D_SAE, k=K, d_out=D_OUT)
     params = {key: np.asarray(value) for key, value in _random_params(sae, seed=5).items()}
     if "threshold" in params:
@@ -400,10 +383,6 @@ def test_saelens_loads_the_transcoder_export_and_computes_what_we_compute(tmp_pa
 
 
 def test_a_topk_transcoder_has_no_saelens_layout(tmp_path):
-    import saejax
-    from saejax import export
-    from saejax.errors import SaejaxError
-
     sae = saejax.make_sae("topk", D_IN, D_SAE, k=K, d_out=D_OUT)
     with pytest.raises(SaejaxError, match="a topk transcoder has no SAELens equivalent"):
         export.export_transcoder(tmp_path, sae.init(jax.random.key(0)), arch="topk", d_in=D_IN, d_out=D_OUT,
@@ -415,11 +394,6 @@ def test_a_topk_transcoder_has_no_saelens_layout(tmp_path):
 
 
 def _train(workdir, model_dir, corpus, *flags):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     common = [f"--config.model.name={model_dir}", f"--config.model.layer={LAYER}", "--config.model.site=mlp_in",
               "--config.model.target_site=mlp_out", f"--config.model.text_glob={corpus}",
               f"--config.model.context_length={CONTEXT}", "--config.model.eval_texts=4",
@@ -429,17 +403,12 @@ def _train(workdir, model_dir, corpus, *flags):
               "--config.train.batch_size=32", "--config.train.steps=40", "--config.train.checkpoint_every=20",
               "--config.train.log_every=10", "--config.train.eval_rows=200", "--config.log.tensorboard=False",
               "--config.log.progress=False"]
-    return subprocess.run([sys.executable, str(root / "experiments" / "train.py"), f"--workdir={workdir}", *common,
-                           *flags], capture_output=True, text=True, timeout=600, cwd=root)
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), f"--workdir={workdir}", *common,
+                           *flags], capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
 @pytest.mark.slow
 def test_train_skip_transcoders_from_the_command_line_on_the_stream_and_on_a_store(tmp_path):
-    import json
-
-    import saejax
-    from saejax import analysis
-
     model_dir = tiny_gemma(tmp_path / "gemma")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(TEXTS))
