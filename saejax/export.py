@@ -169,6 +169,12 @@ def export_saelens(
     tied = "W_enc" not in params
     tensors = _saelens_tensors(normalization.fold(params, norm_scale), arch, d_in, d_sae)
     cfg = _saelens_cfg(arch, d_in, d_sae, k, norm_scale, tied, metadata)
+    return _write_folder(out_dir, tensors, cfg)
+
+
+def _write_folder(out_dir: str | Path, tensors: dict[str, np.ndarray], cfg: dict) -> Path:
+    """out_dir/sae_weights.safetensors and out_dir/cfg.json (SAELens' layout); SaejaxError when cfg is
+    not JSON (checked before anything is written)."""
     try:
         cfg_text = json.dumps(cfg, indent=2, allow_nan=False)
     except (TypeError, ValueError) as err:
@@ -383,15 +389,7 @@ def export_transcoder(out_dir: str | Path, params: Mapping[str, Any], *, arch: s
                                    "norm_scale_folded": float(input_scale),
                                    "target_norm_scale_folded": float(target_scale)},
                         **dict(metadata or {})}}
-    try:
-        cfg_text = json.dumps(cfg, indent=2, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise SaejaxError(f"export metadata is not JSON-serialisable: {err}") from None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / WEIGHTS_FILENAME))
-    (out / CFG_FILENAME).write_text(cfg_text + "\n")
-    return out
+    return _write_folder(out_dir, tensors, cfg)
 
 
 def load_saelens_transcoder(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
