@@ -43,16 +43,20 @@ from saejax.data.stream import ModelSource
 from saejax.errors import ConfigError
 from saejax.models.loading import PACKAGED, load_text_model, resolve_path
 
-flags.DEFINE_string("model", "minilm", "minilm, gemma3-270m, or a BERT/Gemma-3 directory or .gguf file")
-flags.DEFINE_integer("texts", 512, "texts of the default corpus to run through both models")
-flags.DEFINE_integer("repeats", 3, "timed passes over the texts (median reported), after one warm-up pass")
-flags.DEFINE_integer("layer", -1, "hook layer (resid_post); -1: n_layers // 2")
-flags.DEFINE_integer("context_length", 128, "tokens per context")
-flags.DEFINE_integer("batch", 32, "contexts per forward")
-flags.DEFINE_integer("step_d_sae", 3072, "latents of the TopK step compared against")
-flags.DEFINE_integer("step_batch", 4096, "rows per TopK step")
-flags.DEFINE_integer("step_repeats", 5, "timed TopK steps (median)")
-flags.DEFINE_string("out", "benchmarks/results/latest/stream_throughput", "output folder")
+
+def define_flags() -> None:
+    """The command line's flags, defined only when this file runs as a program: other benchmarks imported
+    beside it in one process (the tests) define flags of the same names."""
+    flags.DEFINE_string("model", "minilm", "minilm, gemma3-270m, or a BERT/Gemma-3 directory or .gguf file")
+    flags.DEFINE_integer("texts", 512, "texts of the default corpus to run through both models")
+    flags.DEFINE_integer("repeats", 3, "timed passes over the texts (median reported), after one warm-up pass")
+    flags.DEFINE_integer("layer", -1, "hook layer (resid_post); -1: n_layers // 2")
+    flags.DEFINE_integer("context_length", 128, "tokens per context")
+    flags.DEFINE_integer("batch", 32, "contexts per forward")
+    flags.DEFINE_integer("step_d_sae", 3072, "latents of the TopK step compared against")
+    flags.DEFINE_integer("step_batch", 4096, "rows per TopK step")
+    flags.DEFINE_integer("step_repeats", 5, "timed TopK steps (median)")
+    flags.DEFINE_string("out", "benchmarks/results/latest/stream_throughput", "output folder")
 
 
 def corpus(n: int, context_length: int) -> list[str]:
@@ -244,4 +248,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
