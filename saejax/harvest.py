@@ -50,23 +50,35 @@ def _batches(texts: Iterable[str], size: int):
         yield batch
 
 
+def _jitted_capture(model, points: list[tuple[int, str]], join):
+    """Jitted (params, ids int32 [B, T], mask int32 [B, T]) -> join([the activations at each of `points`
+    [B, T, d_model]]) from one forward of `model`; the params are an argument, not constants baked
+    into the program."""
+    def capture(params, ids, mask):
+        captured = model.apply(params, ids, mask, capture=points)[1]
+        return join([captured[point] for point in points])
+
+    return jax.jit(capture)
+
+
 def capture_at(model, layer: int, site: str, target_site: str | None = None):
     """Jitted (params, ids int32 [B, T], mask int32 [B, T]) -> the activations at (layer, site)
     [B, T, d_model] of `model` (a `saejax.models.loading.TextModel`); with `target_site`, those at
     (layer, site) and (layer, target_site) side by side, [B, T, 2·d_model] (a transcoder's input and
-    target, from one forward pass). The params are an argument, not constants baked into the program.
-    ConfigError naming a layer or site that does not exist, or a target site that is not after the
-    input site (`check_transcoder_sites`)."""
+    target, from one forward pass). ConfigError naming a layer or site that does not exist, or a
+    target site that is not after the input site (`check_transcoder_sites`)."""
     points = [(layer, site)] + ([(layer, target_site)] if target_site else [])
     check_points(points, model.n_layers)
     if target_site:
         check_transcoder_sites(site, target_site)
+    return _jitted_capture(model, points, lambda parts: jnp.concatenate(parts, -1) if target_site else parts[0])
 
-    def capture(params, ids, mask):
-        captured = model.apply(params, ids, mask, capture=points)[1]
-        return jnp.concatenate([captured[point] for point in points], -1) if target_site else captured[points[0]]
 
-    return jax.jit(capture)
+def capture_points(model, points: tuple[tuple[int, str], ...]):
+    """Jitted (params, ids int32 [B, T], mask int32 [B, T]) -> the activations at every one of `points`
+    [B, T, P, d_model], from one forward (several hook points, `saejax.hookpoints`)."""
+    points = check_points(points, model.n_layers)
+    return _jitted_capture(model, list(points), lambda parts: jnp.stack(parts, axis=2))
 
 
 def row_width(model, target_site: str | None = None) -> int:

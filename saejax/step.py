@@ -82,8 +82,8 @@ def init_train_state(
     inputs, targets = sample if isinstance(sample, tuple) else (sample, sample)
     params = jax.jit(sae.init)(key)
     normalized = np.asarray(inputs, np.float32) * normalization.input_scale(scale)
-    params["b_dec"] = initializers.initial_b_dec(
-        np.asarray(targets, np.float32) * normalization.target_scale(scale), init_b_dec)
+    targets = normalized if targets is inputs else np.asarray(targets, np.float32) * normalization.target_scale(scale)
+    params["b_dec"] = initializers.initial_b_dec(targets, init_b_dec)
     if threshold_rate is not None and sae.spec.learned_thresholds:
         pre_acts = jax.jit(sae.pre_acts_of)(params, normalized, None)
         params["threshold"] = initializers.jumprelu_thresholds(pre_acts, threshold_rate)

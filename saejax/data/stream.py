@@ -51,8 +51,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from itertools import islice
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -61,23 +59,11 @@ from saejax.data import STREAM_FILL, STREAM_SAMPLE, check_batch_args, check_samp
 from saejax.data.store import RunningStats
 from saejax.data.texts import TextOrder
 from saejax.errors import ConfigError, DataError
-from saejax.models.hooks import check_points, parse_points, point_name
+from saejax.models.hooks import parse_points, point_name
 
 FILL_USE = 0.9  # share of a fill's expected rows it hands out (a fill's rows vary by ~2 % at F=1024)
 ESTIMATE_TEXTS = 4096  # texts whose mean rows per context sizes every fill
 _CACHED = 2  # fills (and held-out chunks) kept in memory
-
-
-def capture_points(model, points: tuple[tuple[int, str], ...]):
-    """Jitted (params, ids int32 [B, T], mask int32 [B, T]) -> the activations at every one of `points`
-    [B, T, P, d_model], from one forward (as `saejax.harvest.capture_at` for one point)."""
-    points = check_points(points, model.n_layers)
-
-    def capture(params, ids, mask):
-        captured = model.apply(params, ids, mask, capture=list(points))[1]
-        return jnp.stack([captured[point] for point in points], axis=2)
-
-    return jax.jit(capture)
 
 
 def _remember(cache: OrderedDict, key, make: Callable):
@@ -128,7 +114,7 @@ class ModelSource:
             raise ConfigError("model.target_site (a transcoder) reads one hook point; model.hookpoints names "
                               f"{len(self.points)}")
         self.target_site = target_site
-        self.capture = (capture_points(model, self.points) if self.point_names
+        self.capture = (harvest.capture_points(model, self.points) if self.point_names
                         else harvest.capture_at(model, *self.points[0], target_site))
         self.order = TextOrder(texts, seed, shuffle_texts)
         self.description = self.describe()
