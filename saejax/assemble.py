@@ -58,7 +58,8 @@ def describe(run: Run) -> str:
             else f"SAE d_in={run.sae.d_in}")
     saes = (f"{len(run.points)} {run.sae.arch} SAEs (hook points {', '.join(run.points)}) d_in={run.sae.d_in}"
             if run.points else f"{run.sae.arch} {what}")
-    return (f"{saes} d_sae={run.sae.d_sae} on data.source={run.source.name!r}; "
+    sharing = f" fills{run.source.sharing}" if getattr(run.source, "sharing", "") else ""
+    return (f"{saes} d_sae={run.sae.d_sae} on data.source={run.source.name!r}{sharing}; "
             f"{jax.device_count()} {jax.default_backend()} device(s){processes}"
             + (f" as a {dict(run.where.mesh.shape)} mesh" if strategy == "mesh" else "")
             + (" as pmap replicas" if strategy == "pmap" else "") + f"; workdir {run.workdir}")

@@ -55,6 +55,9 @@ FIELDS = (
     Field("data.shuffle_texts", 65536, "model: the texts are read in blocks of this many, each block shuffled "
           "(seeded, anew every pass); 1 = corpus order"),
     Field("data.forward_batch", 32, "model: contexts per forward pass of the model (harvest's batch size)"),
+    Field("data.stream_shards", 1, "model: each fill's contexts are cut into this many shards, each handing out "
+          "train.batch_size / stream_shards rows of every batch; the processes of a run share them out (each "
+          "computes only its own when the processes divide them), and the batches do not depend on how many"),
     Field("data.d", 256, "synthetic: width of the rows (superposition of n_features unit features in d dimensions)"),
     Field("data.n_features", 512, "synthetic: number of true features"),
     Field("data.avg_active", 5.0, "synthetic: mean number of features active per row"),

@@ -40,14 +40,10 @@ def model_from_config(config, d_in: int, d_out: int | None = None
 
 def check_transcoder_run(config) -> None:
     """ConfigError for what a transcoder run does not do yet: resampling (it draws decoder rows from
-    inputs, which live in another space than a transcoder's outputs) and parallel strategies other
-    than 'none' (their batch layouts are for one array, not an (inputs, targets) pair)."""
+    inputs, which live in another space than a transcoder's outputs)."""
     if config.train.resample_every:
         raise ConfigError("train.resample_every > 0 is not supported for transcoders (model.target_site set): "
                           "resampling points decoder rows at inputs; leave it at 0")
-    if config.parallel.strategy != "none":
-        raise ConfigError(f"parallel.strategy={config.parallel.strategy!r} is not supported for transcoders yet; "
-                          "use 'none'")
 
 
 def jumprelu_threshold_rate(config) -> float | None:

@@ -27,6 +27,7 @@ RESUMABLE_DATA_FIELDS = ("path", "on_bad_rows")
 STREAM_MODEL_FIELDS = ("name", "layer", "site", "context_length", "text_glob", "hookpoints")
 # what a config saved before one of those fields existed meant by its absence
 ADDED_MODEL_FIELDS = {"hookpoints": ""}
+ADDED_DATA_FIELDS = {"stream_shards": 1}
 
 
 def _flatten(config_dict: dict, prefix: str = "") -> dict:
@@ -47,6 +48,7 @@ def _resume_fields(config_dict: dict) -> dict:
     for section in ("data", "sae"):
         fields.update({f"{section}.{k}": v for k, v in config_dict.get(section, {}).items()
                        if not (section == "data" and k in RESUMABLE_DATA_FIELDS)})
+    fields.update({f"data.{k}": value for k, value in ADDED_DATA_FIELDS.items() if f"data.{k}" not in fields})
     if config_dict.get("data", {}).get("source") == "model":  # the stream is made of the model's activations
         fields.update({f"model.{k}": config_dict.get("model", {}).get(k, ADDED_MODEL_FIELDS.get(k))
                        for k in STREAM_MODEL_FIELDS})

@@ -4,9 +4,11 @@ writes for its texts, no training row comes from a held-out text, the held-out s
 the held-out texts, and a training run killed and resumed ends bitwise where an uninterrupted one does."""
 
 import json
-import shutil
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import ml_collections
@@ -189,6 +191,35 @@ def test_a_fill_short_of_rows_hands_some_out_twice_the_same_way_every_time(bert)
     np.testing.assert_array_equal(stream(bert, buffer_contexts=4).batch(0, 512), batch)
 
 
+def test_shards_split_every_batch_and_each_process_computes_only_its_own(bert, caplog):
+    whole = stream(bert, shards=4)
+    per_fill = whole.batches_per_fill(32)
+    assert per_fill == stream(bert).batches_per_fill(32)  # a fill hands out as many batches as unsharded
+    steps = [0, 1, per_fill + 1, 2 * per_fill]
+    batches = {i: whole.batch(i, 32) for i in steps}
+    fill = whole.fill_rows(1)  # the shards' harvests one after another: the fill's texts' rows
+    np.testing.assert_array_equal(fill, np.concatenate([whole.rows_of(whole.fill_texts(1, s)) for s in range(4)]))
+    for s in range(4):  # shard s hands out rows [8s, 8s + 8) of every batch, all from its own texts
+        assert as_set(batches[per_fill + 1][8 * s:8 * s + 8]) <= as_set(whole.shard_rows(1, s))
+    for count in (2, 4):
+        for p in range(count):
+            local = stream(bert, shards=4, process=(p, count))
+            assert local.process_count == count and list(local.local_shards) == list(range(p * 4 // count,
+                                                                                             (p + 1) * 4 // count))
+            lo, hi = p * 32 // count, (p + 1) * 32 // count
+            for i in reversed(steps):  # as a resumed process: the same rows, bit for bit
+                np.testing.assert_array_equal(local.batch(i, 32), batches[i][lo:hi], err_msg=f"{p}/{count} step {i}")
+            computed = {key for key in local._fills if key[0] == 2}
+            assert computed == {(2, s) for s in local.local_shards}  # past fill 0: its own shards alone
+            np.testing.assert_array_equal(local.sample(40), whole.sample(40))  # the same fresh state everywhere
+            assert local.stats == whole.stats
+    caplog.set_level("WARNING")
+    odd = stream(bert, shards=4, process=(1, 3))  # 3 processes do not divide 4 shards: whole batches each
+    assert odd.process_count == 1 and "does not divide by the 3 processes" in caplog.text
+    np.testing.assert_array_equal(odd.batch(steps[2], 32), batches[steps[2]])
+    assert not np.array_equal(stream(bert, shards=2).batch(0, 32), stream(bert).batch(0, 32))  # S makes the stream
+
+
 def test_no_training_row_comes_from_a_held_out_text(bert, tmp_path):
     (tmp_path / "corpus.txt").write_text("\n\n".join(TEXTS))
     model = ml_collections.ConfigDict({"name": "tiny", "layer": LAYER, "site": SITE, "context_length": CONTEXT,
@@ -238,6 +269,12 @@ def test_bad_settings_are_one_clear_error(bert):
             stream(bert, **{field: value}).batch(0, 8)
     with pytest.raises(DataError, match="no texts"):
         stream(bert, texts=[]).batch(0, 8)
+    with pytest.raises(ConfigError, match=r"data.buffer_contexts=64 must divide by data.stream_shards=5"):
+        stream(bert, shards=5)
+    with pytest.raises(ConfigError, match=r"data.stream_shards must be >= 1, got 0"):
+        stream(bert, shards=0)
+    with pytest.raises(ConfigError, match=r"train.batch_size=30 must be divisible by data.stream_shards=4"):
+        stream(bert, shards=4).batch(0, 30)
     with pytest.raises(ConfigError, match="hook layer 5 does not exist"):
         ModelSource(bert, lambda: iter(TEXTS), lambda: iter(()), seed=0, layer=5, site=SITE)
 
@@ -251,6 +288,11 @@ def test_a_stream_run_resumes_only_with_the_same_model_and_the_dry_run_computes_
     changed = json.loads(config.to_json_best_effort())
     changed["model"]["layer"], changed["model"]["eval_texts"] = 2, 7
     assert resume._incompatible(saved, changed) == ["model.layer: 3 -> 2"]  # the stream changes; eval_texts does not
+    del saved["data"]["stream_shards"]  # saved before the field existed: one shard, as now
+    assert resume._incompatible(saved, json.loads(config.to_json_best_effort())) == []
+    changed["data"]["stream_shards"] = 2
+    assert "data.stream_shards: 1 -> 2" in resume._incompatible(saved, changed)
+    changed["data"]["stream_shards"] = 1
     saved["data"]["source"] = changed["data"]["source"] = "npy"  # a store's rows do not change with model.layer
     assert resume._incompatible(saved, changed) == []
     config.model.layer = LAYER
@@ -261,12 +303,12 @@ def test_a_stream_run_resumes_only_with_the_same_model_and_the_dry_run_computes_
 
 
 # ---------------------------------------------------------------------------------------------
-# End to end: experiments/train.py on the stream, killed after a checkpoint and resumed.
+# End to end: experiments/train.py on the stream, killed (SIGKILL) at a random step and run again.
 
-STEPS, EVERY = 50, 20  # 16 batches of 32 a fill: the resumed run starts inside fill 1
+STEPS, EVERY = 400, 20  # 16 batches of 32 a fill: a kill lands inside some fill
 
 
-def train(workdir: Path, model_dir: Path, corpus: Path) -> subprocess.CompletedProcess:
+def train_command(workdir: Path, model_dir: Path, corpus: Path) -> list[str]:
     flags = [f"--config.model.name={model_dir}", f"--config.model.layer={LAYER}", f"--config.model.text_glob={corpus}",
              f"--config.model.context_length={CONTEXT}", "--config.model.eval_texts=4",
              "--config.model.dashboard_latents=0",
@@ -275,12 +317,16 @@ def train(workdir: Path, model_dir: Path, corpus: Path) -> subprocess.CompletedP
              f"--config.train.steps={STEPS}", f"--config.train.checkpoint_every={EVERY}",
              "--config.train.keep_checkpoints=5", "--config.train.log_every=10", "--config.train.eval_rows=200",
              "--config.log.tensorboard=False", "--config.log.progress=False"]
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), f"--workdir={workdir}", *flags],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return [sys.executable, str(ROOT / "experiments" / "train.py"), f"--workdir={workdir}", *flags]
+
+
+def train(workdir: Path, model_dir: Path, corpus: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(train_command(workdir, model_dir, corpus), capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
 
 
 @pytest.mark.slow
-def test_train_on_the_stream_then_a_run_killed_after_a_checkpoint_resumes_bitwise(tmp_path):
+def test_train_on_the_stream_then_a_run_killed_at_a_random_step_resumes_bitwise(tmp_path):
     model_dir = tiny_bert(tmp_path / "bert")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(TEXTS))
@@ -290,15 +336,23 @@ def test_train_on_the_stream_then_a_run_killed_after_a_checkpoint_resumes_bitwis
     summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert summary["eval_split"] == "held-out" and summary["d_in"] == 16 and "splice/texts" in summary["eval"]
     assert not (tmp_path / "whole" / "activations").exists()
-    # killed between the checkpoints at 15 and 30: what it leaves is the workdir up to step 15
-    def after_the_kill(folder, names):
-        later = [n for n in names if n.isdigit() and int(n) > EVERY] if Path(folder).name == "checkpoints" else []
-        return later + [n for n in names if n in ("summary.json", "export")]
-
-    shutil.copytree(tmp_path / "whole", tmp_path / "killed", ignore=after_the_kill)
+    killed = subprocess.Popen(train_command(tmp_path / "killed", model_dir, corpus), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    first = tmp_path / "killed" / "checkpoints" / str(EVERY) / "commit_success.txt"
+    deadline = time.monotonic() + 300
+    while not first.exists():
+        assert killed.poll() is None, killed.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    time.sleep(random.Random().uniform(0.0, 0.5))
+    killed.kill()  # SIGKILL: no handler runs, a save or a fill may be half done
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    killed_at = max(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit())
+    assert EVERY <= killed_at < STEPS
     resumed = train(tmp_path / "killed", model_dir, corpus)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"at step {EVERY}" in resumed.stdout
+    assert "resumed from" in resumed.stdout
     (a, _), (b, _) = saejax.load(tmp_path / "whole"), saejax.load(tmp_path / "killed")
     assert a.keys() == b.keys()
     for key in a:

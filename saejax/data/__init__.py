@@ -53,6 +53,7 @@ STREAM_HELDOUT = 8  # keys: (index,): held-out batches of generated data
 STREAM_HELDOUT_CHUNKS = 9  # keys: (): a store's held-out chunks (always under seed 0: one split per store)
 STREAM_TEXT_BLOCK = 10  # keys: (epoch, block): a streamed source's text order (data/texts.py)
 STREAM_FILL = 11  # keys: (fill, repeat): the order a streamed source hands out a fill's rows in
+STREAM_FILL_SHARD = 12  # keys: (fill, shard, repeat): the same for each shard of a fill cut into several
 
 
 @runtime_checkable
@@ -184,8 +185,9 @@ def make_source(data: ml_collections.ConfigDict, seed: int, *, whole_batches: bo
                 model: ml_collections.ConfigDict | None = None, text_model=None) -> Source:
     """Build the source named by ``data.source`` from the ``c.data`` config block.
 
-    In a multi-process run the ``npy`` reader gives each process only its rows of every batch;
-    `whole_batches` asks for whole batches instead (every other source always gives them).
+    In a multi-process run the ``npy`` reader and the ``model`` stream (when the processes divide
+    ``data.stream_shards``) give each process only its rows of every batch; `whole_batches` asks for
+    whole batches instead (every other source always gives them).
     ``model`` streams the activations of the model the ``c.model`` block `model` names (`text_model`:
     that model already loaded, or None to load it here).
 
@@ -195,9 +197,12 @@ def make_source(data: ml_collections.ConfigDict, seed: int, *, whole_batches: bo
     """
     check_pair_fields(data, model)
     if data.source == "model":
+        import jax
+
         from saejax.data.stream import model_source
 
-        return as_pairs(model_source(data, model, seed, text_model), data, model)
+        process = (0, 1) if whole_batches else (jax.process_index(), jax.process_count())
+        return as_pairs(model_source(data, model, seed, text_model, process), data, model)
     factory = _FACTORIES.get(data.source)
     if factory is None:
         raise ConfigError(

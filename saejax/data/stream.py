@@ -26,6 +26,14 @@ Batch i is therefore rows [k·B, (k+1)·B) of fill i // batches_per_fill(B), k =
 batches_per_fill(B): a pure function of (seed, i, B, the corpus), whatever was asked for before. A
 resumed run recomputes at most the fill it stopped in (and re-reads the corpus up to it).
 
+*Shards* (``data.stream_shards`` = S > 1): each fill's F texts are cut into S runs of F/S texts, and
+each shard does the above on its own: its rows, a permutation of them from (seed, j, s), B/S rows of
+every batch. Batch i is shard 0's B/S rows, then shard 1's, and so on. Of a run's P processes (P
+dividing S) process p computes only shards [p·S/P, (p+1)·S/P) of each fill, which are exactly its
+rows [p·B/P, (p+1)·B/P) of every batch; the batches depend on S, never on P. (Every process computes
+all of fill 0, for the sample and statistics all of them start from.) With P not dividing S every
+process computes whole fills and keeps its slice (`saejax.data.batches.read_local_batch`).
+
 With ``model.target_site`` (a transcoder's data) each row is the pair [site | target_site] of one token,
 captured in one forward pass (`saejax.harvest.capture_at`), [2·d_model]; `saejax.data.pairs.PairSource`
 hands the halves out as (inputs, targets).
@@ -42,8 +50,6 @@ the same tokens, handed out in the same permutation. `batch`, `sample` and `held
 give [P, B, d_model], every point's rows stacked (`stats`: a list, one per point), and ``at(i)`` is
 point i alone, a `Source` like a stream of that point by itself (whose rows it equals).
 
-Every process computes whole fills; a multi-process run keeps its slice of each batch
-(`saejax.data.batches.read_local_batch`).
 """
 
 import threading
@@ -55,7 +61,7 @@ import numpy as np
 from absl import logging
 
 from saejax import harvest
-from saejax.data import STREAM_FILL, STREAM_SAMPLE, check_batch_args, check_sample_size, rng
+from saejax.data import STREAM_FILL, STREAM_FILL_SHARD, STREAM_SAMPLE, check_batch_args, check_sample_size, rng
 from saejax.data.store import RunningStats
 from saejax.data.texts import TextOrder
 from saejax.errors import ConfigError, DataError
@@ -66,13 +72,13 @@ ESTIMATE_TEXTS = 4096  # texts whose mean rows per context sizes every fill
 _CACHED = 2  # fills (and held-out chunks) kept in memory
 
 
-def _remember(cache: OrderedDict, key, make: Callable):
-    """cache[key], made by make() on a miss; the least recently used of more than _CACHED dropped."""
+def _remember(cache: OrderedDict, key, make: Callable, limit: int = _CACHED):
+    """cache[key], made by make() on a miss; the least recently used of more than `limit` dropped."""
     if key in cache:
         cache.move_to_end(key)
     else:
         cache[key] = make()
-        if len(cache) > _CACHED:
+        if len(cache) > limit:
             cache.popitem(last=False)
     return cache[key]
 
@@ -88,23 +94,43 @@ class ModelSource:
         points: the hook points streamed, ((layer, site), ...).
         point_names: their names ("3/resid_post", ...) when there are several (rows [P, ..., d_in]);
             () for one point (rows [..., d_in]).
+        shards: S, the shards of every fill.
+        process_count: the processes whose rows `batch` divides (it gives this process's alone), or
+            1 when it gives whole batches.
+        whole_heldout: True: `heldout_batch` gives whole batches in every process.
     """
 
     name = "model"
+    whole_heldout = True
 
     def __init__(self, model, texts: Callable[[], Iterable[str]], heldout_texts: Callable[[], Iterable[str]], *,
                  seed: int, layer: int, site: str, context_length: int = 128, buffer_contexts: int = 1024,
                  shuffle_texts: int = 65536, forward_batch: int = 32, heldout_max_rows: int = 100_000,
-                 points: tuple[tuple[int, str], ...] = (), target_site: str | None = None) -> None:
+                 points: tuple[tuple[int, str], ...] = (), target_site: str | None = None, shards: int = 1,
+                 process: tuple[int, int] = (0, 1)) -> None:
         """points: several hook points to stream at once (then `layer` and `site` are not read); () or
         one point: (layer, site) alone. target_site: a transcoder's target, captured beside (layer, site)
-        in each row (one point only)."""
+        in each row (one point only). shards: S, see the module docstring. process: (index, count) of
+        this process among the run's."""
         for field, value, least in (("data.buffer_contexts", buffer_contexts, 1),
                                     ("data.forward_batch", forward_batch, 1),
                                     ("model.context_length", context_length, 1),
-                                    ("data.heldout_max_rows", heldout_max_rows, 0)):
+                                    ("data.heldout_max_rows", heldout_max_rows, 0),
+                                    ("data.stream_shards", shards, 1)):
             if value < least:
                 raise ConfigError(f"{field} must be >= {least}, got {value}")
+        if buffer_contexts % shards:
+            raise ConfigError(f"data.buffer_contexts={buffer_contexts} must divide by data.stream_shards={shards} "
+                              "(each shard of a fill holds as many contexts)")
+        self.shards = shards
+        index, count = process
+        self.process_count = count if count > 1 and shards % count == 0 else 1
+        own = shards // self.process_count
+        self.local_shards = range(index * own, (index + 1) * own) if self.process_count > 1 else range(shards)
+        if count > 1 and self.process_count == 1:
+            logging.warning("data.stream_shards=%d does not divide by the %d processes: each computes whole fills "
+                            "and keeps its rows (a multiple of %d shards lets each compute only its own)",
+                            shards, count, count)
         self.model, self.seed, self.d_in = model, seed, harvest.row_width(model, target_site)
         self.context_length, self.buffer_contexts, self.forward_batch = context_length, buffer_contexts, forward_batch
         self.heldout_max_rows = heldout_max_rows
@@ -135,7 +161,16 @@ class ModelSource:
             layer, site = self.points[index or 0]
             what = f"layer {layer} {site}" + (f" -> {self.target_site} pairs" if self.target_site else "")
         return (f"activations of {self.model.name} {what}, computed in fills of {self.buffer_contexts} contexts of <= "
-                f"{self.context_length} tokens; held out: every {harvest.HELD_OUT_EVERY}th text")
+                f"{self.context_length} tokens{self.sharing}; held out: every {harvest.HELD_OUT_EVERY}th text")
+
+    @property
+    def sharing(self) -> str:
+        """How fills are cut and shared out among processes, for logs: " in S shards (each of P processes
+        computes S/P)", or "" for whole fills in one process."""
+        shards = f" in {self.shards} shards" if self.shards > 1 else ""
+        if self.process_count > 1:
+            shards += f" (each of {self.process_count} processes computes {self.shards // self.process_count})"
+        return shards
 
     def _points_first(self, rows: np.ndarray) -> np.ndarray:
         """Rows as handed out: [n, d_in] for one point; [P, n, d_in] (from [n, P, d_in]) for several."""
@@ -175,50 +210,79 @@ class ModelSource:
                 self._rows_per_context = float(counts.mean())
             return self._rows_per_context
 
+    def shard_rows_per_batch(self, batch_size: int) -> int:
+        """B / S: the rows of every batch one shard hands out; ConfigError unless S divides B."""
+        if batch_size % self.shards:
+            raise ConfigError(f"train.batch_size={batch_size} must be divisible by data.stream_shards={self.shards}")
+        return batch_size // self.shards
+
     def batches_per_fill(self, batch_size: int) -> int:
         """Batches of `batch_size` every fill hands out (at least 1)."""
-        return max(1, int(FILL_USE * self.buffer_contexts * self.rows_per_context) // batch_size)
+        shard_contexts = self.buffer_contexts // self.shards
+        return max(1, int(FILL_USE * shard_contexts * self.rows_per_context) // self.shard_rows_per_batch(batch_size))
 
-    def fill_texts(self, fill: int) -> list[str]:
-        """The F texts of fill number `fill`, in text order."""
+    def fill_texts(self, fill: int, shard: int | None = None) -> list[str]:
+        """The F texts of fill number `fill` (or the F/S of its shard `shard`), in text order."""
+        first, size = fill * self.buffer_contexts, self.buffer_contexts
+        if shard is not None:
+            size //= self.shards
+            first += shard * size
         with self._lock:
-            return self.order.texts(fill * self.buffer_contexts, (fill + 1) * self.buffer_contexts)
+            return self.order.texts(first, first + size)
 
-    def fill_rows(self, fill: int) -> np.ndarray:
-        """float32 [R_j, d_in] (several points: [R_j, P, d_in]): every row of fill `fill`, as a harvest of
-        `fill_texts(fill)` writes them."""
+    def shard_rows(self, fill: int, shard: int) -> np.ndarray:
+        """float32 [R_js, d_in] (several points: [R_js, P, d_in]): every row of shard `shard` of fill
+        `fill`, as a harvest of `fill_texts(fill, shard)` writes them."""
         def make():
-            rows = self.rows_of(self.fill_texts(fill))
+            rows = self.rows_of(self.fill_texts(fill, shard))
             if rows.shape[0] == 0:
-                raise DataError(f"fill {fill} ({self.buffer_contexts} texts) gave no tokens; check model.text_glob")
+                what = f"shard {shard} of fill {fill}" if self.shards > 1 else f"fill {fill}"
+                raise DataError(f"{what} ({self.buffer_contexts // self.shards} texts) gave no tokens; check "
+                                "model.text_glob")
             return rows
 
         with self._lock:
-            return _remember(self._fills, fill, make)
+            return _remember(self._fills, (fill, shard), make, _CACHED * self.shards)
 
-    def handout_order(self, fill: int, n_rows: int, count: int) -> np.ndarray:
-        """Which of a fill's `n_rows` rows it hands out, in order, int64 [count]: a permutation drawn from
-        (seed, fill), continued by permutations from (seed, fill, r) when count > n_rows."""
+    def fill_rows(self, fill: int) -> np.ndarray:
+        """float32 [R_j, d_in] (several points: [R_j, P, d_in]): every row of fill `fill`, its shards'
+        rows one after another."""
+        with self._lock:
+            parts = [self.shard_rows(fill, shard) for shard in range(self.shards)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def handout_order(self, fill: int, n_rows: int, count: int, shard: int = 0) -> np.ndarray:
+        """Which of a shard's `n_rows` rows it hands out, in order, int64 [count]: a permutation drawn from
+        (seed, fill, shard), continued by permutations from (seed, fill, shard, r) when count > n_rows
+        (one shard: (seed, fill) and (seed, fill, r))."""
+        def draw(r: int) -> np.random.Generator:
+            return (rng(self.seed, STREAM_FILL, fill, r) if self.shards == 1
+                    else rng(self.seed, STREAM_FILL_SHARD, fill, shard, r))
+
         repeats = -(-count // n_rows)
-        orders = [rng(self.seed, STREAM_FILL, fill, r).permutation(n_rows) for r in range(repeats)]
-        return np.concatenate(orders)[:count]
+        return np.concatenate([draw(r).permutation(n_rows) for r in range(repeats)])[:count]
 
     def batch(self, step: int, batch_size: int) -> np.ndarray:
         """float32 [batch_size, d_in] (several points: [P, batch_size, d_in]): batch number `step` (see the
-        module docstring)."""
+        module docstring); of several processes, this process's rows alone when `process_count` > 1."""
         check_batch_args(step, batch_size)
-        per_fill = self.batches_per_fill(batch_size)
+        per_fill, size = self.batches_per_fill(batch_size), self.shard_rows_per_batch(batch_size)
         fill, k = divmod(step, per_fill)
         with self._lock:
-            rows = self.fill_rows(fill)
-            handed = per_fill * batch_size
-            if rows.shape[0] < handed and fill not in self._short_fills_warned:
-                self._short_fills_warned.add(fill)
-                logging.warning("fill %d gave %d rows, fewer than the %d it hands out: %d of them are handed out "
-                                "twice (raise data.buffer_contexts for fills that vary less)", fill, rows.shape[0],
-                                handed, handed - rows.shape[0])
-            take = self.handout_order(fill, rows.shape[0], handed)[k * batch_size:(k + 1) * batch_size]
-            return self._points_first(rows[take])
+            parts = [self._handed_out(fill, shard, per_fill * size, k * size, (k + 1) * size)
+                     for shard in self.local_shards]
+        return self._points_first(parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+    def _handed_out(self, fill: int, shard: int, count: int, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of the `count` that shard `shard` of fill `fill` hands out, in order."""
+        rows = self.shard_rows(fill, shard)
+        if rows.shape[0] < count and (fill, shard) not in self._short_fills_warned:
+            self._short_fills_warned.add((fill, shard))
+            what = f"shard {shard} of fill {fill}" if self.shards > 1 else f"fill {fill}"
+            logging.warning("%s gave %d rows, fewer than the %d it hands out: %d of them are handed out twice "
+                            "(raise data.buffer_contexts for fills that vary less)", what, rows.shape[0], count,
+                            count - rows.shape[0])
+        return rows[self.handout_order(fill, rows.shape[0], count, shard)[lo:hi]]
 
     def sample(self, n: int) -> np.ndarray:
         """A deterministic float32 [n, d_in] (several points: [P, n, d_in]) sample (without replacement) of
@@ -301,7 +365,7 @@ class PointSource:
 
     def __init__(self, source: ModelSource, index: int) -> None:
         self.source, self.index = source, index
-        self.d_in, self.order = source.d_in, source.order
+        self.d_in, self.order, self.process_count = source.d_in, source.order, source.process_count
         self.description = source.describe(index)
 
     def _one(self, rows: np.ndarray) -> np.ndarray:
@@ -332,11 +396,12 @@ class PointSource:
         return self._one(self.source.heldout_batch(index, batch_size))
 
 
-def model_source(data, model, seed: int, text_model=None) -> ModelSource:
+def model_source(data, model, seed: int, text_model=None, process: tuple[int, int] = (0, 1)) -> ModelSource:
     """The ``model`` source of a run's ``c.data`` and ``c.model`` blocks: model.name's activations at
     (model.layer, model.site), or at every point of model.hookpoints when it lists several, on
     model.text_glob's training texts (`saejax.harvest.run_texts`).
-    `text_model`: the model already loaded, or None to load it here."""
+    `text_model`: the model already loaded, or None to load it here. `process`: (index, count) of this
+    process among the run's (`ModelSource`)."""
     if model is None or not model.get("name"):
         raise ConfigError("data.source='model' streams the activations of model.name: set --config.model.name "
                           "(minilm, gemma3-270m or a Hugging Face directory)")
@@ -349,4 +414,5 @@ def model_source(data, model, seed: int, text_model=None) -> ModelSource:
                        context_length=model.context_length, buffer_contexts=data.buffer_contexts,
                        shuffle_texts=data.shuffle_texts, forward_batch=data.forward_batch,
                        heldout_max_rows=data.heldout_max_rows, points=parse_points(model.get("hookpoints", "")),
-                       target_site=model.get("target_site") or None)
+                       target_site=model.get("target_site") or None, shards=data.get("stream_shards", 1),
+                       process=process)

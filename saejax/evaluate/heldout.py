@@ -131,8 +131,9 @@ def evaluate(run, state, found: dict, prepared=None) -> dict:
     the run (SaejaxError, no export) when the SAE collapsed after the warm-up (`guards.collapse`).
     prepared: `prepare(run)`'s result, or None."""
     source, config = run.source, run.config
-    if getattr(source, "process_count", 1) > 1:  # a per-process reader: read whole batches here
-        source = data.make_source(config.data, config.seed, whole_batches=True, model=config.model)
+    per_process = getattr(source, "process_count", 1) > 1
+    if per_process and not (getattr(source, "whole_heldout", False) and source.heldout_rows):
+        source = data.make_source(config.data, config.seed, whole_batches=True, model=config.model)  # whole batches
     scalars, density, split = measure(config, source, run.sae, state, prepared)
     if scalars:
         of_point = f" of hook point {run.point}" if run.point else ""
