@@ -39,7 +39,9 @@ FIELDS = (
     Field("data.source", "synthetic",
           "where the training rows come from: synthetic | npy | patches | digits | tabular | model"),
     Field("data.path", "",
-          "npy: a shard-store folder (manifest.json), its manifest.json, or a glob of .npy files [n, d_in]"),
+          "npy: a shard-store folder (manifest.json), its manifest.json, or a glob of .npy files [n, d_in]; "
+          "model: a folder the stream's rows are written through to and read back from by later runs of the "
+          "same stream (saejax/data/fill_store.py; empty: none)"),
     Field("data.chunk_rows", 512, "npy: rows per contiguous read; the unit of the global permutation"),
     Field("data.shuffle_rows", 32768, "npy: rows per in-memory shuffle window (data/order.py)"),
     Field("data.on_bad_rows", "error", "npy: what a row holding NaN/Inf does: error | skip (data/npy.py)"),

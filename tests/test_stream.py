@@ -5,6 +5,7 @@ the held-out texts, and a training run killed and resumed ends bitwise where an 
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,6 +221,41 @@ def test_shards_split_every_batch_and_each_process_computes_only_its_own(bert, c
     assert not np.array_equal(stream(bert, shards=2).batch(0, 32), stream(bert).batch(0, 32))  # S makes the stream
 
 
+def test_rows_written_through_are_read_back_by_the_same_stream_and_train_as_a_store(bert, tmp_path, caplog):
+    from saejax.data.npy import NpySource
+
+    folder = tmp_path / "through"
+    plain = stream(bert, heldout=TEXTS[:40])
+    first = stream(bert, heldout=TEXTS[:40], store=str(folder))
+    per_fill = first.batches_per_fill(32)
+    steps = [0, per_fill + 1, 2 * per_fill]
+    for i in steps:  # writing through changes nothing
+        np.testing.assert_array_equal(first.batch(i, 32), plain.batch(i, 32))
+    np.testing.assert_array_equal(first.heldout_batch(0, 50), plain.heldout_batch(0, 50))
+    written = sorted(p.name for p in folder.iterdir())
+    assert written == ["fill_0000000_000.npy", "fill_0000001_000.npy", "fill_0000002_000.npy", "heldout_000000.npy",
+                       "stream.json"]
+    assert first.store.written == 4 and first.store.read == 0
+    np.testing.assert_array_equal(np.load(folder / "fill_0000001_000.npy"), plain.fill_rows(1))
+    again = stream(bert, heldout=TEXTS[:40], store=str(folder))  # a later run of the same stream: reads
+    for i in reversed(steps):
+        np.testing.assert_array_equal(again.batch(i, 32), plain.batch(i, 32))
+    np.testing.assert_array_equal(again.heldout_batch(0, 50), plain.heldout_batch(0, 50))
+    assert again.store.read == 4 and again.store.written == 0
+    (folder / "fill_0000002_000.npy").write_bytes(b"\x93NUMPY damaged")  # a damaged file is computed again
+    caplog.set_level("WARNING")
+    np.testing.assert_array_equal(stream(bert, store=str(folder)).batch(2 * per_fill, 32), plain.batch(2 * per_fill, 32))
+    assert "fill_0000002_000.npy cannot be read" in caplog.text
+    np.testing.assert_array_equal(np.load(folder / "fill_0000002_000.npy"), plain.fill_rows(2))
+    with pytest.raises(ConfigError, match=r"data.path='.*through' holds the rows of another stream \(seed: 0 here, 1 "):
+        stream(bert, seed=1, store=str(folder)).batch(0, 32)
+    with pytest.raises(ConfigError, match=r"stream_shards: 1 here, 2 wanted"):
+        stream(bert, shards=2, store=str(folder)).batch(0, 32)
+    store = NpySource(str(folder / "fill_*.npy"), seed=0, chunk_rows=16, shuffle_rows=64)  # the fills as a store
+    assert store.d_in == 16 and store.n_rows == sum(plain.fill_rows(j).shape[0] for j in range(3))
+    assert as_set(store.batch(0, 64)) <= as_set(np.concatenate([plain.fill_rows(j) for j in range(3)]))
+
+
 def test_no_training_row_comes_from_a_held_out_text(bert, tmp_path):
     (tmp_path / "corpus.txt").write_text("\n\n".join(TEXTS))
     model = ml_collections.ConfigDict({"name": "tiny", "layer": LAYER, "site": SITE, "context_length": CONTEXT,
@@ -308,7 +344,7 @@ def test_a_stream_run_resumes_only_with_the_same_model_and_the_dry_run_computes_
 STEPS, EVERY = 400, 20  # 16 batches of 32 a fill: a kill lands inside some fill
 
 
-def train_command(workdir: Path, model_dir: Path, corpus: Path) -> list[str]:
+def train_command(workdir: Path, model_dir: Path, corpus: Path, *extra: str) -> list[str]:
     flags = [f"--config.model.name={model_dir}", f"--config.model.layer={LAYER}", f"--config.model.text_glob={corpus}",
              f"--config.model.context_length={CONTEXT}", "--config.model.eval_texts=4",
              "--config.model.dashboard_latents=0",
@@ -317,12 +353,12 @@ def train_command(workdir: Path, model_dir: Path, corpus: Path) -> list[str]:
              f"--config.train.steps={STEPS}", f"--config.train.checkpoint_every={EVERY}",
              "--config.train.keep_checkpoints=5", "--config.train.log_every=10", "--config.train.eval_rows=200",
              "--config.log.tensorboard=False", "--config.log.progress=False"]
-    return [sys.executable, str(ROOT / "experiments" / "train.py"), f"--workdir={workdir}", *flags]
+    return [sys.executable, str(ROOT / "experiments" / "train.py"), f"--workdir={workdir}", *flags, *extra]
 
 
-def train(workdir: Path, model_dir: Path, corpus: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(train_command(workdir, model_dir, corpus), capture_output=True, text=True, timeout=600,
-                          cwd=ROOT)
+def train(workdir: Path, model_dir: Path, corpus: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(train_command(workdir, model_dir, corpus, *extra), capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
 
 
 @pytest.mark.slow
@@ -357,3 +393,22 @@ def test_train_on_the_stream_then_a_run_killed_at_a_random_step_resumes_bitwise(
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_a_run_on_the_rows_another_run_wrote_through_ends_where_that_run_did(tmp_path):
+    model_dir, corpus, rows = tiny_bert(tmp_path / "bert"), tmp_path / "corpus.txt", tmp_path / "rows"
+    corpus.write_text("\n\n".join(TEXTS))
+    through = ["--config.train.steps=60", f"--config.data.path={rows}", "--config.train.evaluators=heldout,export"]
+    first = train(tmp_path / "first", model_dir, corpus, *through)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(p.name for p in rows.glob("fill_*.npy"))[:2] == ["fill_0000000_000.npy", "fill_0000001_000.npy"]
+    shutil.rmtree(model_dir)
+    tiny_bert(model_dir, seed=1)  # other weights under the same name: only the written rows can give the same run
+    second = train(tmp_path / "second", model_dir, corpus, *through)
+    assert second.returncode == 0, second.stderr[-3000:]
+    (a, _), (b, _) = saejax.load(tmp_path / "first"), saejax.load(tmp_path / "second")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    metrics = [json.loads((tmp_path / run / "summary.json").read_text())["eval"] for run in ("first", "second")]
+    assert metrics[0] == metrics[1] and metrics[0]["rows"] > 0 and metrics[0]["fvu"] > 0

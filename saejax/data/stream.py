@@ -44,6 +44,10 @@ the split `heldout_batch` reads; the splice evaluation uses the first ``model.ev
 texts. ``stats`` (E‖x‖² for the activation normalisation) and `sample` come from fill 0: F contexts
 drawn at random (seeded) from the first block of texts.
 
+Written through (``data.path`` set): every shard of a fill and every held-out chunk is saved into that
+folder as the model computes it, and read back instead of computed by later runs of the same stream
+(`saejax.data.fill_store`): a sweep over SAEs runs the model once.
+
 Several hook points (``model.hookpoints``): each forward captures all of them, and a fill keeps the
 rows of every point side by side ([R_j, P, d_model]), so that batch i of every point holds the rows of
 the same tokens, handed out in the same permutation. `batch`, `sample` and `heldout_batch` then
@@ -62,6 +66,7 @@ from absl import logging
 
 from saejax import harvest
 from saejax.data import STREAM_FILL, STREAM_FILL_SHARD, STREAM_SAMPLE, check_batch_args, check_sample_size, rng
+from saejax.data.fill_store import FillStore, fill_file, heldout_file, texts_digest
 from saejax.data.store import RunningStats
 from saejax.data.texts import TextOrder
 from saejax.errors import ConfigError, DataError
@@ -107,11 +112,11 @@ class ModelSource:
                  seed: int, layer: int, site: str, context_length: int = 128, buffer_contexts: int = 1024,
                  shuffle_texts: int = 65536, forward_batch: int = 32, heldout_max_rows: int = 100_000,
                  points: tuple[tuple[int, str], ...] = (), target_site: str | None = None, shards: int = 1,
-                 process: tuple[int, int] = (0, 1)) -> None:
+                 process: tuple[int, int] = (0, 1), store: str = "") -> None:
         """points: several hook points to stream at once (then `layer` and `site` are not read); () or
         one point: (layer, site) alone. target_site: a transcoder's target, captured beside (layer, site)
         in each row (one point only). shards: S, see the module docstring. process: (index, count) of
-        this process among the run's."""
+        this process among the run's. store: a folder to write the rows through to ("": none)."""
         for field, value, least in (("data.buffer_contexts", buffer_contexts, 1),
                                     ("data.forward_batch", forward_batch, 1),
                                     ("model.context_length", context_length, 1),
@@ -143,6 +148,7 @@ class ModelSource:
         self.capture = (harvest.capture_points(model, self.points) if self.point_names
                         else harvest.capture_at(model, *self.points[0], target_site))
         self.order = TextOrder(texts, seed, shuffle_texts)
+        self._store_dir, self._store = store, None
         self.description = self.describe()
         self._heldout_texts = heldout_texts
         self._lock = threading.RLock()
@@ -151,7 +157,7 @@ class ModelSource:
         self._heldout: tuple[list[str], np.ndarray] | None = None
         self._rows_per_context: float | None = None
         self._stats: list[dict] | None = None  # one per point
-        self._short_fills_warned: set[int] = set()
+        self._short_fills_warned: set[tuple[int, int]] = set()
 
     def describe(self, index: int | None = None) -> str:
         """What the rows are, for logs: of every hook point, or (`index`) of point `index` alone."""
@@ -160,8 +166,9 @@ class ModelSource:
         else:
             layer, site = self.points[index or 0]
             what = f"layer {layer} {site}" + (f" -> {self.target_site} pairs" if self.target_site else "")
+        through = f", written through to {self._store_dir}" if self._store_dir else ""
         return (f"activations of {self.model.name} {what}, computed in fills of {self.buffer_contexts} contexts of <= "
-                f"{self.context_length} tokens{self.sharing}; held out: every {harvest.HELD_OUT_EVERY}th text")
+                f"{self.context_length} tokens{self.sharing}{through}; held out: every {harvest.HELD_OUT_EVERY}th text")
 
     @property
     def sharing(self) -> str:
@@ -175,6 +182,28 @@ class ModelSource:
     def _points_first(self, rows: np.ndarray) -> np.ndarray:
         """Rows as handed out: [n, d_in] for one point; [P, n, d_in] (from [n, P, d_in]) for several."""
         return np.ascontiguousarray(np.moveaxis(rows, 1, 0)) if self.point_names else rows
+
+    def identity(self) -> dict:
+        """What makes this stream's rows, as a written-through folder records it (`saejax.data.fill_store`)."""
+        return {"model": self.model.name, "points": [point_name(point) for point in self.points],
+                "target_site": self.target_site or "", "d_in": self.d_in, "context_length": self.context_length,
+                "seed": self.seed, "buffer_contexts": self.buffer_contexts, "shuffle_texts": self.order.block_texts,
+                "stream_shards": self.shards, "forward_batch": self.forward_batch,
+                "first_fill_texts_sha256": texts_digest(self.fill_texts(0))}
+
+    def _written_through(self, name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """compute(), or with a store folder the rows of its file `name` (computed and written on a miss)."""
+        if not self._store_dir:
+            return compute()
+        with self._lock:
+            if self._store is None:
+                self._store = FillStore(self._store_dir, self.identity())
+            return self._store.rows(name, compute)
+
+    @property
+    def store(self) -> FillStore | None:
+        """The folder the rows are written through to, once used (None: none, or nothing read yet)."""
+        return self._store
 
     def at(self, index: int) -> "PointSource":
         """Hook point number `index` alone, a `Source` of [B, d_in] rows (sharing this source's fills)."""
@@ -234,7 +263,7 @@ class ModelSource:
         """float32 [R_js, d_in] (several points: [R_js, P, d_in]): every row of shard `shard` of fill
         `fill`, as a harvest of `fill_texts(fill, shard)` writes them."""
         def make():
-            rows = self.rows_of(self.fill_texts(fill, shard))
+            rows = self._written_through(fill_file(fill, shard), lambda: self.rows_of(self.fill_texts(fill, shard)))
             if rows.shape[0] == 0:
                 what = f"shard {shard} of fill {fill}" if self.shards > 1 else f"fill {fill}"
                 raise DataError(f"{what} ({self.buffer_contexts // self.shards} texts) gave no tokens; check "
@@ -328,7 +357,8 @@ class ModelSource:
 
     def _heldout_chunk(self, chunk: int) -> np.ndarray:
         texts, bounds = self.heldout_layout()
-        rows = self.rows_of(texts[chunk * self.chunk_texts:(chunk + 1) * self.chunk_texts])
+        rows = self._written_through(heldout_file(chunk),
+                                     lambda: self.rows_of(texts[chunk * self.chunk_texts:(chunk + 1) * self.chunk_texts]))
         if rows.shape[0] != bounds[chunk + 1] - bounds[chunk]:
             raise DataError(f"held-out chunk {chunk} gave {rows.shape[0]} rows, its tokens counted "
                             f"{bounds[chunk + 1] - bounds[chunk]}")
@@ -415,4 +445,4 @@ def model_source(data, model, seed: int, text_model=None, process: tuple[int, in
                        shuffle_texts=data.shuffle_texts, forward_batch=data.forward_batch,
                        heldout_max_rows=data.heldout_max_rows, points=parse_points(model.get("hookpoints", "")),
                        target_site=model.get("target_site") or None, shards=data.get("stream_shards", 1),
-                       process=process)
+                       process=process, store=data.get("path", ""))
