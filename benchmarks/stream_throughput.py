@@ -10,8 +10,9 @@ groups them (length-sorted within chunks of `saejax.harvest.CHUNK_BATCHES` batch
 the kept tokens (not padding, not [CLS]/[SEP]/BOS):
 
 - saejax: `saejax.data.stream.ModelSource.rows_of`, what a fill of the stream runs: tokenise, pad to
-  a power-of-two bucket, the jitted forward (`saejax.harvest.capture_at`; layers past the hook point are
-  never computed), the kept rows copied out as float32.
+  a length bucket (`saejax.models.loading.bucket_length`), the jitted forward
+  (`saejax.harvest.capture_at`; layers past the hook point are never computed), the kept rows copied
+  out as float32.
 - torch (transformers, CPU, ``torch.no_grad``, the model without its LM head): the same ids (the
   model's own tokenizer, padded to the longest text of the batch), block ``layer``'s output read by a
   forward hook, the kept rows copied out as float32; once with every block (what a plain forward costs)

@@ -4,8 +4,9 @@
                        out_dir="acts", context_length=128, max_tokens=1_000_000)
 
 Texts are taken in chunks of a few batches and sorted by length inside a chunk, then tokenised in
-batches (truncated to `context_length`, padded to the next power of two of the batch's longest
-text, so the jitted forward compiles a few times at most and little of it is padding), run through the model with the hook point captured, and every real token's
+batches (truncated to `context_length`, padded to the next bucket (`saejax.models.loading.bucket_length`)
+above the batch's longest text, so the jitted forward compiles a few times at most and little of it
+is padding), run through the model with the hook point captured, and every real token's
 activation [d_model] is appended to a `saejax.data.store.ShardWriter` (chunk by chunk, in a fixed order); padding and
 (by default) special tokens ([CLS], [SEP], BOS) are dropped. Then train on it with
 ``--config.data.source=npy --config.data.path=acts``.
@@ -37,7 +38,7 @@ import numpy as np
 from saejax.data.store import MANIFEST, Manifest, ShardWriter
 from saejax.errors import DataError
 from saejax.models.hooks import check_points, check_transcoder_sites
-from saejax.models.loading import load_text_model, padded_batch
+from saejax.models.loading import load_text_model, padded_rows
 
 PROGRESS = "harvest_progress.json"
 CHUNK_BATCHES = 8  # texts are length-sorted within chunks of this many batches
@@ -101,11 +102,12 @@ def chunk_rows(model, capture, texts: list[str], context_length: int, batch_size
     (`capture_at`) `batch_size` at a time, each text's kept tokens in order."""
     if not texts:
         return np.zeros((0, width or model.d_model), np.float32)
-    order = np.argsort(model.tokenize(list(texts), context_length)[1].sum(1), kind="stable")
+    all_ids, all_mask = model.tokenize(list(texts), context_length)  # once for the chunk
+    order = np.argsort(all_mask.sum(1), kind="stable")
     parts = []
     for b in range(0, len(texts), batch_size):
-        ids, mask, keep = padded_batch(model, [texts[i] for i in order[b:b + batch_size]], context_length,
-                                       drop_special)
+        rows = order[b:b + batch_size]
+        ids, mask, keep = padded_rows(model, all_ids[rows], all_mask[rows], context_length, drop_special)
         parts.append(np.asarray(capture(model.params, ids, mask), np.float32)[keep])
     return np.concatenate(parts)
 

@@ -149,6 +149,19 @@ def test_text_order_is_a_seeded_shuffle_of_each_pass_and_any_position_reads_the_
         TextOrder(lambda: iter(texts), seed=0, block_texts=0)
 
 
+def test_a_chunk_tokenised_once_pads_each_batch_as_tokenising_the_batch_alone_does(bert):
+    from saejax.models.loading import bucket_length, padded_batch, padded_rows
+
+    assert [bucket_length(n, 128) for n in (1, 16, 17, 24, 25, 33, 49, 65, 97, 300)] == [16, 16, 24, 24, 32, 48, 64,
+                                                                                        96, 128, 128]
+    assert bucket_length(20, 20) == 20 and bucket_length(100, 256) == 128
+    ids, mask = bert.tokenize(TEXTS[:40], CONTEXT)
+    rows = np.asarray([3, 17, 5, 30])
+    for got, want in zip(padded_rows(bert, ids[rows], mask[rows], CONTEXT),
+                         padded_batch(bert, [TEXTS[i] for i in rows], CONTEXT)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_batch_i_is_the_same_whatever_came_before(bert):
     source = stream(bert)
     per_fill = source.batches_per_fill(32)

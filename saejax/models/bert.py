@@ -107,9 +107,8 @@ def load(model_dir: str | Path) -> tuple[dict, BertConfig]:
     return params, config
 
 
-def tokenize(model_dir: str | Path, texts: list[str], max_length: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """(input ids int32 [B, T], attention mask int32 [B, T]) with the directory's tokenizer.json,
-    [CLS] ... [SEP], truncated to `max_length` and padded to the longest text."""
+def load_tokenizer(model_dir: str | Path):
+    """The directory's tokenizer.json as a `tokenizers.Tokenizer` ([CLS] ... [SEP] around each text)."""
     try:
         from tokenizers import Tokenizer  # noqa: PLC0415
     except ImportError:
@@ -117,13 +116,15 @@ def tokenize(model_dir: str | Path, texts: list[str], max_length: int = 128) -> 
     path = Path(model_dir) / "tokenizer.json"
     if not path.is_file():
         raise DataError(f"{model_dir}: no tokenizer.json")
-    tokenizer = Tokenizer.from_file(str(path))
-    tokenizer.enable_truncation(max_length)
-    tokenizer.enable_padding()
-    encodings = tokenizer.encode_batch(list(texts))
-    ids = np.asarray([e.ids for e in encodings], np.int32)
-    mask = np.asarray([e.attention_mask for e in encodings], np.int32)
-    return ids, mask
+    return Tokenizer.from_file(str(path))
+
+
+def tokenize(model_dir: str | Path, texts: list[str], max_length: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(input ids int32 [B, T], attention mask int32 [B, T]) with the directory's tokenizer.json,
+    [CLS] ... [SEP], truncated to `max_length` and padded to the longest text."""
+    from saejax.models.loading import encode  # noqa: PLC0415
+
+    return encode(load_tokenizer(model_dir), texts, max_length)
 
 
 def _layer_norm(x, p, eps):

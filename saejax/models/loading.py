@@ -8,6 +8,7 @@ it is.
 """
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +52,33 @@ class TextModel:
 
 
 def bucket_length(length: int, context_length: int) -> int:
-    """The padded length of a batch whose longest text has `length` tokens: the next power of two
-    (at least 16, at most context_length), so a few compilations serve every batch."""
-    return min(context_length, max(16, 1 << (max(length, 1) - 1).bit_length()))
+    """The padded length of a batch whose longest text has `length` tokens: the next of 16, 24, 32, 48,
+    64, 96, ... (powers of two and 1.5 times them; at most context_length), so a few compilations serve
+    every batch and at most a third of a batch's longest row is padding."""
+    power = max(16, 1 << (max(length, 1) - 1).bit_length())
+    return min(context_length, power * 3 // 4 if length <= power * 3 // 4 and power > 16 else power)
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int32 [B, T], mask int32 [B, T]): `texts` through a `tokenizers.Tokenizer`, truncated to
+    `max_length` tokens and right-padded with id 0 to the longest."""
+    tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding(pad_id=0)
+    encodings = tokenizer.encode_batch(list(texts))
+    return (np.asarray([e.ids for e in encodings], np.int32),
+            np.asarray([e.attention_mask for e in encodings], np.int32))
+
+
+def one_at_a_time(tokenizer) -> Callable[[list[str], int], tuple[np.ndarray, np.ndarray]]:
+    """`encode` with `tokenizer` loaded once, one call at a time (each sets the tokenizer's truncation,
+    and the stream tokenises on its prefetch thread while evaluation may on another)."""
+    lock = threading.Lock()
+
+    def tokenize(texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+        with lock:
+            return encode(tokenizer, texts, max_length)
+
+    return tokenize
 
 
 def padded_batch(model: TextModel, texts: list[str], context_length: int,
@@ -61,8 +86,16 @@ def padded_batch(model: TextModel, texts: list[str], context_length: int,
     """`texts` tokenised (truncated to `context_length`) and right-padded to `bucket_length`:
     (ids int32 [B, T], mask int32 [B, T], keep bool [B, T]), keep marking the real tokens that are
     not special ([CLS], [SEP], BOS) unless `drop_special` is False."""
-    ids, mask = model.tokenize(list(texts), context_length)
-    width = ((0, 0), (0, bucket_length(ids.shape[1], context_length) - ids.shape[1]))
+    return padded_rows(model, *model.tokenize(list(texts), context_length), context_length, drop_special)
+
+
+def padded_rows(model: TextModel, ids: np.ndarray, mask: np.ndarray, context_length: int,
+                drop_special: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`padded_batch` of texts already tokenised, (ids, mask) int32 [B, T'] right-padded with 0 to any
+    T' (e.g. some rows of a larger batch's tokens): cut to their longest text, padded to `bucket_length`."""
+    longest = int(mask.sum(1).max()) if mask.size else 0
+    ids, mask = ids[:, :longest], mask[:, :longest]
+    width = ((0, 0), (0, bucket_length(longest, context_length) - longest))
     ids, mask = np.pad(ids, width), np.pad(mask, width)
     keep = mask.astype(bool) & ~(model.special(ids) if drop_special else False)
     return ids, mask, keep
@@ -110,13 +143,11 @@ def _bert(name: str, path: Path) -> TextModel:
     def apply(params, ids, mask, hook=None, capture=()):
         return bert.forward(params, config, ids, mask, hook=hook, capture=capture)
 
-    from tokenizers import Tokenizer  # noqa: PLC0415
-
-    vocabulary = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer = bert.load_tokenizer(path)
     return TextModel(name=name, kind="bert", n_layers=config.n_layers, d_model=config.hidden_size, params=params,
-                     tokenize=lambda texts, max_length: bert.tokenize(path, texts, max_length),
-                     apply=apply, special=lambda ids: np.isin(np.asarray(ids), special_ids),
-                     token_strings=lambda ids: [_wordpiece_text(vocabulary.id_to_token(int(i)) or "") for i in ids])
+                     tokenize=one_at_a_time(tokenizer), apply=apply,
+                     special=lambda ids: np.isin(np.asarray(ids), special_ids),
+                     token_strings=lambda ids: [_wordpiece_text(tokenizer.id_to_token(int(i)) or "") for i in ids])
 
 
 def _special_token_ids(path: Path) -> np.ndarray:
@@ -135,13 +166,6 @@ def _gemma3(name: str, path: Path) -> TextModel:
     tokenizer = _gemma_tokenizer(path)
     special_ids = np.asarray([0, 1, config.bos_id], np.int64)  # pad, eos, bos
 
-    def tokenize(texts, max_length):
-        tokenizer.enable_truncation(max_length)
-        tokenizer.enable_padding(pad_id=0)
-        encodings = tokenizer.encode_batch(list(texts))
-        return (np.asarray([e.ids for e in encodings], np.int32),
-                np.asarray([e.attention_mask for e in encodings], np.int32))
-
     def apply(params, ids, mask, hook=None, capture=()):
         return gemma3.forward(params, config, ids, mask, hook=hook, capture=capture)
 
@@ -149,7 +173,8 @@ def _gemma3(name: str, path: Path) -> TextModel:
         return np.asarray(params["embed"] @ (np.asarray(direction, np.float32) * np.asarray(params["final_norm"])))
 
     return TextModel(name=name, kind="causal", n_layers=config.n_layers, d_model=config.d_model, params=params,
-                     tokenize=tokenize, apply=apply, special=lambda ids: np.isin(np.asarray(ids), special_ids),
+                     tokenize=one_at_a_time(tokenizer), apply=apply,
+                     special=lambda ids: np.isin(np.asarray(ids), special_ids),
                      token_strings=lambda ids: [(tokenizer.id_to_token(int(i)) or "").replace("▁", " ") for i in ids],
                      unembed=unembed)
 
