@@ -1,10 +1,12 @@
 r"""Feature dashboards for a trained SAE on a text model: one HTML page per latent (top-activating
 contexts, activation histogram, promoted tokens for causal LMs) and an index.
 
-    python experiments/dashboards.py --workdir=DIR [--latents=32] [--texts=300]
+    python experiments/dashboards.py --workdir=DIR [--latents=32] [--texts=300] [--point=3/resid_post]
 
 DIR is a run made with a `model.*` config (experiments/configs/minilm.py, gemma3.py); the pages are
-built on its held-out texts and written to DIR/dashboards/ (open DIR/dashboards/index.html).
+built on its held-out texts and written to DIR/dashboards/ (open DIR/dashboards/index.html). For a
+run on several hook points (model.hookpoints), --point names the SAE; its pages go to
+DIR/dashboards/POINT/.
 """
 
 import sys
@@ -20,6 +22,7 @@ from saejax.models.loading import load_text_model
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run trained on a text model's activations.")
 _LATENTS = flags.DEFINE_integer("latents", 32, "Pages for this many of the most frequently firing latents.", lower_bound=1)
 _TEXTS = flags.DEFINE_integer("texts", 300, "Held-out texts to look for top-activating contexts in.", lower_bound=1)
+_POINT = flags.DEFINE_string("point", "", "A run on several hook points: the SAE to show (e.g. 3/resid_post).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -29,7 +32,7 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     try:
-        params, config = saejax.load(_WORKDIR.value)
+        params, config = saejax.load(_WORKDIR.value, point=_POINT.value or None)
         m = config.model
         if not m.name:
             raise ConfigError(f"--workdir={_WORKDIR.value} was not trained with model.name set; dashboards need the "
@@ -37,7 +40,7 @@ def main(argv):
         model = load_text_model(m.name)
         sae = saejax.sae_from_config(config.sae, model.d_model)
         index = dashboards.write(model, sae, params, harvest.run_texts(m, held_out=True), layer=m.layer, site=m.site,
-                                 out_dir=Path(_WORKDIR.value) / "dashboards", n_latents=_LATENTS.value,
+                                 out_dir=Path(_WORKDIR.value) / "dashboards" / _POINT.value, n_latents=_LATENTS.value,
                                  max_texts=_TEXTS.value, context_length=m.context_length)
     except SaejaxError as e:
         sys.exit(f"error: {e}")

@@ -239,6 +239,18 @@ def test_the_command_line_trains_several_points_and_the_dry_run_describes_them(f
         assert (tmp_path / "run" / "dashboards" / name / "index.html").is_file()
         assert (tmp_path / "run" / "plots" / name / "density.png").is_file()
         assert saejax.load(tmp_path / "run" / "export" / name)[0]["W_dec"].shape == (64, 16)
+    # plots and dashboards of one point drawn again on demand; without --point: one error naming the points
+    shutil.rmtree(tmp_path / "run" / "plots" / NAMES[1])
+    shutil.rmtree(tmp_path / "run" / "dashboards" / NAMES[1])
+    for script, extra in (("plot.py", ["--rows=64"]), ("dashboards.py", ["--latents=2", "--texts=4"])):
+        tool = [sys.executable, str(ROOT / "experiments" / script), f"--workdir={tmp_path / 'run'}", *extra]
+        redrawn = subprocess.run([*tool, f"--point={NAMES[1]}"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert redrawn.returncode == 0, redrawn.stderr[-3000:]
+        unnamed = subprocess.run(tool, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert unnamed.returncode == 1 and f"holds an SAE per hook point ({', '.join(NAMES)})" in unnamed.stderr
+    assert (tmp_path / "run" / "plots" / NAMES[1] / "density.png").is_file()
+    assert (tmp_path / "run" / "plots" / NAMES[1] / "training.png").is_file()
+    assert (tmp_path / "run" / "dashboards" / NAMES[1] / "index.html").is_file()
     bad = subprocess.run([*command[:2], f"--workdir={tmp_path / 'bad'}", *flags, "--config.model.hookpoints=1/resid",
                           "--dry_run"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert bad.returncode == 1 and "model.hookpoints='1/resid': '1/resid' is not LAYER/SITE" in bad.stderr

@@ -87,14 +87,15 @@ def export_sae(run, state, found: dict) -> dict:
     return {"export": save_export(run.workdir, run.config, run.sae, state, run.point)}
 
 
-def replot(workdir: str | Path, rows: int = 16384) -> Path:
+def replot(workdir: str | Path, rows: int = 16384, point: str = "") -> Path:
     """Draw `workdir`'s plots again from its metrics and latest good checkpoint (also mid-run, e.g.
-    from another terminal), the densities measured on `rows` rows of its data. Returns plots/."""
+    from another terminal), the densities measured on `rows` rows of its data. A workdir of several
+    hook points: those of hook `point`'s SAE ("3/resid_post"), into plots/POINT. Returns the folder."""
     workdir = Path(workdir)
-    params, config = analysis.load(workdir)
+    params, config = analysis.load(workdir, point or None)
     source = data.make_source(config.data, config.seed, whole_batches=True, model=config.model)
     sae = from_config.sae_of(config, source.d_in, getattr(source, "d_out", None))
     density = analysis.feature_density(analysis.encode(params, config, source.sample(rows)))
-    save_training_plot(workdir, writers.read_metrics(workdir))
-    save_dictionary_plots(workdir, source, sae, params, density)
-    return workdir / "plots"
+    save_training_plot(workdir, point_records(writers.read_metrics(workdir), point), point)
+    save_dictionary_plots(workdir, source, sae, params, density, point)
+    return workdir / "plots" / point
