@@ -57,6 +57,8 @@ FIELDS = (
     Field("data.shuffle_texts", 65536, "model: the texts are read in blocks of this many, each block shuffled "
           "(seeded, anew every pass); 1 = corpus order"),
     Field("data.forward_batch", 32, "model: contexts per forward pass of the model (harvest's batch size)"),
+    Field("data.stream_dtype", "float32", "model: how fills are kept in memory and written through: float32 | "
+          "bfloat16 (half the memory and disk; rows rounded to nearest even, handed out as float32)"),
     Field("data.stream_shards", 1, "model: each fill's contexts are cut into this many shards, each handing out "
           "train.batch_size / stream_shards rows of every batch; the processes of a run share them out (each "
           "computes only its own when the processes divide them), and the batches do not depend on how many"),

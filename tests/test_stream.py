@@ -269,6 +269,31 @@ def test_rows_written_through_are_read_back_by_the_same_stream_and_train_as_a_st
     assert as_set(store.batch(0, 64)) <= as_set(np.concatenate([plain.fill_rows(j) for j in range(3)]))
 
 
+def test_a_bfloat16_stream_keeps_and_writes_rows_rounded_and_hands_them_out_as_float32(bert, tmp_path):
+    from saejax.data.store import decode, encode
+
+    def rounded(rows):
+        return decode(encode(rows, "bfloat16"), "bfloat16")
+
+    plain = stream(bert, heldout=TEXTS[:40])
+    half = stream(bert, heldout=TEXTS[:40], dtype="bfloat16", store=str(tmp_path / "rows"))
+    for i in (0, 5, half.batches_per_fill(32) + 1):
+        batch = half.batch(i, 32)
+        assert batch.dtype == np.float32
+        np.testing.assert_array_equal(batch, rounded(plain.batch(i, 32)))
+    np.testing.assert_array_equal(half.heldout_batch(0, 50), rounded(plain.heldout_batch(0, 50)))
+    np.testing.assert_array_equal(half.sample(40), rounded(plain.sample(40)))
+    assert half._shard_kept(0, 0).dtype == np.uint16 and half._shard_kept(0, 0).nbytes * 2 == plain.fill_rows(0).nbytes
+    assert np.load(tmp_path / "rows" / "fill_0000000_000.npy").dtype == np.uint16
+    again = stream(bert, heldout=TEXTS[:40], dtype="bfloat16", store=str(tmp_path / "rows"))
+    np.testing.assert_array_equal(again.batch(5, 32), half.batch(5, 32))
+    assert again.store.read == 1 and again.store.written == 0
+    with pytest.raises(ConfigError, match="dtype: 'bfloat16' here, 'float32' wanted"):
+        stream(bert, store=str(tmp_path / "rows")).batch(0, 32)
+    with pytest.raises(ConfigError, match="data.stream_dtype='float16' must be float32 or bfloat16"):
+        stream(bert, dtype="float16")
+
+
 def test_no_training_row_comes_from_a_held_out_text(bert, tmp_path):
     (tmp_path / "corpus.txt").write_text("\n\n".join(TEXTS))
     model = ml_collections.ConfigDict({"name": "tiny", "layer": LAYER, "site": SITE, "context_length": CONTEXT,

@@ -10,7 +10,8 @@ The folder holds::
     stream.json                 the stream's identity: what makes its rows (model, hook points, context
                                 length, seed, fill sizes, shards, forward batch, texts)
     fill_0000012_003.npy        shard 3 of fill 12, float32 [R, d_in] ([R, P, d_in] for several hook
-                                points), rows as a harvest of the shard's texts writes them
+                                points; bfloat16 streams: uint16 bit patterns, as in a store), rows
+                                as a harvest of the shard's texts writes them
     heldout_000004.npy          chunk 4 of the held-out split
 
 Every file is written under a temporary name of its own process and renamed, so a run killed at any
@@ -63,8 +64,9 @@ class FillStore:
         read, written: files read back and files written by this process.
     """
 
-    def __init__(self, directory: str | os.PathLike, identity: dict) -> None:
-        self.directory, self.identity = Path(directory), identity
+    def __init__(self, directory: str | os.PathLike, identity: dict, dtype: np.dtype = np.dtype(np.float32)) -> None:
+        """dtype: the files' NumPy dtype (float32, or uint16 for bfloat16 bit patterns)."""
+        self.directory, self.identity, self.dtype = Path(directory), identity, np.dtype(dtype)
         self.read = self.written = 0
         self._checked = False
 
@@ -98,14 +100,14 @@ class FillStore:
         if path.exists():
             try:
                 rows = np.load(path, allow_pickle=False)
-                if rows.dtype == np.float32 and rows.ndim >= 2:
+                if rows.dtype == self.dtype and rows.ndim >= 2:
                     self.read += 1
                     return rows
-                problem = f"holds {rows.dtype} {rows.shape}, not float32 rows"
+                problem = f"holds {rows.dtype} {rows.shape}, not {self.dtype} rows"
             except (OSError, ValueError, EOFError) as e:
                 problem = f"cannot be read ({e})"
             logging.warning("%s %s; computing its rows again", path, problem)
-        rows = np.ascontiguousarray(compute(), np.float32)
+        rows = np.ascontiguousarray(compute(), self.dtype)
         self._write(path, lambda fh: np.save(fh, rows, allow_pickle=False))
         self.written += 1
         return rows

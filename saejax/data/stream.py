@@ -44,6 +44,10 @@ the split `heldout_batch` reads; the splice evaluation uses the first ``model.ev
 texts. ``stats`` (E‖x‖² for the activation normalisation) and `sample` come from fill 0: F contexts
 drawn at random (seeded) from the first block of texts.
 
+In bfloat16 (``data.stream_dtype``): a fill's rows are rounded to bfloat16 as they are made (as a
+bfloat16 store holds them, `saejax.data.store.encode`) and kept so, half the memory; batches, the
+sample and the held-out split hand them out as float32.
+
 Written through (``data.path`` set): every shard of a fill and every held-out chunk is saved into that
 folder as the model computes it, and read back instead of computed by later runs of the same stream
 (`saejax.data.fill_store`): a sweep over SAEs runs the model once.
@@ -67,7 +71,7 @@ from absl import logging
 from saejax import harvest
 from saejax.data import STREAM_FILL, STREAM_FILL_SHARD, STREAM_SAMPLE, check_batch_args, check_sample_size, rng
 from saejax.data.fill_store import FillStore, fill_file, heldout_file, texts_digest
-from saejax.data.store import RunningStats
+from saejax.data.store import RunningStats, decode, encode, file_dtype
 from saejax.data.texts import TextOrder
 from saejax.errors import ConfigError, DataError
 from saejax.models.hooks import parse_points, point_name
@@ -112,11 +116,12 @@ class ModelSource:
                  seed: int, layer: int, site: str, context_length: int = 128, buffer_contexts: int = 1024,
                  shuffle_texts: int = 65536, forward_batch: int = 32, heldout_max_rows: int = 100_000,
                  points: tuple[tuple[int, str], ...] = (), target_site: str | None = None, shards: int = 1,
-                 process: tuple[int, int] = (0, 1), store: str = "") -> None:
+                 process: tuple[int, int] = (0, 1), store: str = "", dtype: str = "float32") -> None:
         """points: several hook points to stream at once (then `layer` and `site` are not read); () or
         one point: (layer, site) alone. target_site: a transcoder's target, captured beside (layer, site)
         in each row (one point only). shards: S, see the module docstring. process: (index, count) of
-        this process among the run's. store: a folder to write the rows through to ("": none)."""
+        this process among the run's. store: a folder to write the rows through to ("": none).
+        dtype: how rows are kept and written through, float32 or bfloat16 (handed out as float32)."""
         for field, value, least in (("data.buffer_contexts", buffer_contexts, 1),
                                     ("data.forward_batch", forward_batch, 1),
                                     ("model.context_length", context_length, 1),
@@ -124,6 +129,9 @@ class ModelSource:
                                     ("data.stream_shards", shards, 1)):
             if value < least:
                 raise ConfigError(f"{field} must be >= {least}, got {value}")
+        if dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"data.stream_dtype={dtype!r} must be float32 or bfloat16")
+        self.dtype = dtype
         if buffer_contexts % shards:
             raise ConfigError(f"data.buffer_contexts={buffer_contexts} must divide by data.stream_shards={shards} "
                               "(each shard of a fill holds as many contexts)")
@@ -188,7 +196,7 @@ class ModelSource:
         return {"model": self.model.name, "points": [point_name(point) for point in self.points],
                 "target_site": self.target_site or "", "d_in": self.d_in, "context_length": self.context_length,
                 "seed": self.seed, "buffer_contexts": self.buffer_contexts, "shuffle_texts": self.order.block_texts,
-                "stream_shards": self.shards, "forward_batch": self.forward_batch,
+                "stream_shards": self.shards, "forward_batch": self.forward_batch, "dtype": self.dtype,
                 "first_fill_texts_sha256": texts_digest(self.fill_texts(0))}
 
     def _written_through(self, name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -197,7 +205,7 @@ class ModelSource:
             return compute()
         with self._lock:
             if self._store is None:
-                self._store = FillStore(self._store_dir, self.identity())
+                self._store = FillStore(self._store_dir, self.identity(), file_dtype(self.dtype))
             return self._store.rows(name, compute)
 
     @property
@@ -259,11 +267,20 @@ class ModelSource:
         with self._lock:
             return self.order.texts(first, first + size)
 
-    def shard_rows(self, fill: int, shard: int) -> np.ndarray:
-        """float32 [R_js, d_in] (several points: [R_js, P, d_in]): every row of shard `shard` of fill
-        `fill`, as a harvest of `fill_texts(fill, shard)` writes them."""
+    def _kept(self, rows: np.ndarray) -> np.ndarray:
+        """float32 rows as the stream keeps them (in memory and written through): themselves, or for
+        data.stream_dtype='bfloat16' their bfloat16 bit patterns (uint16, `saejax.data.store.encode`)."""
+        return encode(rows, self.dtype) if self.dtype == "bfloat16" else rows
+
+    def _float(self, kept: np.ndarray) -> np.ndarray:
+        """Kept rows (`_kept`) as float32."""
+        return decode(kept, self.dtype) if self.dtype == "bfloat16" else kept
+
+    def _shard_kept(self, fill: int, shard: int) -> np.ndarray:
+        """Shard `shard` of fill `fill` as kept in memory (`_kept`), cached."""
         def make():
-            rows = self._written_through(fill_file(fill, shard), lambda: self.rows_of(self.fill_texts(fill, shard)))
+            rows = self._written_through(fill_file(fill, shard),
+                                         lambda: self._kept(self.rows_of(self.fill_texts(fill, shard))))
             if rows.shape[0] == 0:
                 what = f"shard {shard} of fill {fill}" if self.shards > 1 else f"fill {fill}"
                 raise DataError(f"{what} ({self.buffer_contexts // self.shards} texts) gave no tokens; check "
@@ -272,6 +289,11 @@ class ModelSource:
 
         with self._lock:
             return _remember(self._fills, (fill, shard), make, _CACHED * self.shards)
+
+    def shard_rows(self, fill: int, shard: int) -> np.ndarray:
+        """float32 [R_js, d_in] (several points: [R_js, P, d_in]): every row of shard `shard` of fill
+        `fill`, as a harvest of `fill_texts(fill, shard)` (in data.stream_dtype) writes them."""
+        return self._float(self._shard_kept(fill, shard))
 
     def fill_rows(self, fill: int) -> np.ndarray:
         """float32 [R_j, d_in] (several points: [R_j, P, d_in]): every row of fill `fill`, its shards'
@@ -304,14 +326,14 @@ class ModelSource:
 
     def _handed_out(self, fill: int, shard: int, count: int, lo: int, hi: int) -> np.ndarray:
         """Rows [lo, hi) of the `count` that shard `shard` of fill `fill` hands out, in order."""
-        rows = self.shard_rows(fill, shard)
+        rows = self._shard_kept(fill, shard)
         if rows.shape[0] < count and (fill, shard) not in self._short_fills_warned:
             self._short_fills_warned.add((fill, shard))
             what = f"shard {shard} of fill {fill}" if self.shards > 1 else f"fill {fill}"
             logging.warning("%s gave %d rows, fewer than the %d it hands out: %d of them are handed out twice "
                             "(raise data.buffer_contexts for fills that vary less)", what, rows.shape[0], count,
                             count - rows.shape[0])
-        return rows[self.handout_order(fill, rows.shape[0], count, shard)[lo:hi]]
+        return self._float(rows[self.handout_order(fill, rows.shape[0], count, shard)[lo:hi]])
 
     def sample(self, n: int) -> np.ndarray:
         """A deterministic float32 [n, d_in] (several points: [P, n, d_in]) sample (without replacement) of
@@ -357,8 +379,8 @@ class ModelSource:
 
     def _heldout_chunk(self, chunk: int) -> np.ndarray:
         texts, bounds = self.heldout_layout()
-        rows = self._written_through(heldout_file(chunk),
-                                     lambda: self.rows_of(texts[chunk * self.chunk_texts:(chunk + 1) * self.chunk_texts]))
+        rows = self._written_through(heldout_file(chunk), lambda: self._kept(
+            self.rows_of(texts[chunk * self.chunk_texts:(chunk + 1) * self.chunk_texts])))
         if rows.shape[0] != bounds[chunk + 1] - bounds[chunk]:
             raise DataError(f"held-out chunk {chunk} gave {rows.shape[0]} rows, its tokens counted "
                             f"{bounds[chunk + 1] - bounds[chunk]}")
@@ -376,7 +398,7 @@ class ModelSource:
             first, last = (int(np.searchsorted(bounds, row, side="right")) - 1 for row in (lo, hi - 1))
             rows = np.concatenate([_remember(self._heldout_chunks, c, lambda c=c: self._heldout_chunk(c))
                                    for c in range(first, last + 1)])
-            return self._points_first(rows[lo - bounds[first]:hi - bounds[first]])
+            return self._points_first(self._float(rows[lo - bounds[first]:hi - bounds[first]]))
 
 
 def _stats_of(rows: np.ndarray) -> dict:
@@ -445,4 +467,4 @@ def model_source(data, model, seed: int, text_model=None, process: tuple[int, in
                        shuffle_texts=data.shuffle_texts, forward_batch=data.forward_batch,
                        heldout_max_rows=data.heldout_max_rows, points=parse_points(model.get("hookpoints", "")),
                        target_site=model.get("target_site") or None, shards=data.get("stream_shards", 1),
-                       process=process, store=data.get("path", ""))
+                       process=process, store=data.get("path", ""), dtype=data.get("stream_dtype", "float32"))
