@@ -42,7 +42,10 @@ def prepare(config, workdir: Path) -> Run:
     for note in notes:
         writers.say(f"note: {note}")
     text_model = harvest.prepare_run(config, workdir)
-    source = data.make_source(config.data, config.seed, model=config.model, text_model=text_model)
+    spread = config.parallel.strategy != "none" and config.data.get("forward_on_all_devices", False)
+    forward_devices = jax.local_devices() if spread else None  # where a streamed model's forward runs
+    source = data.make_source(config.data, config.seed, model=config.model, text_model=text_model,
+                              forward_devices=forward_devices)
     sae, loss, optimizer = from_config.model_from_config(config, source.d_in, getattr(source, "d_out", None))
     points = tuple(getattr(source, "point_names", ()))
     where = parallel.placement_from_config(config, sae, loss, optimizer, points=len(points))

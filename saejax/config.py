@@ -59,6 +59,9 @@ FIELDS = (
     Field("data.forward_batch", 32, "model: contexts per forward pass of the model (harvest's batch size)"),
     Field("data.stream_dtype", "float32", "model: how fills are kept in memory and written through: float32 | "
           "bfloat16 (half the memory and disk; rows rounded to nearest even, handed out as float32)"),
+    Field("data.forward_on_all_devices", False, "model: under parallel.strategy mesh or pmap, run the model's "
+          "forward data-parallel on every local device (faster on accelerators; the rows then differ from one "
+          "device's by float rounding, so a run no longer matches one on another layout bitwise)"),
     Field("data.stream_shards", 1, "model: each fill's contexts are cut into this many shards, each handing out "
           "train.batch_size / stream_shards rows of every batch; the processes of a run share them out (each "
           "computes only its own when the processes divide them), and the batches do not depend on how many"),

@@ -51,35 +51,55 @@ def _batches(texts: Iterable[str], size: int):
         yield batch
 
 
-def _jitted_capture(model, points: list[tuple[int, str]], join):
+def _jitted_capture(model, points: list[tuple[int, str]], join, devices=None):
     """Jitted (params, ids int32 [B, T], mask int32 [B, T]) -> join([the activations at each of `points`
     [B, T, d_model]]) from one forward of `model`; the params are an argument, not constants baked
-    into the program."""
+    into the program. Several `devices`: the forward runs data-parallel over them, each computing its
+    share of the B contexts (`capture.rows_multiple`: B must divide by it; `chunk_rows` pads), the
+    params copied onto every device once."""
     def capture(params, ids, mask):
         captured = model.apply(params, ids, mask, capture=points)[1]
         return join([captured[point] for point in points])
 
-    return jax.jit(capture)
+    if not devices or len(devices) < 2:
+        return jax.jit(capture)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: PLC0415
+
+    mesh = Mesh(np.asarray(devices), ("contexts",))
+    whole, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("contexts"))
+    jitted = jax.jit(capture, in_shardings=(whole, split, split), out_shardings=split)
+    placed: list = []  # [(the params given, their copy on every device)]
+
+    def data_parallel(params, ids, mask):
+        if not placed or placed[0][0] is not params:
+            placed[:] = [(params, jax.device_put(params, whole))]
+        return jitted(placed[0][1], ids, mask)
+
+    data_parallel.rows_multiple = len(devices)
+    return data_parallel
 
 
-def capture_at(model, layer: int, site: str, target_site: str | None = None):
+def capture_at(model, layer: int, site: str, target_site: str | None = None, devices=None):
     """Jitted (params, ids int32 [B, T], mask int32 [B, T]) -> the activations at (layer, site)
     [B, T, d_model] of `model` (a `saejax.models.loading.TextModel`); with `target_site`, those at
     (layer, site) and (layer, target_site) side by side, [B, T, 2·d_model] (a transcoder's input and
     target, from one forward pass). ConfigError naming a layer or site that does not exist, or a
-    target site that is not after the input site (`check_transcoder_sites`)."""
+    target site that is not after the input site (`check_transcoder_sites`). `devices`: see
+    `_jitted_capture`."""
     points = [(layer, site)] + ([(layer, target_site)] if target_site else [])
     check_points(points, model.n_layers)
     if target_site:
         check_transcoder_sites(site, target_site)
-    return _jitted_capture(model, points, lambda parts: jnp.concatenate(parts, -1) if target_site else parts[0])
+    return _jitted_capture(model, points, lambda parts: jnp.concatenate(parts, -1) if target_site else parts[0],
+                           devices)
 
 
-def capture_points(model, points: tuple[tuple[int, str], ...]):
+def capture_points(model, points: tuple[tuple[int, str], ...], devices=None):
     """Jitted (params, ids int32 [B, T], mask int32 [B, T]) -> the activations at every one of `points`
-    [B, T, P, d_model], from one forward (several hook points, `saejax.hookpoints`)."""
+    [B, T, P, d_model], from one forward (several hook points, `saejax.hookpoints`). `devices`: see
+    `_jitted_capture`."""
     points = check_points(points, model.n_layers)
-    return _jitted_capture(model, list(points), lambda parts: jnp.stack(parts, axis=2))
+    return _jitted_capture(model, list(points), lambda parts: jnp.stack(parts, axis=2), devices)
 
 
 def row_width(model, target_site: str | None = None) -> int:
@@ -99,15 +119,18 @@ def chunk_rows(model, capture, texts: list[str], context_length: int, batch_size
                drop_special: bool = True, width: int | None = None) -> np.ndarray:
     """The activations of one chunk of texts as harvest writes them, float32 [sum of kept_tokens,
     width (`row_width`; None: d_model)]: the texts sorted by length (stable), run through `capture`
-    (`capture_at`) `batch_size` at a time, each text's kept tokens in order."""
+    (`capture_at`) `batch_size` at a time (a data-parallel capture's batches padded to its
+    `rows_multiple` with copies of their last context), each text's kept tokens in order."""
     if not texts:
         return np.zeros((0, width or model.d_model), np.float32)
     all_ids, all_mask = model.tokenize(list(texts), context_length)  # once for the chunk
     order = np.argsort(all_mask.sum(1), kind="stable")
     parts = []
     for b in range(0, len(texts), batch_size):
-        rows = order[b:b + batch_size]
+        real = order[b:b + batch_size]
+        rows = np.pad(real, (0, -len(real) % getattr(capture, "rows_multiple", 1)), mode="edge")
         ids, mask, keep = padded_rows(model, all_ids[rows], all_mask[rows], context_length, drop_special)
+        keep[len(real):] = False  # copies of the last context fill the devices' shares; never kept
         parts.append(np.asarray(capture(model.params, ids, mask), np.float32)[keep])
     return np.concatenate(parts)
 

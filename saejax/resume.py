@@ -27,7 +27,7 @@ RESUMABLE_DATA_FIELDS = ("path", "on_bad_rows")
 STREAM_MODEL_FIELDS = ("name", "layer", "site", "context_length", "text_glob", "hookpoints")
 # what a config saved before one of those fields existed meant by its absence
 ADDED_MODEL_FIELDS = {"hookpoints": ""}
-ADDED_DATA_FIELDS = {"stream_shards": 1, "stream_dtype": "float32"}
+ADDED_DATA_FIELDS = {"stream_shards": 1, "stream_dtype": "float32", "forward_on_all_devices": False}
 
 
 def _flatten(config_dict: dict, prefix: str = "") -> dict:

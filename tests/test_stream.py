@@ -260,6 +260,10 @@ def test_rows_written_through_are_read_back_by_the_same_stream_and_train_as_a_st
     np.testing.assert_array_equal(stream(bert, store=str(folder)).batch(2 * per_fill, 32), plain.batch(2 * per_fill, 32))
     assert "fill_0000002_000.npy cannot be read" in caplog.text
     np.testing.assert_array_equal(np.load(folder / "fill_0000002_000.npy"), plain.fill_rows(2))
+    identity = json.loads((folder / "stream.json").read_text())
+    del identity["dtype"]  # written before the field existed: float32 rows
+    (folder / "stream.json").write_text(json.dumps(identity))
+    assert stream(bert, store=str(folder)).batch(0, 32).shape == (32, 16)
     with pytest.raises(ConfigError, match=r"data.path='.*through' holds the rows of another stream \(seed: 0 here, 1 "):
         stream(bert, seed=1, store=str(folder)).batch(0, 32)
     with pytest.raises(ConfigError, match=r"stream_shards: 1 here, 2 wanted"):

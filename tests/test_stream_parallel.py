@@ -1,11 +1,14 @@
 """The streamed ``model`` source on many devices and processes (tiny random BERT, 8 fake CPU devices):
 a run on a ("data", "model") mesh, one with pmap replicas, and one of 2 processes x 4 devices (each
 process computing only its own shards of every fill) end where the same run on one device does; for
-an SAE, a transcoder (mlp_in -> mlp_out) and a skip transcoder."""
+an SAE, a transcoder (mlp_in -> mlp_out) and a skip transcoder; and the model's forward spread over
+the 8 devices (data.forward_on_all_devices) gives the same rows to float rounding."""
 
+import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +92,33 @@ def test_two_processes_each_streaming_their_own_shards_match_one_process(setup, 
     assert "in 2 processes" in result.stdout and "does not divide" not in result.stdout + result.stderr
     assert f"in {SHARDS} shards (each of 2 processes computes 2)" in result.stdout
     assert_same_params(root / kind / "single", root / kind / "processes")
+
+
+_SPREAD = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, {tests!r})
+    from saejax.data.stream import ModelSource
+    from saejax.models.loading import load_text_model
+    from test_stream import TEXTS, SIZES, LAYER, SITE
+    model = load_text_model({model!r})
+    def source(devices, **extra):
+        return ModelSource(model, lambda: iter(TEXTS), lambda: iter(TEXTS[:30]), seed=0, layer=LAYER, site=SITE,
+                           devices=devices, **{{**SIZES, **extra}})
+    one, spread = source(None, forward_batch=6), source(jax.local_devices(), forward_batch=6)  # 2 copies pad to 8
+    out = spread.capture(model.params, *[np.zeros((8, 16), np.int32)] * 2)
+    a, b = one.fill_rows(1), spread.fill_rows(1)
+    ha, hb = one.heldout_batch(0, 64), spread.heldout_batch(0, 64)
+    print(json.dumps({{"devices": len(out.sharding.device_set), "shapes": [a.shape == b.shape, ha.shape == hb.shape],
+                      "rel": float(max(np.abs(a - b).max() / np.abs(a).max(), np.abs(ha - hb).max() / np.abs(ha).max()))}}))
+""")
+
+
+def test_a_forward_spread_over_the_devices_gives_the_rows_of_one_device(setup, tmp_path):
+    root, _ = setup
+    script = tmp_path / "spread.py"
+    script.write_text(_SPREAD.format(tests=str(ROOT / "tests"), model=str(root / "bert")))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env(8), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["devices"] == 8 and found["shapes"] == [True, True] and found["rel"] < 1e-5, found

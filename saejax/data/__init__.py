@@ -182,14 +182,15 @@ _FACTORIES: dict[str, Callable[[ml_collections.ConfigDict, int], Source]] = {
 
 
 def make_source(data: ml_collections.ConfigDict, seed: int, *, whole_batches: bool = False,
-                model: ml_collections.ConfigDict | None = None, text_model=None) -> Source:
+                model: ml_collections.ConfigDict | None = None, text_model=None, forward_devices=None) -> Source:
     """Build the source named by ``data.source`` from the ``c.data`` config block.
 
     In a multi-process run the ``npy`` reader and the ``model`` stream (when the processes divide
     ``data.stream_shards``) give each process only its rows of every batch; `whole_batches` asks for
     whole batches instead (every other source always gives them).
     ``model`` streams the activations of the model the ``c.model`` block `model` names (`text_model`:
-    that model already loaded, or None to load it here).
+    that model already loaded, or None to load it here; `forward_devices`: several local devices to run
+    its forward on, data-parallel, or None).
 
     A transcoder's rows (`pair_columns`) come as (inputs, targets) pairs (`saejax.data.pairs.PairSource`).
 
@@ -202,7 +203,7 @@ def make_source(data: ml_collections.ConfigDict, seed: int, *, whole_batches: bo
         from saejax.data.stream import model_source
 
         process = (0, 1) if whole_batches else (jax.process_index(), jax.process_count())
-        return as_pairs(model_source(data, model, seed, text_model, process), data, model)
+        return as_pairs(model_source(data, model, seed, text_model, process, forward_devices), data, model)
     factory = _FACTORIES.get(data.source)
     if factory is None:
         raise ConfigError(

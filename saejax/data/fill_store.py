@@ -35,6 +35,7 @@ from absl import logging
 from saejax.errors import ConfigError, DataError
 
 IDENTITY = "stream.json"
+ADDED_FIELDS = {"dtype": "float32"}  # identity fields newer than some folders: what their absence meant
 
 
 def texts_digest(texts: list[str]) -> str:
@@ -81,6 +82,7 @@ class FillStore:
                 held = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise DataError(f"{path}: cannot be read as a stream's identity ({e})") from None
+            held = {**ADDED_FIELDS, **held}
             differing = [f"{k}: {held.get(k)!r} here, {v!r} wanted" for k, v in self.identity.items() if held.get(k) != v]
             if differing:
                 raise ConfigError(f"data.path={str(self.directory)!r} holds the rows of another stream "

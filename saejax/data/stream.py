@@ -32,7 +32,9 @@ every batch. Batch i is shard 0's B/S rows, then shard 1's, and so on. Of a run'
 dividing S) process p computes only shards [p·S/P, (p+1)·S/P) of each fill, which are exactly its
 rows [p·B/P, (p+1)·B/P) of every batch; the batches depend on S, never on P. (Every process computes
 all of fill 0, for the sample and statistics all of them start from.) With P not dividing S every
-process computes whole fills and keeps its slice (`saejax.data.batches.read_local_batch`).
+process computes whole fills and keeps its slice (`saejax.data.batches.read_local_batch`). A process
+runs the model on its default device, or with ``data.forward_on_all_devices`` data-parallel on all of
+its devices (`saejax.harvest.capture_at`'s `devices`; rows equal to float rounding, not bitwise).
 
 With ``model.target_site`` (a transcoder's data) each row is the pair [site | target_site] of one token,
 captured in one forward pass (`saejax.harvest.capture_at`), [2·d_model]; `saejax.data.pairs.PairSource`
@@ -116,12 +118,15 @@ class ModelSource:
                  seed: int, layer: int, site: str, context_length: int = 128, buffer_contexts: int = 1024,
                  shuffle_texts: int = 65536, forward_batch: int = 32, heldout_max_rows: int = 100_000,
                  points: tuple[tuple[int, str], ...] = (), target_site: str | None = None, shards: int = 1,
-                 process: tuple[int, int] = (0, 1), store: str = "", dtype: str = "float32") -> None:
+                 process: tuple[int, int] = (0, 1), store: str = "", dtype: str = "float32",
+                 devices=None) -> None:
         """points: several hook points to stream at once (then `layer` and `site` are not read); () or
         one point: (layer, site) alone. target_site: a transcoder's target, captured beside (layer, site)
         in each row (one point only). shards: S, see the module docstring. process: (index, count) of
         this process among the run's. store: a folder to write the rows through to ("": none).
-        dtype: how rows are kept and written through, float32 or bfloat16 (handed out as float32)."""
+        dtype: how rows are kept and written through, float32 or bfloat16 (handed out as float32).
+        devices: several of this process's devices to run the model's forward on, data-parallel (each
+        computing its share of every forward's contexts); None: the default device."""
         for field, value, least in (("data.buffer_contexts", buffer_contexts, 1),
                                     ("data.forward_batch", forward_batch, 1),
                                     ("model.context_length", context_length, 1),
@@ -153,8 +158,8 @@ class ModelSource:
             raise ConfigError("model.target_site (a transcoder) reads one hook point; model.hookpoints names "
                               f"{len(self.points)}")
         self.target_site = target_site
-        self.capture = (harvest.capture_points(model, self.points) if self.point_names
-                        else harvest.capture_at(model, *self.points[0], target_site))
+        self.capture = (harvest.capture_points(model, self.points, devices) if self.point_names
+                        else harvest.capture_at(model, *self.points[0], target_site, devices))
         self.order = TextOrder(texts, seed, shuffle_texts)
         self._store_dir, self._store = store, None
         self.description = self.describe()
@@ -448,12 +453,13 @@ class PointSource:
         return self._one(self.source.heldout_batch(index, batch_size))
 
 
-def model_source(data, model, seed: int, text_model=None, process: tuple[int, int] = (0, 1)) -> ModelSource:
+def model_source(data, model, seed: int, text_model=None, process: tuple[int, int] = (0, 1),
+                 devices=None) -> ModelSource:
     """The ``model`` source of a run's ``c.data`` and ``c.model`` blocks: model.name's activations at
     (model.layer, model.site), or at every point of model.hookpoints when it lists several, on
     model.text_glob's training texts (`saejax.harvest.run_texts`).
     `text_model`: the model already loaded, or None to load it here. `process`: (index, count) of this
-    process among the run's (`ModelSource`)."""
+    process among the run's; `devices`: where the forward runs (`ModelSource`)."""
     if model is None or not model.get("name"):
         raise ConfigError("data.source='model' streams the activations of model.name: set --config.model.name "
                           "(minilm, gemma3-270m or a Hugging Face directory)")
@@ -467,4 +473,5 @@ def model_source(data, model, seed: int, text_model=None, process: tuple[int, in
                        shuffle_texts=data.shuffle_texts, forward_batch=data.forward_batch,
                        heldout_max_rows=data.heldout_max_rows, points=parse_points(model.get("hookpoints", "")),
                        target_site=model.get("target_site") or None, shards=data.get("stream_shards", 1),
-                       process=process, store=data.get("path", ""), dtype=data.get("stream_dtype", "float32"))
+                       process=process, store=data.get("path", ""), dtype=data.get("stream_dtype", "float32"),
+                       devices=devices)
