@@ -10,11 +10,9 @@ notebooks (`saejax.analysis`).
 
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
+from saejax import probes
 from saejax.errors import DataError
 
 
@@ -77,31 +75,10 @@ def pca_reconstruction(train: np.ndarray, test: np.ndarray, n_components: int) -
 def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
                           steps: int = 500, learning_rate: float = 0.05, l2: float = 1e-4) -> float:
     """Test accuracy of a multinomial logistic regression fitted on (train_x [n, f], train_y [n])
-    with full-batch Adam (features standardised with the training rows' statistics)."""
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    xs = jnp.asarray((train_x - mean) / std, jnp.float32)
-    xt = jnp.asarray((test_x - mean) / std, jnp.float32)
-    n_classes = int(max(train_y.max(), test_y.max())) + 1
-    labels = jnp.asarray(train_y)
-    optimizer = optax.adam(learning_rate)
-
-    def loss(w):
-        logits = xs @ w["W"] + w["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean() + l2 * jnp.sum(w["W"] ** 2)
-
-    @jax.jit
-    def fit(w):
-        def step(carry, _):
-            w, opt = carry
-            updates, opt = optimizer.update(jax.grad(loss)(w), opt, w)
-            return (optax.apply_updates(w, updates), opt), None
-
-        (w, _), _ = jax.lax.scan(step, (w, optimizer.init(w)), None, length=steps)
-        return w
-
-    w = fit({"W": jnp.zeros((xs.shape[1], n_classes)), "b": jnp.zeros((n_classes,))})
-    predicted = np.asarray(jnp.argmax(xt @ w["W"] + w["b"], axis=-1))
-    return float(np.mean(predicted == np.asarray(test_y)))
+    (`saejax.probes.fit`: full-batch Adam, features standardised with the training rows' statistics)."""
+    n_classes = int(max(np.max(train_y), np.max(test_y))) + 1
+    probe = probes.fit(train_x, train_y, n_classes=n_classes, steps=steps, learning_rate=learning_rate, l2=l2)
+    return float(np.mean(probe.predict(test_x) == np.asarray(test_y)))
 
 
 def evaluate_task(source, encode, decode, plots_dir: str | Path | None = None) -> dict[str, float]:

@@ -1,0 +1,90 @@
+"""Feature absorption (saejax.absorption) and the probes under it (saejax.probes): on a hierarchy of
+features with absorption planted in a known share of a parent's rows, the metric finds that share, and
+it finds none where none was planted; the per-row rules are SAEBench's."""
+
+import numpy as np
+import pytest
+
+from saejax import absorption, probes
+
+D, CHILDREN, ABSORBING = 64, 32, 12  # each parent has 32 children; 12 of the first parent's absorb it
+PARENT_RATE, ROWS = 0.15, 24_000
+
+
+def planted_hierarchy(seed: int = 0):
+    """(x [n, D], parent_on bool [n, 2], z [n, F], decoder [F, D], absorbed bool [n]): two parent features
+    with CHILDREN children each (a child fires only with its parent, with probability 1/CHILDREN), and an
+    oracle SAE with a latent per feature, except that the first ABSORBING children of parent 0 absorb it:
+    their decoder rows are their direction plus the parent's, and on a row where one fires (the first
+    of them only, with the parent's magnitude) the parent's latent is off. `absorbed`: those rows."""
+    gen = np.random.default_rng(seed)
+    n_features = 2 + 2 * CHILDREN
+    dictionary = gen.standard_normal((n_features, D))
+    dictionary /= np.linalg.norm(dictionary, axis=1, keepdims=True)
+    parent_on = gen.random((ROWS, 2)) < PARENT_RATE
+    child_on = (gen.random((ROWS, 2, CHILDREN)) < 1 / CHILDREN) & parent_on[:, :, None]
+    magnitude = gen.uniform(0.2, 1.0, (ROWS, n_features))
+    codes = np.zeros((ROWS, n_features))
+    codes[:, :2] = parent_on * magnitude[:, :2]
+    codes[:, 2:] = child_on.reshape(ROWS, -1) * magnitude[:, 2:]
+    absorbing = 2 + np.arange(ABSORBING)  # children 0 .. ABSORBING-1 of parent 0
+    on = codes[:, absorbing] > 0
+    first = on & (np.cumsum(on, axis=1) == 1)  # at most one absorbing child a row (each takes the parent whole)
+    codes[:, absorbing] = np.where(first, codes[:, [0]], 0.0)  # with the parent's magnitude
+    x = codes @ dictionary + 0.01 * gen.standard_normal((ROWS, D))
+    decoder, z = dictionary.copy(), codes.copy()
+    folded = dictionary[absorbing] + dictionary[0]
+    decoder[absorbing] = folded / np.linalg.norm(folded, axis=1, keepdims=True)
+    z[:, absorbing] *= np.linalg.norm(folded, axis=1)  # z_c · decoder_c = a (d_c + d_parent)
+    absorbed = (codes[:, absorbing] > 0).any(1)
+    z[absorbed, 0] = 0.0
+    np.testing.assert_allclose(z @ decoder - codes @ dictionary, 0, atol=1e-9)  # the oracle reconstructs exactly
+    return x.astype(np.float32), parent_on, z.astype(np.float32), decoder.astype(np.float32), absorbed
+
+
+def test_the_metric_finds_the_absorption_that_was_planted_and_none_where_there_is_none():
+    x, parent_on, z, decoder, absorbed = planted_hierarchy()
+    cut = ROWS // 2
+    planted = absorption.measure(x, parent_on[:, 0], z, decoder)
+    assert list(planted.main_latents) == [0]  # the parent's latent, not split into its absorbing children
+    assert planted.probe_f1 > 0.8 and planted.true_positives > 1000
+    positives = parent_on[cut:, 0] & (planted.probe_f1 > 0)
+    truth = absorbed[cut:][parent_on[cut:, 0]].mean()  # share of the parent's rows an absorbing child took
+    assert 0.25 < truth < 0.4
+    assert abs(planted.rate - truth) < 0.05, (planted.rate, truth)
+    assert planted.fraction == pytest.approx(planted.rate, abs=0.05)  # absorbed rows are absorbed whole
+    none = absorption.measure(x, parent_on[:, 1], z, decoder)  # parent 1: nothing planted
+    assert list(none.main_latents) == [1]
+    # no row fully absorbed; the partial fraction only picks up other features' interference along the probe
+    assert none.rate < 0.01 and none.fraction < 0.05, (none.rate, none.fraction)
+    assert positives.sum() > 0
+
+
+def test_row_rules_are_saebench_s():
+    cosines = np.array([0.9, 0.5, 0.05, 0.02])  # latent 0 is main
+    z = np.array([[0.0, 1.0, 0.0, 0.0],   # main off, latent 1 carries 0.8 of 1.0: full, fraction 1
+                  [0.5, 1.0, 0.0, 0.0],   # main on: not full; absorbers 0.3 of 1.0 < 0.4: fraction 0
+                  [0.0, 0.0, 1.0, 0.0],   # carried by a latent of cosine 0.05: full (>= 0.025), fraction 0
+                  [0.0, 0.0, 0.0, 1.0],   # top latent's cosine 0.02 < 0.025: not full
+                  [0.2, 1.0, 0.0, 0.0]])  # main 0.2, absorbers 0.6 of 1.0: fraction 0.6 / 0.8
+    contributions = np.array([[0, 0.8, 0, 0], [0.5, 0.3, 0, 0], [0, 0, 0.9, 0], [0, 0, 0, 0.9], [0.2, 0.6, 0, 0]])
+    full, fraction = absorption.row_absorption(np.ones(5), contributions, cosines, z, np.array([0]))
+    assert full.tolist() == [True, False, True, False, False]
+    np.testing.assert_allclose(fraction, [1.0, 0.0, 0.0, 0.0, 0.75])
+
+
+def test_k_sparse_probes_read_the_latents_that_differ_most_and_a_dense_probe_finds_a_direction():
+    gen = np.random.default_rng(1)
+    y = gen.random(4000) < 0.3
+    z = gen.random((4000, 20)).astype(np.float32) * 0.1
+    z[:, 7] += y * 1.0  # latent 7 is the concept
+    z[:, 3] += y * gen.random(4000) * 0.5  # latent 3 partly
+    runs = probes.k_sparse(z[:2000], y[:2000], z[2000:], y[2000:], ks=(1, 2))
+    assert list(runs[0].latents) == [7] and list(runs[1].latents) == [7, 3]
+    assert runs[0].f1 > 0.99 and runs[0].accuracy > 0.99
+    direction = gen.standard_normal(16)
+    x = gen.standard_normal((3000, 16)).astype(np.float32)
+    probe = probes.fit(x, (x @ direction > 0).astype(int), n_classes=2)
+    cosine = probe.direction() @ direction / np.linalg.norm(probe.direction()) / np.linalg.norm(direction)
+    assert cosine > 0.98 and np.mean((probe.margin(x) > 0) == (x @ direction > 0)) > 0.97
+    assert probes.f1_score(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0])) == pytest.approx(0.5)
