@@ -16,8 +16,8 @@ from absl import app, flags, logging
 
 import saejax
 from saejax import dashboards, harvest
-from saejax.errors import ConfigError, SaejaxError
-from saejax.models.loading import load_text_model
+from saejax.errors import SaejaxError
+from saejax.models.loading import model_of_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run trained on a text model's activations.")
 _LATENTS = flags.DEFINE_integer("latents", 32, "Pages for this many of the most frequently firing latents.", lower_bound=1)
@@ -33,11 +33,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     try:
         params, config = saejax.load(_WORKDIR.value, point=_POINT.value or None)
-        m = config.model
-        if not m.name:
-            raise ConfigError(f"--workdir={_WORKDIR.value} was not trained with model.name set; dashboards need the "
-                              "text model (experiments/configs/minilm.py or gemma3.py)")
-        model = load_text_model(m.name)
+        m, model = config.model, model_of_run(config, _WORKDIR.value, "dashboards")
         sae = saejax.sae_from_config(config.sae, model.d_model)
         index = dashboards.write(model, sae, params, harvest.run_texts(m, held_out=True), layer=m.layer, site=m.site,
                                  out_dir=Path(_WORKDIR.value) / "dashboards" / _POINT.value, n_latents=_LATENTS.value,

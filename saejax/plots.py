@@ -230,3 +230,26 @@ def plot_pareto(points: Sequence[dict[str, Any]], path: str | Path, x: str = "l0
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_absorption(per_letter: dict[str, dict], path: str | Path) -> Path:
+    """Feature absorption per letter of the first-letter task (`saejax.first_letter`): the full
+    absorption rate and the mean absorption fraction of each measured letter (hatched: its probe is
+    too weak to score it)."""
+    letters = sorted(per_letter)
+    fig = Figure(figsize=(7.0, 3.2))
+    _caption(fig, "Feature absorption by first letter: the share of a letter's words whose main latents stay off "
+                  "while another latent carries the letter (full), and the mean share of the letter's probe "
+                  "projection carried by other latents (fraction); hatched letters' probes are below F1 0.6")
+    ax = fig.add_subplot(1, 1, 1)
+    at = np.arange(len(letters))
+    for offset, key, name in ((-0.2, "rate", "full absorption rate"), (0.2, "fraction", "absorption fraction")):
+        bars = ax.bar(at + offset, [per_letter[k][key] for k in letters], width=0.4, label=name)
+        for bar, letter in zip(bars, letters):
+            if per_letter[letter]["probe_f1"] < 0.6:
+                bar.set_hatch("//")
+    ax.set_xticks(at, [k.upper() for k in letters])
+    ax.set_ylabel("share of the letter's words")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -7,6 +7,7 @@ k latents whose mean activation differs most between a concept's positive and ne
     runs = k_sparse(z_fit, y_fit, z_eval, y_eval, ks=(1, 2, 5, 20))  # y bool: a concept's rows
 """
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -63,24 +64,23 @@ def fit(x: np.ndarray, y: np.ndarray, *, n_classes: int | None = None, steps: in
     return Probe(weights.astype(np.float32), (np.asarray(w["b"]) - (mean / std) @ np.asarray(w["W"])).astype(np.float32))
 
 
+@functools.partial(jax.jit, static_argnames=("n_classes", "steps"))
 def _fit(xs, labels, row_weight, n_classes: int, steps: int, learning_rate: float, l2: float) -> dict:
+    """Full-batch Adam on the weighted cross-entropy plus l2·|W|², compiled once per shape."""
     optimizer = optax.adam(learning_rate)
 
     def loss(w):
         losses = optax.softmax_cross_entropy_with_integer_labels(xs @ w["W"] + w["b"], labels)
         return jnp.sum(losses * row_weight) / jnp.sum(row_weight) + l2 * jnp.sum(w["W"] ** 2)
 
-    @jax.jit
-    def run(w):
-        def step(carry, _):
-            w, opt = carry
-            updates, opt = optimizer.update(jax.grad(loss)(w), opt, w)
-            return (optax.apply_updates(w, updates), opt), None
+    def step(carry, _):
+        w, opt = carry
+        updates, opt = optimizer.update(jax.grad(loss)(w), opt, w)
+        return (optax.apply_updates(w, updates), opt), None
 
-        (w, _), _ = jax.lax.scan(step, (w, optimizer.init(w)), None, length=steps)
-        return w
-
-    return run({"W": jnp.zeros((xs.shape[1], n_classes)), "b": jnp.zeros((n_classes,))})
+    w = {"W": jnp.zeros((xs.shape[1], n_classes)), "b": jnp.zeros((n_classes,))}
+    (w, _), _ = jax.lax.scan(step, (w, optimizer.init(w)), None, length=steps)
+    return w
 
 
 def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:

@@ -1,11 +1,17 @@
 """Feature absorption (saejax.absorption) and the probes under it (saejax.probes): on a hierarchy of
 features with absorption planted in a known share of a parent's rows, the metric finds that share, and
-it finds none where none was planted; the per-row rules are SAEBench's."""
+it finds none where none was planted; the per-row rules are SAEBench's. The first-letter task
+(saejax.first_letter) reads each word at its own token and scores every letter."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from saejax import absorption, probes
+from saejax import absorption, first_letter, probes
 
 D, CHILDREN, ABSORBING = 64, 32, 12  # each parent has 32 children; 12 of the first parent's absorb it
 PARENT_RATE, ROWS = 0.15, 24_000
@@ -88,3 +94,64 @@ def test_k_sparse_probes_read_the_latents_that_differ_most_and_a_dense_probe_fin
     cosine = probe.direction() @ direction / np.linalg.norm(probe.direction()) / np.linalg.norm(direction)
     assert cosine > 0.98 and np.mean((probe.margin(x) > 0) == (x @ direction > 0)) > 0.97
     assert probes.f1_score(np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0])) == pytest.approx(0.5)
+
+
+def test_the_first_letter_task_reads_each_word_at_its_token_and_scores_letters(tmp_path):
+    pytest.importorskip("tokenizers")
+    from test_stream import WORDS, tiny_bert
+
+    from saejax.models.loading import load_text_model
+
+    model = load_text_model(str(tiny_bert(tmp_path / "bert")))
+    assert set(first_letter.vocabulary_words(model)) == {w for w in WORDS if len(w) >= 2}
+    task = first_letter.build(model, n_words=50, examples=2)
+    assert len(task.words) == len({w for w in WORDS if len(w) >= 2})  # every word is one token in its prompt
+    for word, prompt, position, letter in zip(task.words, task.prompts, task.positions, task.letters):
+        ids, _ = model.tokenize([prompt], 64)
+        assert model.token_strings([ids[0, position]]) == [f" {word}"] and prompt.endswith(f" {word}:")
+        assert first_letter.LETTERS[letter] == word[0]
+    x = first_letter.activations(model, task, 1, "resid_post")
+    assert x.shape == (len(task.words), 16) and np.isfinite(x).all()
+    # letters planted in an oracle's latents: latent i fires on the words of letter i, along direction i
+    gen = np.random.default_rng(0)
+    letters = gen.integers(0, 3, 1200)
+    directions = np.eye(8, dtype=np.float32)[:3]
+    z = np.zeros((1200, 8), np.float32)
+    z[np.arange(1200), letters] = gen.uniform(0.5, 1.0, 1200)
+    rows = z[:, :3] @ directions + 0.05 * gen.standard_normal((1200, 8)).astype(np.float32)
+    report = first_letter.absorption_by_letter(rows, letters, z, np.eye(8, dtype=np.float32))
+    assert set(report["letters"]) == {"a", "b", "c"} and report["scored"] == 3
+    assert report["absorption_rate"] == 0 and report["main_latents"] == 1
+    assert [report["letters"][k]["main_latents"] for k in "abc"] == [[0], [1], [2]]
+    assert report["sparse_probe_f1"][0] > 0.99
+
+
+@pytest.mark.slow
+def test_a_run_names_the_absorption_evaluator_and_gets_its_report(tmp_path):
+    pytest.importorskip("tokenizers")
+    from test_stream import CONTEXT, LAYER, TEXTS, tiny_bert
+
+    tails = ["at", "og", "ip", "un", "ex", "ol", "ir", "um", "ak", "ee", "ow", "id", "ay", "ub", "en", "if", "az",
+             "oy", "uz", "ep"]
+    words = [f"{letter}{tail}" for letter in first_letter.LETTERS for tail in tails]
+    model_dir, corpus = tiny_bert(tmp_path / "bert", words=words), tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(TEXTS))
+    root = Path(__file__).resolve().parents[1]
+    flags = [f"--config.model.name={model_dir}", f"--config.model.layer={LAYER}", f"--config.model.text_glob={corpus}",
+             f"--config.model.context_length={CONTEXT}", "--config.model.absorption_words=520",
+             "--config.data.source=model", "--config.data.buffer_contexts=64", "--config.data.forward_batch=4",
+             "--config.sae.arch=topk", "--config.sae.d_sae=64", "--config.sae.k=4", "--config.train.batch_size=32",
+             "--config.train.steps=20", "--config.train.eval_rows=200", "--config.log.tensorboard=False",
+             "--config.log.progress=False", "--config.train.evaluators=heldout,absorption,export"]
+    done = subprocess.run([sys.executable, str(root / "experiments" / "train.py"), f"--workdir={tmp_path / 'run'}",
+                           *flags], capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["eval"]
+    assert {"absorption/rate", "absorption/fraction", "absorption/letters", "absorption/sparse_probe_f1_k1"} <= set(summary)
+    report = json.loads((tmp_path / "run" / "absorption" / "first_letter.json").read_text())
+    assert report["words"] == 520 and len(report["letters"]) >= 13  # 20 words a letter: most have 8 on each side
+    assert all(0 <= v["rate"] <= 1 and 0 <= v["fraction"] <= 1 for v in report["letters"].values())
+    assert (tmp_path / "run" / "absorption" / "first_letter.png").is_file()
+    again = subprocess.run([sys.executable, str(root / "experiments" / "absorption.py"), f"--workdir={tmp_path / 'run'}",
+                            "--words=520"], capture_output=True, text=True, timeout=600, cwd=root)
+    assert again.returncode == 0 and "first-letter absorption of" in again.stdout, again.stderr[-3000:]

@@ -64,11 +64,12 @@ def _tokenizer(specials: list[str], template: str, words: list[str]):
     return tokenizer, len(vocab)
 
 
-def tiny_bert(folder: Path, seed: int = 0) -> Path:
-    """A Hugging Face BERT folder: 2 layers of width 16, random weights, a character-level tokenizer."""
+def tiny_bert(folder: Path, seed: int = 0, words: list[str] = WORDS) -> Path:
+    """A Hugging Face BERT folder: 2 layers of width 16, random weights, a tokenizer of `words` and single
+    characters."""
     from safetensors.numpy import save_file
 
-    tokenizer, vocab = _tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]"], "[CLS] $A [SEP]", WORDS)
+    tokenizer, vocab = _tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]"], "[CLS] $A [SEP]", words)
     d, inner, layers = 16, 32, 2
     config = {"model_type": "bert", "vocab_size": vocab, "hidden_size": d, "num_hidden_layers": layers,
               "num_attention_heads": 2, "intermediate_size": inner, "max_position_embeddings": 64,

@@ -1,11 +1,13 @@
 """Evaluators of an SAE trained on a text model's activations (`model.name` set): the splice
 evaluation (the model's loss with the SAE's reconstruction in place of the activations; a
 transcoder's in place of model.target_site's) and feature dashboards, both on the run's held-out
-texts."""
+texts, and feature absorption on the first-letter task (`saejax.first_letter`)."""
 
 import itertools
 
-from saejax import dashboards, harvest, normalization, splice
+import numpy as np
+
+from saejax import dashboards, first_letter, harvest, normalization, splice
 
 
 def applies(run) -> str | None:
@@ -47,3 +49,27 @@ def feature_dashboards(run, state, found: dict) -> dict:
                      out_dir=run.workdir / "dashboards" / run.point, n_latents=m.dashboard_latents,
                      max_texts=m.eval_texts, context_length=m.context_length)
     return {}
+
+
+def absorption_applies(run) -> str | None:
+    """Why the first-letter absorption evaluator does not apply to `run`, or None."""
+    if reason := applies(run):
+        return reason
+    if run.sae.transcoder or not run.sae.spec.has_linear_decoder:
+        return "absorption needs an SAE with linear decoder rows on one hook point (not a transcoder)"
+    return None if run.config.model.get("absorption_words", 0) else "model.absorption_words is 0"
+
+
+def first_letter_absorption(run, state, found: dict) -> dict:
+    """Feature absorption on the first-letter task with `model.absorption_words` words: the report in
+    workdir/absorption/first_letter.json and .png (absorption/POINT/ for a hook point's SAE), its means
+    as "absorption/rate", "absorption/fraction", "absorption/letters", "absorption/sparse_probe_f1_k{1,2,5}"."""
+    params = normalization.fold_norm(state.params, state.norm_scale)
+    m = run.config.model
+    report = first_letter.measure_sae(run.text_model, m.layer, m.site, lambda x: run.sae.encode(params, x),
+                                      np.asarray(params["W_dec"]), n_words=m.absorption_words)
+    first_letter.save(report, run.workdir / "absorption" / run.point)
+    f1 = report["sparse_probe_f1"] or [float("nan")] * 5
+    return {"absorption/rate": report["absorption_rate"], "absorption/fraction": report["absorption_fraction"],
+            "absorption/letters": float(report["scored"]),
+            **{f"absorption/sparse_probe_f1_k{k}": f1[k - 1] for k in (1, 2, 5)}}

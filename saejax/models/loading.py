@@ -45,6 +45,7 @@ class TextModel:
     special: Callable
     token_strings: Callable = lambda ids: [str(i) for i in ids]  # noqa: E731  ids -> how each token reads in text
     unembed: Callable | None = None  # direction [d_model] -> logits [vocab] (causal LMs: the tied embedding)
+    vocab_size: int = 0  # token ids the tokenizer has (0: unknown)
 
     def forward(self, ids, mask, hook=None, capture=()):
         """`apply` with this model's params."""
@@ -119,6 +120,15 @@ def resolve_path(spec: str) -> Path:
     return path
 
 
+def model_of_run(config, workdir, needs: str) -> TextModel:
+    """The text model a trained run's config names (model.name); ConfigError naming --workdir when it
+    names none. `needs`: what the caller does with it, for that message (e.g. "dashboards")."""
+    if not config.model.get("name"):
+        raise ConfigError(f"--workdir={workdir} was not trained with model.name set; {needs} need the text model "
+                          "(experiments/configs/minilm.py or gemma3.py)")
+    return load_text_model(config.model.name)
+
+
 def load_text_model(spec: str) -> TextModel:
     """The model `spec` names (see module docstring)."""
     path = resolve_path(spec)
@@ -147,7 +157,8 @@ def _bert(name: str, path: Path) -> TextModel:
     return TextModel(name=name, kind="bert", n_layers=config.n_layers, d_model=config.hidden_size, params=params,
                      tokenize=one_at_a_time(tokenizer), apply=apply,
                      special=lambda ids: np.isin(np.asarray(ids), special_ids),
-                     token_strings=lambda ids: [_wordpiece_text(tokenizer.id_to_token(int(i)) or "") for i in ids])
+                     token_strings=lambda ids: [_wordpiece_text(tokenizer.id_to_token(int(i)) or "") for i in ids],
+                     vocab_size=tokenizer.get_vocab_size())
 
 
 def _special_token_ids(path: Path) -> np.ndarray:
@@ -176,7 +187,7 @@ def _gemma3(name: str, path: Path) -> TextModel:
                      tokenize=one_at_a_time(tokenizer), apply=apply,
                      special=lambda ids: np.isin(np.asarray(ids), special_ids),
                      token_strings=lambda ids: [(tokenizer.id_to_token(int(i)) or "").replace("▁", " ") for i in ids],
-                     unembed=unembed)
+                     unembed=unembed, vocab_size=tokenizer.get_vocab_size())
 
 
 def _gemma_tokenizer(path: Path):
