@@ -14,10 +14,10 @@ letters whose probe reaches F1 0.6) and first_letter.png, and prints the means.
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 import saejax
-from saejax import analysis, first_letter
+from saejax import analysis, cli, first_letter
 from saejax.errors import ConfigError, SaejaxError
 from saejax.models.loading import model_of_run
 
@@ -28,10 +28,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    cli.quiet_tool(argv)
     try:
         params, config = saejax.load(_WORKDIR.value, point=_POINT.value or None)
         m = config.model

@@ -12,10 +12,10 @@ DIR/dashboards/POINT/.
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 import saejax
-from saejax import dashboards, harvest
+from saejax import cli, dashboards, harvest
 from saejax.errors import SaejaxError
 from saejax.models.loading import model_of_run
 
@@ -27,10 +27,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    cli.quiet_tool(argv)
     try:
         params, config = saejax.load(_WORKDIR.value, point=_POINT.value or None)
         m, model = config.model, model_of_run(config, _WORKDIR.value, "dashboards")

@@ -10,8 +10,9 @@ into DIR/plots/POINT/.
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from saejax import cli
 from saejax.evaluate import artifacts
 from saejax.errors import SaejaxError
 
@@ -22,10 +23,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+    cli.quiet_tool(argv)
     try:
         print(f"plots in {artifacts.replot(_WORKDIR.value, _ROWS.value, _POINT.value)}")
     except SaejaxError as e:

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 import ml_collections
-from absl import flags
+from absl import app, flags, logging
 
 from saejax.config import field_docs
 from saejax.errors import ConfigError
@@ -201,3 +201,13 @@ def first_line(e: BaseException) -> str:
     """The first non-empty line of an exception's message (its type's name if it has none)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+def quiet_tool(argv: list[str]) -> None:
+    """The start of a small absl tool's main (experiments/plot.py, dashboards.py, ...): UsageError for
+    positional arguments, and absl logging at WARNING unless --verbosity is given (Orbax logs every
+    restore at INFO)."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
