@@ -133,3 +133,20 @@ def measure(x: np.ndarray, labels: np.ndarray, z: np.ndarray, decoder: np.ndarra
     return Absorption(rate=float(full.sum() / max(count, 1)), fraction=float(fractions.sum() / max(count, 1)),
                       main_latents=np.asarray(main, np.int64), f1s=f1s,
                       probe_f1=probes.f1_score(found, y_eval), true_positives=count, full=full, fractions=fractions)
+
+
+def hierarchy(x: np.ndarray, codes: np.ndarray, parent: np.ndarray, z: np.ndarray, decoder: np.ndarray,
+              max_parents: int = 16, min_probe_f1: float = 0.6) -> dict:
+    """Absorption of the parents of a feature hierarchy (`saejax.data.synthetic`, correlation
+    'hierarchical'), each a concept ("the parent fires", from the ground-truth `codes` [n, n_features]):
+    `measure` for the `max_parents` most frequent features that have children, and the means over those
+    whose probe reaches `min_probe_f1`: {"absorption_rate", "absorption_fraction", "parents" (measured),
+    "scored"}. parent: int64 [n_features], each feature's parent (-1: a root)."""
+    parents = np.unique(parent[parent >= 0])
+    on = np.asarray(codes)[:, parents] > 0
+    parents = parents[np.argsort(-on.mean(0), kind="stable")][:max_parents]
+    found = [measure(x, np.asarray(codes)[:, p] > 0, z, decoder) for p in parents]
+    scored = [f for f in found if f.probe_f1 >= min_probe_f1]
+    return {"absorption_rate": float(np.mean([f.rate for f in scored])) if scored else float("nan"),
+            "absorption_fraction": float(np.mean([f.fraction for f in scored])) if scored else float("nan"),
+            "parents": len(found), "scored": len(scored)}

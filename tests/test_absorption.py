@@ -66,6 +66,18 @@ def test_the_metric_finds_the_absorption_that_was_planted_and_none_where_there_i
     assert positives.sum() > 0
 
 
+def test_a_hierarchy_s_parents_are_measured_each_and_averaged():
+    x, parent_on, z, decoder, _ = planted_hierarchy()
+    codes = np.zeros((ROWS, 2 + 2 * CHILDREN), np.float32)
+    codes[:, :2] = parent_on
+    parent = np.concatenate([[-1, -1], np.repeat([0, 1], CHILDREN)])
+    found = absorption.hierarchy(x, codes, parent, z, decoder)
+    planted = absorption.measure(x, parent_on[:, 0], z, decoder)
+    assert found["parents"] == found["scored"] == 2
+    assert found["absorption_rate"] == pytest.approx(planted.rate / 2, abs=0.01)  # parent 1 absorbs nothing
+    assert absorption.hierarchy(x, codes, parent, z, decoder, max_parents=1)["parents"] == 1
+
+
 def test_row_rules_are_saebench_s():
     cosines = np.array([0.9, 0.5, 0.05, 0.02])  # latent 0 is main
     z = np.array([[0.0, 1.0, 0.0, 0.0],   # main off, latent 1 carries 0.8 of 1.0: full, fraction 1

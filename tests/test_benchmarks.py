@@ -165,3 +165,18 @@ def test_suite_rejects_unknown_settings():
         sections.settings("checkpoint", "quick", {"width": "3"})
     with pytest.raises(ValueError):
         sections.settings("checkpoint", "quick", {"d_sae": "wide"})
+
+
+@pytest.mark.slow
+def test_the_synthetic_suite_trains_each_architecture_on_both_data_sets(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "benchmarks.synthetic_suite", "--steps=30", "--archs=topk,relu",
+                             f"--out={tmp_path}"], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads((tmp_path / "synthetic_suite.json").read_text())["results"]
+    assert set(found) == {"independent", "hierarchical"} and set(found["hierarchical"]) == {"topk", "relu"}
+    for dataset, by_arch in found.items():
+        for arch, metrics in by_arch.items():
+            assert "error" not in metrics, (dataset, arch, metrics)
+            assert 0 <= metrics["matched_mean_abs_cos"] <= 1 and 0 < metrics["mmcs"] <= 1
+            assert ("absorption/rate" in metrics) == (dataset == "hierarchical")
+    assert "| topk |" in (tmp_path / "synthetic_suite.md").read_text()

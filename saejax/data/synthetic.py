@@ -190,9 +190,12 @@ class SyntheticSource:
         gen = rng(self.seed, STREAM_SAMPLE)
         return sample_codes(gen, self.cond_probs, self.parent, n) @ self.dictionary
 
+    def heldout_codes(self, index: int, batch_size: int) -> np.ndarray:
+        """Ground-truth codes of `heldout_batch(index, batch_size)`, float32 [batch_size, n_features]."""
+        check_batch_args(index, batch_size)
+        return sample_codes(rng(self.seed, STREAM_HELDOUT, index), self.cond_probs, self.parent, batch_size)
+
     def heldout_batch(self, index: int, batch_size: int) -> np.ndarray:
         """float32 [batch_size, d]: rows of the held-out stream (seed, index), which no training
         batch or sample draws from."""
-        check_batch_args(index, batch_size)
-        return sample_codes(rng(self.seed, STREAM_HELDOUT, index), self.cond_probs, self.parent,
-                            batch_size) @ self.dictionary
+        return self.heldout_codes(index, batch_size) @ self.dictionary

@@ -3,7 +3,7 @@ with a known dictionary, anomaly ROC-AUC or probe accuracy (with the PCA baselin
 
 import numpy as np
 
-from saejax import downstream, metrics, normalization
+from saejax import absorption, downstream, metrics, normalization
 
 
 def dictionary_applies(run) -> str | None:
@@ -15,11 +15,27 @@ def dictionary_applies(run) -> str | None:
     return None
 
 
+HIERARCHY_ROWS = 16384  # held-out rows the absorption of a hierarchy's parents is measured on
+
+
 def dictionary_recovery(run, state, found: dict) -> dict:
-    """MMCS and Hungarian-matched mean |cos| of the decoder rows against the true dictionary."""
+    """MMCS and Hungarian-matched mean |cos| (SAELens' MCC) of the decoder rows against the true
+    dictionary; for a hierarchy of features also the absorption of its parents
+    (`saejax.absorption.hierarchy`, on HIERARCHY_ROWS held-out rows): "absorption/rate",
+    "absorption/fraction"."""
     learned, truth = np.asarray(state.params["W_dec"]), run.source.dictionary
-    return {"mmcs": float(metrics.mmcs(learned, truth)),
-            "matched_mean_abs_cos": metrics.matched_mean_abs_cos(learned, truth)}
+    result = {"mmcs": float(metrics.mmcs(learned, truth)),
+              "matched_mean_abs_cos": metrics.matched_mean_abs_cos(learned, truth)}
+    if getattr(run.source, "parent", None) is None:
+        return result
+    codes = run.source.heldout_codes(0, HIERARCHY_ROWS)
+    x = codes @ run.source.dictionary  # the rows the SAE reads: normalised as in training
+    x_norm = x * float(np.ravel(state.norm_scale)[0])
+    z = np.asarray(run.sae.encode(state.params, x_norm))
+    found_parents = absorption.hierarchy(x_norm, codes, run.source.parent, z, learned)
+    return {**result, "absorption/rate": found_parents["absorption_rate"],
+            "absorption/fraction": found_parents["absorption_fraction"],
+            "absorption/parents_scored": float(found_parents["scored"])}
 
 
 def task_applies(run) -> str | None:
