@@ -1,0 +1,50 @@
+"""Sparse probing of an SAE on labelled texts (Gurnee et al. 2023, as SAEBench's sparse probing runs
+it): each text's activations at the hook point mean-pooled over its tokens, and its SAE latents
+likewise; for each class (one against the rest) k-sparse probes on the pooled latents
+(`saejax.probes.k_sparse`) beside a dense probe on the pooled activations.
+
+    x, z = pooled(model, texts, layer, site, encode)            # [n, d_model], [n, F]
+    report = sparse_probing(x, z, labels, names, ks=(1, 2, 5, 20))
+"""
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from saejax import harvest, probes
+from saejax.models.loading import padded_batch
+
+
+def pooled(model, texts: list[str], layer: int, site: str, encode: Callable, batch_size: int = 16,
+           context_length: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(x float32 [n, d_model], z float32 [n, F]): each text's activations at (layer, site) and its
+    latents (`encode`: rows [m, d_model] -> [m, F]), each the mean over the text's kept tokens."""
+    capture = harvest.capture_at(model, layer, site)
+    xs, zs = [], []
+    for start in range(0, len(texts), batch_size):
+        ids, mask, keep = padded_batch(model, texts[start:start + batch_size], context_length)
+        acts = np.asarray(capture(model.params, ids, mask), np.float32)
+        rows, owner = acts[keep], np.nonzero(keep)[0]
+        latents = np.asarray(encode(rows), np.float32)
+        counts = np.maximum(np.bincount(owner, minlength=ids.shape[0]), 1)[:, None]
+        xs.append(np.stack([rows[owner == i].sum(0) for i in range(ids.shape[0])]) / counts)
+        zs.append(np.stack([latents[owner == i].sum(0) for i in range(ids.shape[0])]) / counts)
+    return np.concatenate(xs), np.concatenate(zs)
+
+
+def sparse_probing(x: np.ndarray, z: np.ndarray, labels: np.ndarray, names: Sequence[str],
+                   ks: Sequence[int] = (1, 2, 5, 20), fit_share: float = 0.5) -> dict:
+    """For each class, a balanced one-against-the-rest probe on the pooled activations x [n, d] ("dense")
+    and k-sparse probes on the pooled latents z [n, F] (the first `fit_share` of the rows fit, the rest
+    score): {"classes": {name: {"dense": accuracy, "sparse": {k: accuracy}, "sparse_f1": {k: F1}}},
+    "dense_accuracy", "sparse_accuracy": {k: mean over the classes}}."""
+    cut = int(fit_share * len(labels))
+    classes = {}
+    for index, name in enumerate(names):
+        y = np.asarray(labels) == index
+        dense = probes.fit(x[:cut], y[:cut].astype(np.int32), n_classes=2, balanced=True)
+        runs = probes.k_sparse(z[:cut], y[:cut], z[cut:], y[cut:], ks=ks)
+        classes[name] = {"dense": float(np.mean((dense.margin(x[cut:]) > 0) == y[cut:])),
+                         "sparse": {run.k: run.accuracy for run in runs}, "sparse_f1": {run.k: run.f1 for run in runs}}
+    return {"classes": classes, "dense_accuracy": float(np.mean([c["dense"] for c in classes.values()])),
+            "sparse_accuracy": {k: float(np.mean([c["sparse"][k] for c in classes.values()])) for k in ks}}
