@@ -22,7 +22,8 @@ from saejax.models.loading import model_of_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run trained on a causal LM's activations.")
 _LATENT = flags.DEFINE_integer("latent", None, "The latent whose decoder row steers.", lower_bound=0)
-_STRENGTHS = flags.DEFINE_list("strengths", ["-4", "4"], "Multiples of the decoder row to add (the latent's activation).")
+_STRENGTHS = flags.DEFINE_list("strengths", ["-4", "4"],
+                               "Multiples of the decoder row to add (the latent's activation).")
 _PROMPT = flags.DEFINE_string("prompt", "The", "Text to continue, clean and steered.")
 _TOKENS = flags.DEFINE_integer("tokens", 16, "Tokens to generate.", lower_bound=1)
 _TEXTS = flags.DEFINE_integer("texts", 32, "Held-out texts the next-token shift is averaged over.", lower_bound=1)

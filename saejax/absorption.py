@@ -97,7 +97,8 @@ def row_absorption(projection: np.ndarray, contributions: np.ndarray, cosines: n
         carried = absorbers / projection
         absorbed = np.minimum(absorbers, projection - main_sum)
         partial = np.clip(absorbed / (absorbed + main_sum), 0.0, 1.0)
-    fraction = np.where((main_sum >= projection) | ~(carried >= t.proportion), 0.0, np.where(main_sum <= 0, 1.0, partial))
+    none = (main_sum >= projection) | ~(carried >= t.proportion)
+    fraction = np.where(none, 0.0, np.where(main_sum <= 0, 1.0, partial))
     top = np.argmax(c, axis=1)
     top_c = c[np.arange(c.shape[0]), top]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -61,7 +61,8 @@ def fit(x: np.ndarray, y: np.ndarray, *, n_classes: int | None = None, steps: in
     w = _fit(jnp.asarray((x - mean) / std), jnp.asarray(y), jnp.asarray(row_weight, jnp.float32), n_classes, steps,
              learning_rate, l2)
     weights = np.asarray(w["W"]) / std[:, None]
-    return Probe(weights.astype(np.float32), (np.asarray(w["b"]) - (mean / std) @ np.asarray(w["W"])).astype(np.float32))
+    bias = np.asarray(w["b"]) - (mean / std) @ np.asarray(w["W"])
+    return Probe(weights.astype(np.float32), bias.astype(np.float32))
 
 
 @functools.partial(jax.jit, static_argnames=("n_classes", "steps"))

@@ -159,11 +159,13 @@ def test_a_run_names_the_absorption_evaluator_and_gets_its_report(tmp_path):
                            *flags], capture_output=True, text=True, timeout=600, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())["eval"]
-    assert {"absorption/rate", "absorption/fraction", "absorption/letters", "absorption/sparse_probe_f1_k1"} <= set(summary)
+    assert {"absorption/rate", "absorption/fraction", "absorption/letters",
+            "absorption/sparse_probe_f1_k1"} <= set(summary)
     report = json.loads((tmp_path / "run" / "absorption" / "first_letter.json").read_text())
     assert report["words"] == 520 and len(report["letters"]) >= 13  # 20 words a letter: most have 8 on each side
     assert all(0 <= v["rate"] <= 1 and 0 <= v["fraction"] <= 1 for v in report["letters"].values())
     assert (tmp_path / "run" / "absorption" / "first_letter.png").is_file()
-    again = subprocess.run([sys.executable, str(root / "experiments" / "absorption.py"), f"--workdir={tmp_path / 'run'}",
+    again = subprocess.run([sys.executable, str(root / "experiments" / "absorption.py"),
+                            f"--workdir={tmp_path / 'run'}",
                             "--words=520"], capture_output=True, text=True, timeout=600, cwd=root)
     assert again.returncode == 0 and "first-letter absorption of" in again.stdout, again.stderr[-3000:]

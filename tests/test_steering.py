@@ -43,7 +43,8 @@ def test_steering_moves_the_promoted_token_in_the_direction_of_the_latent(gemma)
 
 def test_steering_needs_a_causal_model_and_a_direction_of_its_width(gemma, tmp_path):
     with pytest.raises(ConfigError, match="not a causal LM"):
-        steering.log_probs(load_text_model(str(tiny_bert(tmp_path / "bert"))), TEXTS, 1, "resid_post", np.zeros(16), 1.0)
+        bert = load_text_model(str(tiny_bert(tmp_path / "bert")))
+        steering.log_probs(bert, TEXTS, 1, "resid_post", np.zeros(16), 1.0)
     with pytest.raises(ConfigError, match=r"a steering direction has shape \(7,\)"):
         steering.log_probs(gemma, TEXTS, 1, "resid_post", np.zeros(7), 1.0)
     with pytest.raises(ConfigError, match="layer 9"):

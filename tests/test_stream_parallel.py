@@ -110,7 +110,8 @@ _SPREAD = textwrap.dedent("""
     a, b = one.fill_rows(1), spread.fill_rows(1)
     ha, hb = one.heldout_batch(0, 64), spread.heldout_batch(0, 64)
     print(json.dumps({{"devices": len(out.sharding.device_set), "shapes": [a.shape == b.shape, ha.shape == hb.shape],
-                      "rel": float(max(np.abs(a - b).max() / np.abs(a).max(), np.abs(ha - hb).max() / np.abs(ha).max()))}}))
+                      "rel": float(max(np.abs(a - b).max() / np.abs(a).max(),
+                                       np.abs(ha - hb).max() / np.abs(ha).max()))}}))
 """)
 
 

@@ -83,7 +83,8 @@ class FillStore:
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise DataError(f"{path}: cannot be read as a stream's identity ({e})") from None
             held = {**ADDED_FIELDS, **held}
-            differing = [f"{k}: {held.get(k)!r} here, {v!r} wanted" for k, v in self.identity.items() if held.get(k) != v]
+            differing = [f"{k}: {held.get(k)!r} here, {v!r} wanted" for k, v in self.identity.items()
+                         if held.get(k) != v]
             if differing:
                 raise ConfigError(f"data.path={str(self.directory)!r} holds the rows of another stream "
                                   f"({'; '.join(differing)}); use another data.path")
@@ -91,7 +92,8 @@ class FillStore:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise DataError(f"data.path={str(self.directory)!r}: cannot create the folder ({e.strerror or e})") from None
+                raise DataError(f"data.path={str(self.directory)!r}: cannot create the folder "
+                                f"({e.strerror or e})") from None
             self._write(path, lambda fh: fh.write(json.dumps(self.identity, indent=1).encode() + b"\n"))
         self._checked = True
 
