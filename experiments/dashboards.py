@@ -15,7 +15,7 @@ from pathlib import Path
 from absl import app, flags
 
 import saejax
-from saejax import cli, dashboards, harvest
+from saejax import cli, dashboards, first_letter, harvest
 from saejax.errors import SaejaxError
 from saejax.models.loading import model_of_run
 
@@ -34,7 +34,9 @@ def main(argv):
         sae = saejax.sae_from_config(config.sae, model.d_model)
         index = dashboards.write(model, sae, params, harvest.run_texts(m, held_out=True), layer=m.layer, site=m.site,
                                  out_dir=Path(_WORKDIR.value) / "dashboards" / _POINT.value, n_latents=_LATENTS.value,
-                                 max_texts=_TEXTS.value, context_length=m.context_length)
+                                 max_texts=_TEXTS.value, context_length=m.context_length,
+                                 absorption=first_letter.load_report(Path(_WORKDIR.value) / "absorption"
+                                                                     / _POINT.value))
     except SaejaxError as e:
         sys.exit(f"error: {e}")
     print(f"dashboards: {index}")

@@ -113,13 +113,19 @@ _STYLE = ("body{font-family:sans-serif;margin:1.5em;max-width:60em} .tok{white-s
 
 def write(model, sae, params, texts: Iterable[str], *, layer: int, site: str, out_dir: str | Path,
           n_latents: int = 32, latents: Sequence[int] | None = None, max_texts: int = 300, context_length: int = 128,
-          top_n: int = 8, window: int = 8) -> Path:
-    """Write the dashboards (module docstring) into `out_dir`; returns the index page's path."""
+          top_n: int = 8, window: int = 8, absorption: dict | None = None) -> Path:
+    """Write the dashboards (module docstring) into `out_dir`; returns the index page's path. `absorption`:
+    a first-letter absorption report (`saejax.first_letter.measure_sae`) to show on the index, its main
+    latents marked on their pages."""
     texts = list(islice(texts, max_texts))
     encode = _encoder(model, sae, params, layer, site)
     stats = collect(model, sae, params, texts, layer=layer, site=site, context_length=context_length, top_n=top_n,
                     encode=encode)
     chosen = list(latents) if latents is not None else list(np.argsort(-stats["density"], kind="stable")[:n_latents])
+    letters_of = {}  # latent -> the letters it is a main latent of
+    for letter, found in ((absorption or {}).get("letters") or {}).items():
+        for latent in found["main_latents"]:
+            letters_of.setdefault(int(latent), []).append(letter.upper())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # every position's activation of the chosen latents in the texts of their top contexts
@@ -152,7 +158,9 @@ def write(model, sae, params, texts: Iterable[str], *, layer: int, site: str, ou
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>latent {latent}</title>"
                 f"<style>{_STYLE}</style></head><body><p><a href='index.html'>index</a></p>"
                 f"<h1>Latent {latent}</h1><p>{model.name}, layer {layer} {site}: fires on "
-                f"{stats['density'][latent]:.3%} of {stats['n_tokens']:,} tokens; max activation {peak:.3g}</p>"
+                f"{stats['density'][latent]:.3%} of {stats['n_tokens']:,} tokens; max activation {peak:.3g}"
+                + (f"; main latent of the first letter {', '.join(letters_of[latent])}" if latent in letters_of
+                   else "") + "</p>"
                 f"<h3>Activation histogram (non-zero, log10)</h3>{_histogram_svg(stats['hist'][latent])}"
                 f"<h3>Top-activating contexts</h3>{''.join(contexts) or '<p>never fired on these texts</p>'}"
                 f"{promoted}</body></html>")
@@ -163,7 +171,25 @@ def write(model, sae, params, texts: Iterable[str], *, layer: int, site: str, ou
              f"</head><body><h1>SAE on {model.name}, layer {layer} {site}</h1><p>d_sae {sae.d_sae}; "
              f"{len(texts)} texts, {stats['n_tokens']:,} tokens; {int(np.sum(stats['density'] == 0))} latents never "
              f"fired.</p><table><tr><th>latent</th><th>density</th><th>max</th></tr>{''.join(rows)}</table>"
-             "</body></html>")
+             f"{_absorption_html(absorption, set(chosen))}</body></html>")
     path = out / "index.html"
     path.write_text(index, encoding="utf-8")
     return path
+
+
+def _absorption_html(report: dict | None, pages: set[int]) -> str:
+    """The index's first-letter absorption section ("" without a report): the means, then a row per
+    letter with its main latents (linked when they have a page)."""
+    if not report:
+        return ""
+    def latent_link(latent: int) -> str:
+        return f"<a href='latent_{latent:06d}.html'>{latent}</a>" if latent in pages else str(latent)
+
+    rows = "".join(f"<tr><td>{letter.upper()}</td><td>{found['rate']:.3f}</td><td>{found['fraction']:.3f}</td>"
+                   f"<td>{found['probe_f1']:.2f}</td>"
+                   f"<td>{', '.join(latent_link(int(i)) for i in found['main_latents'])}</td></tr>"
+                   for letter, found in sorted(report["letters"].items()))
+    return (f"<h2>Feature absorption (first letter)</h2><p>{report['words']} words, {report['scored']} letters with a "
+            f"probe F1 of at least 0.6: absorption rate {report['absorption_rate']:.3f}, mean absorption fraction "
+            f"{report['absorption_fraction']:.3f}.</p><table><tr><th>letter</th><th>rate</th><th>fraction</th>"
+            f"<th>probe F1</th><th>main latents</th></tr>{rows}</table>")

@@ -156,3 +156,9 @@ def summary(report: dict) -> str:
             f"{report['absorption_rate']:.3f}, fraction {report['absorption_fraction']:.3f}, main latents "
             f"{report['main_latents']:.2f}; k-sparse probe F1 k=1 {f1[0]:.3f}, k=2 {f1[1]:.3f}, k=5 {f1[4]:.3f}; "
             f"{report['seconds']} s")
+
+
+def load_report(folder: str | Path) -> dict | None:
+    """The report `save` wrote into `folder`, or None when there is none."""
+    path = Path(folder) / "first_letter.json"
+    return json.loads(path.read_text()) if path.is_file() else None

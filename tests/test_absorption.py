@@ -154,7 +154,8 @@ def test_a_run_names_the_absorption_evaluator_and_gets_its_report(tmp_path):
              "--config.data.source=model", "--config.data.buffer_contexts=64", "--config.data.forward_batch=4",
              "--config.sae.arch=topk", "--config.sae.d_sae=64", "--config.sae.k=4", "--config.train.batch_size=32",
              "--config.train.steps=20", "--config.train.eval_rows=200", "--config.log.tensorboard=False",
-             "--config.log.progress=False", "--config.train.evaluators=heldout,absorption,export"]
+             "--config.log.progress=False", "--config.model.dashboard_latents=2", "--config.model.eval_texts=8",
+             "--config.train.evaluators=heldout,absorption,dashboards,export"]
     done = subprocess.run([sys.executable, str(root / "experiments" / "train.py"), f"--workdir={tmp_path / 'run'}",
                            *flags], capture_output=True, text=True, timeout=600, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -165,6 +166,8 @@ def test_a_run_names_the_absorption_evaluator_and_gets_its_report(tmp_path):
     assert report["words"] == 520 and len(report["letters"]) >= 13  # 20 words a letter: most have 8 on each side
     assert all(0 <= v["rate"] <= 1 and 0 <= v["fraction"] <= 1 for v in report["letters"].values())
     assert (tmp_path / "run" / "absorption" / "first_letter.png").is_file()
+    index = (tmp_path / "run" / "dashboards" / "index.html").read_text()
+    assert "Feature absorption (first letter)" in index and f"{report['scored']} letters" in index
     again = subprocess.run([sys.executable, str(root / "experiments" / "absorption.py"),
                             f"--workdir={tmp_path / 'run'}",
                             "--words=520"], capture_output=True, text=True, timeout=600, cwd=root)

@@ -38,8 +38,8 @@ EVALUATORS = {  # in the order they run
     "dictionary": Evaluator(tasks.dictionary_applies, tasks.dictionary_recovery),
     "task": Evaluator(tasks.task_applies, tasks.task, draws=True),
     "splice": Evaluator(language.applies, language.splice_metrics),
-    "dashboards": Evaluator(language.dashboards_apply, language.feature_dashboards),
     "absorption": Evaluator(language.absorption_applies, language.first_letter_absorption, draws=True),
+    "dashboards": Evaluator(language.dashboards_apply, language.feature_dashboards),
     "plots": Evaluator(_always, artifacts.dictionary_plots, background=True),
     "export": Evaluator(_always, artifacts.export_sae),
 }

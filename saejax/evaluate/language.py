@@ -42,12 +42,13 @@ def splice_metrics(run, state, found: dict) -> dict:
 
 def feature_dashboards(run, state, found: dict) -> dict:
     """HTML dashboards of `model.dashboard_latents` latents in workdir/dashboards (dashboards/POINT for a
-    hook point's SAE)."""
+    hook point's SAE), with the first-letter absorption report when the run measured one."""
     params = normalization.fold_norm(state.params, state.norm_scale)
     m = run.config.model
     dashboards.write(run.text_model, run.sae, params, _texts(run.config, found), layer=m.layer, site=m.site,
                      out_dir=run.workdir / "dashboards" / run.point, n_latents=m.dashboard_latents,
-                     max_texts=m.eval_texts, context_length=m.context_length)
+                     max_texts=m.eval_texts, context_length=m.context_length,
+                     absorption=first_letter.load_report(run.workdir / "absorption" / run.point))
     return {}
 
 
