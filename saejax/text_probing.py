@@ -5,13 +5,17 @@ likewise; for each class (one against the rest) k-sparse probes on the pooled la
 
     x, z = pooled(model, texts, layer, site, encode)            # [n, d_model], [n, F]
     report = sparse_probing(x, z, labels, names, ks=(1, 2, 5, 20))
+    report = snippet_report(model, layer, site, encode)           # the language of source snippets, all of it
 """
 
+import json
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from saejax import harvest, probes
+from saejax import harvest, probes, snippets
 from saejax.models.loading import padded_batch
 
 
@@ -48,3 +52,22 @@ def sparse_probing(x: np.ndarray, z: np.ndarray, labels: np.ndarray, names: Sequ
                          "sparse": {run.k: run.accuracy for run in runs}, "sparse_f1": {run.k: run.f1 for run in runs}}
     return {"classes": classes, "dense_accuracy": float(np.mean([c["dense"] for c in classes.values()])),
             "sparse_accuracy": {k: float(np.mean([c["sparse"][k] for c in classes.values()])) for k in ks}}
+
+
+def snippet_report(model, layer: int, site: str, encode: Callable, per_language: int = 200,
+                   context_length: int = 128) -> dict:
+    """`sparse_probing` on the language of source snippets (`saejax.snippets`), with "task", "languages",
+    "texts" and "seconds"."""
+    start = time.perf_counter()
+    texts, labels, names = snippets.snippets(per_language=per_language)
+    x, z = pooled(model, texts, layer, site, encode, context_length=context_length)
+    return {"task": "language of a source snippet", "languages": names, "texts": len(texts),
+            **sparse_probing(x, z, labels, names), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def save(report: dict, folder: str | Path) -> Path:
+    """`report` as folder/snippets.json; returns its path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "snippets.json").write_text(json.dumps(report, indent=1) + "\n")
+    return folder / "snippets.json"

@@ -139,7 +139,7 @@ def test_the_first_letter_task_reads_each_word_at_its_token_and_scores_letters(t
 
 
 @pytest.mark.slow
-def test_a_run_names_the_absorption_evaluator_and_gets_its_report(tmp_path):
+def test_a_run_names_the_absorption_and_probing_evaluators_and_gets_their_reports(tmp_path):
     pytest.importorskip("tokenizers")
     from test_stream import CONTEXT, LAYER, TEXTS, tiny_bert
 
@@ -155,7 +155,8 @@ def test_a_run_names_the_absorption_evaluator_and_gets_its_report(tmp_path):
              "--config.sae.arch=topk", "--config.sae.d_sae=64", "--config.sae.k=4", "--config.train.batch_size=32",
              "--config.train.steps=20", "--config.train.eval_rows=200", "--config.log.tensorboard=False",
              "--config.log.progress=False", "--config.model.dashboard_latents=2", "--config.model.eval_texts=8",
-             "--config.train.evaluators=heldout,absorption,dashboards,export"]
+             "--config.model.probing_snippets=20",
+             "--config.train.evaluators=heldout,absorption,probing,dashboards,export"]
     done = subprocess.run([sys.executable, str(root / "experiments" / "train.py"), f"--workdir={tmp_path / 'run'}",
                            *flags], capture_output=True, text=True, timeout=600, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -166,9 +167,15 @@ def test_a_run_names_the_absorption_evaluator_and_gets_its_report(tmp_path):
     assert report["words"] == 520 and len(report["letters"]) >= 13  # 20 words a letter: most have 8 on each side
     assert all(0 <= v["rate"] <= 1 and 0 <= v["fraction"] <= 1 for v in report["letters"].values())
     assert (tmp_path / "run" / "absorption" / "first_letter.png").is_file()
+    assert 0 <= summary["probing/dense_accuracy"] <= 1 and "probing/sparse_accuracy_k20" in summary
+    probed = json.loads((tmp_path / "run" / "probing" / "snippets.json").read_text())
+    assert probed["texts"] == 20 * len(probed["languages"]) and "python" in probed["languages"]
     index = (tmp_path / "run" / "dashboards" / "index.html").read_text()
     assert "Feature absorption (first letter)" in index and f"{report['scored']} letters" in index
     again = subprocess.run([sys.executable, str(root / "experiments" / "absorption.py"),
                             f"--workdir={tmp_path / 'run'}",
                             "--words=520"], capture_output=True, text=True, timeout=600, cwd=root)
     assert again.returncode == 0 and "first-letter absorption of" in again.stdout, again.stderr[-3000:]
+    probing = subprocess.run([sys.executable, str(root / "experiments" / "probing.py"), f"--workdir={tmp_path / 'run'}",
+                              "--per_language=20"], capture_output=True, text=True, timeout=600, cwd=root)
+    assert probing.returncode == 0 and "dense probe" in probing.stdout, probing.stderr[-3000:]

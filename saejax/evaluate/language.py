@@ -1,13 +1,14 @@
 """Evaluators of an SAE trained on a text model's activations (`model.name` set): the splice
 evaluation (the model's loss with the SAE's reconstruction in place of the activations; a
 transcoder's in place of model.target_site's) and feature dashboards, both on the run's held-out
-texts, and feature absorption on the first-letter task (`saejax.first_letter`)."""
+texts, feature absorption on the first-letter task (`saejax.first_letter`) and sparse probing of the
+language of source snippets (`saejax.text_probing`)."""
 
 import itertools
 
 import numpy as np
 
-from saejax import dashboards, first_letter, harvest, normalization, splice
+from saejax import dashboards, first_letter, harvest, normalization, splice, text_probing
 
 
 def applies(run) -> str | None:
@@ -74,3 +75,21 @@ def first_letter_absorption(run, state, found: dict) -> dict:
     return {"absorption/rate": report["absorption_rate"], "absorption/fraction": report["absorption_fraction"],
             "absorption/letters": float(report["scored"]),
             **{f"absorption/sparse_probe_f1_k{k}": f1[k - 1] for k in (1, 2, 5)}}
+
+
+def probing_applies(run) -> str | None:
+    """Why the sparse-probing evaluator does not apply to `run`, or None."""
+    return applies(run) or (None if run.config.model.get("probing_snippets", 0) else "model.probing_snippets is 0")
+
+
+def snippet_probing(run, state, found: dict) -> dict:
+    """k-sparse probing of the language of `model.probing_snippets` source snippets per language
+    (`saejax.text_probing.snippet_report`), saved as workdir/probing/snippets.json (probing/POINT/ for a hook
+    point's SAE); "probing/dense_accuracy" and "probing/sparse_accuracy_k{1,2,5,20}"."""
+    params = normalization.fold_norm(state.params, state.norm_scale)
+    m = run.config.model
+    report = text_probing.snippet_report(run.text_model, m.layer, m.site, lambda rows: run.sae.encode(params, rows),
+                                         per_language=m.probing_snippets, context_length=m.context_length)
+    text_probing.save(report, run.workdir / "probing" / run.point)
+    return {"probing/dense_accuracy": report["dense_accuracy"],
+            **{f"probing/sparse_accuracy_k{k}": v for k, v in report["sparse_accuracy"].items()}}
