@@ -19,7 +19,7 @@ import numpy as np
 
 from saejax.errors import ConfigError
 from saejax.models.hooks import check_points
-from saejax.models.loading import bucket_length, padded_batch
+from saejax.models.loading import padded_batch, padded_rows
 
 
 def _check(model, layer: int, site: str, direction) -> jnp.ndarray:
@@ -89,8 +89,7 @@ def generate(model, prompt: str, layer: int, site: str, direction, strength: flo
         if len(ids) >= context_length:
             break
         row = np.asarray([ids], np.int32)
-        width = ((0, 0), (0, bucket_length(len(ids), context_length) - len(ids)))
-        padded_ids, mask = np.pad(row, width), np.pad(np.ones_like(row), width)
+        padded_ids, mask, _ = padded_rows(model, row, np.ones_like(row), context_length, drop_special=False)
         step = _last_log_probs(model.params, padded_ids, mask, direction, jnp.float32(strength), model.apply,
                                layer, site)
         token = int(np.argmax(np.asarray(step)[0]))

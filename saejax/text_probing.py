@@ -28,11 +28,13 @@ def pooled(model, texts: list[str], layer: int, site: str, encode: Callable, bat
     for start in range(0, len(texts), batch_size):
         ids, mask, keep = padded_batch(model, texts[start:start + batch_size], context_length)
         acts = np.asarray(capture(model.params, ids, mask), np.float32)
-        rows, owner = acts[keep], np.nonzero(keep)[0]
+        rows, owner = acts[keep], np.nonzero(keep)[0]  # the kept tokens' rows and the text each is of
         latents = np.asarray(encode(rows), np.float32)
         counts = np.maximum(np.bincount(owner, minlength=ids.shape[0]), 1)[:, None]
-        xs.append(np.stack([rows[owner == i].sum(0) for i in range(ids.shape[0])]) / counts)
-        zs.append(np.stack([latents[owner == i].sum(0) for i in range(ids.shape[0])]) / counts)
+        for per_text, values in ((xs, rows), (zs, latents)):
+            sums = np.zeros((ids.shape[0], values.shape[1]), np.float32)
+            np.add.at(sums, owner, values)
+            per_text.append(sums / counts)
     return np.concatenate(xs), np.concatenate(zs)
 
 

@@ -59,10 +59,14 @@ def _bert_mlp(p, x, act):
 # The mlp_in hook point.
 
 
+# the points around block LAYER's MLP, in the order a forward pass computes them
+AROUND_MLP = [(LAYER - 1, "resid_post"), (LAYER, "attn_out"), (LAYER, "mlp_in"), (LAYER, "mlp_out"),
+              (LAYER, "resid_post")]
+
+
 def test_bert_mlp_in_is_what_the_mlp_reads_and_replacing_it_leaves_the_residual_stream(bert):
     ids, mask = _tokens(bert)
-    points = [(LAYER - 1, "resid_post"), (LAYER, "attn_out"), (LAYER, "mlp_in"), (LAYER, "mlp_out"),
-              (LAYER, "resid_post")]
+    points = AROUND_MLP
     _, got = bert.forward(ids, mask, capture=points)
     p, eps = bert.params["layers"][LAYER], 1e-12
     mlp_in = bert_lib._layer_norm(got[(LAYER - 1, "resid_post")] + got[(LAYER, "attn_out")], p["attn_norm"], eps)
@@ -83,8 +87,7 @@ def _gemma_mlp(p, x, eps):
 
 def test_gemma_mlp_in_is_the_pre_norm_output_the_mlp_reads(gemma):
     ids, mask = _tokens(gemma)
-    points = [(LAYER - 1, "resid_post"), (LAYER, "attn_out"), (LAYER, "mlp_in"), (LAYER, "mlp_out"),
-              (LAYER, "resid_post")]
+    points = AROUND_MLP
     _, got = gemma.forward(ids, mask, capture=points)
     p, eps = gemma.params["layers"][LAYER], 1e-6
     before_mlp = got[(LAYER - 1, "resid_post")] + got[(LAYER, "attn_out")]

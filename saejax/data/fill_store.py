@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from saejax.data.store import atomic_write
 from saejax.errors import ConfigError, DataError
 
 IDENTITY = "stream.json"
@@ -118,12 +119,8 @@ class FillStore:
 
     @staticmethod
     def _write(path: Path, write) -> None:
-        """`write(file)` into a temporary file of this process, renamed to `path` when whole."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        """`saejax.data.store.atomic_write`; DataError naming the file when it fails."""
         try:
-            with open(tmp, "wb") as fh:
-                write(fh)
-            os.replace(tmp, path)
+            atomic_write(path, write)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise DataError(f"{path}: cannot be written ({e.strerror or e})") from None

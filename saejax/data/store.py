@@ -189,15 +189,22 @@ def _check_stats(path, stats, d_in: int, total_rows: int) -> None:
 def write_manifest(directory: str | os.PathLike, manifest: Manifest) -> Path:
     """Write ``directory/manifest.json`` atomically (temporary file, then rename)."""
     path = Path(directory) / MANIFEST
-    _atomic_write(path, lambda fh: fh.write(json.dumps(manifest.to_json(), indent=1).encode() + b"\n"))
+    atomic_write(path, lambda fh: fh.write(json.dumps(manifest.to_json(), indent=1).encode() + b"\n"))
     return path
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-    os.replace(tmp, path)
+def atomic_write(path: Path, write) -> None:
+    """`write(file)` into a temporary file of this process, renamed to `path` when whole (processes
+    writing the same folder never see each other's half-written files); the temporary file is removed
+    when writing fails."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +332,7 @@ class ShardWriter:
     def _flush(self, n: int) -> None:
         block = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         name = f"shard_{len(self._shards):06d}.npy"
-        _atomic_write(self.directory / name, lambda fh: np.save(fh, block[:n], allow_pickle=False))
+        atomic_write(self.directory / name, lambda fh: np.save(fh, block[:n], allow_pickle=False))
         self._shards.append((name, n))
         rest = block[n:]
         self._pending = [rest] if rest.shape[0] else []

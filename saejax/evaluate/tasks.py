@@ -29,8 +29,8 @@ def dictionary_recovery(run, state, found: dict) -> dict:
     if getattr(run.source, "parent", None) is None:
         return result
     codes = run.source.heldout_codes(0, HIERARCHY_ROWS)
-    x = codes @ run.source.dictionary  # the rows the SAE reads: normalised as in training
-    x_norm = x * float(np.ravel(state.norm_scale)[0])
+    x_norm = np.asarray(normalization.normalize(codes @ run.source.dictionary,  # as the SAE reads rows
+                                                normalization.input_scale(state.norm_scale)))
     z = np.asarray(run.sae.encode(state.params, x_norm))
     found_parents = absorption.hierarchy(x_norm, codes, run.source.parent, z, learned)
     return {**result, "absorption/rate": found_parents["absorption_rate"],
