@@ -37,7 +37,7 @@ def main(argv):
                               f"{m.target_site!r}); absorption is measured on an SAE of one hook point")
         model = model_of_run(config, _WORKDIR.value, "first-letter prompts")
         report = first_letter.measure_sae(model, m.layer, m.site, lambda x: analysis.encode(params, config, x),
-                                          params["W_dec"], n_words=_WORDS.value)
+                                          analysis.decoder_rows(params, config), n_words=_WORDS.value)
     except SaejaxError as e:
         sys.exit(f"error: {e}")
     path = first_letter.save(report, Path(_WORKDIR.value) / "absorption" / _POINT.value)

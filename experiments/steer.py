@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 
 import saejax
-from saejax import cli, harvest, steering
+from saejax import analysis, cli, harvest, steering
 from saejax.errors import ConfigError, SaejaxError
 from saejax.models.loading import model_of_run
 
@@ -35,10 +35,11 @@ def main(argv):
     try:
         params, config = saejax.load(_WORKDIR.value)
         m, model = config.model, model_of_run(config, _WORKDIR.value, "steering runs")
-        if _LATENT.value >= params["W_dec"].shape[0]:
-            raise ConfigError(f"--latent={_LATENT.value}: the SAE has {params['W_dec'].shape[0]} latents")
+        rows = analysis.decoder_rows(params, config)
+        if _LATENT.value >= rows.shape[0]:
+            raise ConfigError(f"--latent={_LATENT.value}: the SAE has {rows.shape[0]} latents")
         strengths = [float(s) for s in _STRENGTHS.value]
-        direction = np.asarray(params["W_dec"][_LATENT.value], np.float32)
+        direction = rows[_LATENT.value].astype(np.float32)
         texts = list(itertools.islice(harvest.run_texts(m, held_out=True), _TEXTS.value))
         shift = steering.next_token_shift(model, texts, m.layer, m.site, direction, strengths,
                                           context_length=m.context_length)

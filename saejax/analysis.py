@@ -24,10 +24,10 @@ import numpy as np
 from saejax import checkpoint, config as config_lib, downstream, export, from_config, normalization
 from saejax import step as step_lib
 from saejax.downstream import linear_probe_accuracy, roc_auc
-from saejax.errors import DataError, SaejaxError
+from saejax.errors import ConfigError, DataError, SaejaxError
 
-__all__ = ["load", "encode", "reconstruct", "feature_density", "dead_latents", "top_activating", "pca_fvu",
-           "linear_probe_accuracy", "roc_auc"]
+__all__ = ["load", "encode", "reconstruct", "decoder_rows", "feature_density", "dead_latents", "top_activating",
+           "pca_fvu", "linear_probe_accuracy", "roc_auc"]
 
 EXPORT_CONFIG = export.SAEJAX_CONFIG_FILENAME
 
@@ -202,6 +202,15 @@ def reconstruct(params, config, x: np.ndarray, batch_size: int = 4096) -> np.nda
     if sae.transcoder:  # linear: folded, so on raw rows; the forward carries a skip term
         return _batched(lambda rows: sae.forward(params, rows, train=False).x_hat, x, batch_size)
     return _batched(lambda rows: sae.decode(params, sae.encode(params, rows * scale)) / scale, x, batch_size)
+
+
+def decoder_rows(params, config) -> np.ndarray:
+    """The dictionary of `load`'s (params, config): W_dec [d_sae, d_out], on raw activations. ConfigError
+    naming sae.arch when the SAE has no linear decoder rows (a deep MLP decoder)."""
+    if "W_dec" not in params:
+        raise ConfigError(f"sae.arch={config.sae.arch!r} has no linear decoder rows (W_dec): its latents have no "
+                          "single direction to measure absorption or to steer with")
+    return np.asarray(params["W_dec"])
 
 
 def feature_density(codes: np.ndarray) -> np.ndarray:

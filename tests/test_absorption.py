@@ -78,6 +78,18 @@ def test_a_hierarchy_s_parents_are_measured_each_and_averaged():
     assert absorption.hierarchy(x, codes, parent, z, decoder, max_parents=1)["parents"] == 1
 
 
+def test_only_an_sae_with_decoder_rows_has_a_dictionary_to_measure():
+    from saejax import analysis
+    from saejax.config import base_config
+    from saejax.errors import ConfigError
+
+    config = base_config()
+    config.sae.arch = "mlp"
+    with pytest.raises(ConfigError, match="sae.arch='mlp' has no linear decoder rows"):
+        analysis.decoder_rows({"encoder": {}, "decoder": {}, "b_dec": np.zeros(4)}, config)
+    np.testing.assert_array_equal(analysis.decoder_rows({"W_dec": np.eye(3)}, config), np.eye(3))
+
+
 def test_row_rules_are_saebench_s():
     cosines = np.array([0.9, 0.5, 0.05, 0.02])  # latent 0 is main
     z = np.array([[0.0, 1.0, 0.0, 0.0],   # main off, latent 1 carries 0.8 of 1.0: full, fraction 1
