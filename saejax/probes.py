@@ -91,6 +91,15 @@ def f1_score(predicted: np.ndarray, labels: np.ndarray) -> float:
     return 2 * hits / max(float(predicted.sum() + labels.sum()), 1.0)
 
 
+def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy of boolean predictions [n] with the positive and negative rows weighted equally: the mean
+    of the two classes' recalls, as on a balanced set (SAEBench scores one class against an equal sample
+    of the rest). 0.5 is chance, whatever the classes' shares."""
+    predicted, labels = np.asarray(predicted, bool), np.asarray(labels, bool)
+    recalls = [np.mean(predicted[labels == side] == side) for side in (True, False) if np.any(labels == side)]
+    return float(np.mean(recalls))
+
+
 def latents_by_mean_difference(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Latent ids, int64 [F], by how much more they fire on the positive rows (y True) than on the
     others: mean(z[y]) - mean(z[~y]), largest first."""
@@ -99,7 +108,8 @@ def latents_by_mean_difference(z: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 class SparseProbe(NamedTuple):
-    """A k-sparse probe: the k latents it reads, the probe on them, and its scores on the eval rows."""
+    """A k-sparse probe: the k latents it reads, the probe on them, and its scores on the eval rows (F1 of
+    the positive class; `balanced_accuracy`)."""
 
     k: int
     latents: np.ndarray
@@ -119,6 +129,5 @@ def k_sparse(z_fit: np.ndarray, y_fit: np.ndarray, z_eval: np.ndarray, y_eval: n
         probe = fit(np.asarray(z_fit)[:, latents], np.asarray(y_fit, np.int32), n_classes=2, balanced=True,
                     **fit_options)
         predicted = probe.margin(np.asarray(z_eval)[:, latents]) > 0
-        runs.append(SparseProbe(k, latents, probe, f1_score(predicted, y_eval),
-                                float(np.mean(predicted == np.asarray(y_eval, bool)))))
+        runs.append(SparseProbe(k, latents, probe, f1_score(predicted, y_eval), balanced_accuracy(predicted, y_eval)))
     return runs

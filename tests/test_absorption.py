@@ -180,14 +180,16 @@ def test_a_run_names_the_absorption_and_probing_evaluators_and_gets_their_report
     assert all(0 <= v["rate"] <= 1 and 0 <= v["fraction"] <= 1 for v in report["letters"].values())
     assert (tmp_path / "run" / "absorption" / "first_letter.png").is_file()
     assert 0 <= summary["probing/dense_accuracy"] <= 1 and "probing/sparse_accuracy_k20" in summary
-    probed = json.loads((tmp_path / "run" / "probing" / "snippets.json").read_text())
-    assert probed["texts"] == 20 * len(probed["languages"]) and "python" in probed["languages"]
+    assert 0 <= summary["probing/code/dense_accuracy"] <= 1 and "probing/code/sparse_accuracy_k1" in summary
+    probed = json.loads((tmp_path / "run" / "probing" / "code.json").read_text())
+    assert probed["texts"] == 20 * len(probed["class_names"]) and "python" in probed["class_names"]
     index = (tmp_path / "run" / "dashboards" / "index.html").read_text()
     assert "Feature absorption (first letter)" in index and f"{report['scored']} letters" in index
+    assert "<h2>Sparse probing</h2><h3>language of a source snippet</h3>" in index and "python" in index
     again = subprocess.run([sys.executable, str(root / "experiments" / "absorption.py"),
                             f"--workdir={tmp_path / 'run'}",
                             "--words=520"], capture_output=True, text=True, timeout=600, cwd=root)
     assert again.returncode == 0 and "first-letter absorption of" in again.stdout, again.stderr[-3000:]
     probing = subprocess.run([sys.executable, str(root / "experiments" / "probing.py"), f"--workdir={tmp_path / 'run'}",
-                              "--per_language=20"], capture_output=True, text=True, timeout=600, cwd=root)
+                              "--per_class=20", "--tasks=code"], capture_output=True, text=True, timeout=600, cwd=root)
     assert probing.returncode == 0 and "dense probe" in probing.stdout, probing.stderr[-3000:]

@@ -39,7 +39,7 @@ EVALUATORS = {  # in the order they run
     "task": Evaluator(tasks.task_applies, tasks.task, draws=True),
     "splice": Evaluator(language.applies, language.splice_metrics),
     "absorption": Evaluator(language.absorption_applies, language.first_letter_absorption, draws=True),
-    "probing": Evaluator(language.probing_applies, language.snippet_probing),
+    "probing": Evaluator(language.probing_applies, language.text_probing_tasks),
     "dashboards": Evaluator(language.dashboards_apply, language.feature_dashboards),
     "plots": Evaluator(_always, artifacts.dictionary_plots, background=True),
     "export": Evaluator(_always, artifacts.export_sae),

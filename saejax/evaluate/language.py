@@ -4,11 +4,13 @@ transcoder's in place of model.target_site's) and feature dashboards, both on th
 texts, feature absorption on the first-letter task (`saejax.first_letter`) and sparse probing of the
 language of source snippets (`saejax.text_probing`)."""
 
+import functools
 import itertools
 
 import numpy as np
 
 from saejax import dashboards, first_letter, harvest, normalization, splice, text_probing
+from saejax.errors import ConfigError, DataError
 
 
 def applies(run) -> str | None:
@@ -43,13 +45,14 @@ def splice_metrics(run, state, found: dict) -> dict:
 
 def feature_dashboards(run, state, found: dict) -> dict:
     """HTML dashboards of `model.dashboard_latents` latents in workdir/dashboards (dashboards/POINT for a
-    hook point's SAE), with the first-letter absorption report when the run measured one."""
+    hook point's SAE), with the first-letter absorption and the probing reports when the run made them."""
     params = normalization.fold_norm(state.params, state.norm_scale)
     m = run.config.model
     dashboards.write(run.text_model, run.sae, params, _texts(run.config, found), layer=m.layer, site=m.site,
                      out_dir=run.workdir / "dashboards" / run.point, n_latents=m.dashboard_latents,
                      max_texts=m.eval_texts, context_length=m.context_length,
-                     absorption=first_letter.load_report(run.workdir / "absorption" / run.point))
+                     absorption=first_letter.load_report(run.workdir / "absorption" / run.point),
+                     probing=text_probing.load_reports(run.workdir / "probing" / run.point))
     return {}
 
 
@@ -78,18 +81,29 @@ def first_letter_absorption(run, state, found: dict) -> dict:
 
 
 def probing_applies(run) -> str | None:
-    """Why the sparse-probing evaluator does not apply to `run`, or None."""
-    return applies(run) or (None if run.config.model.get("probing_snippets", 0) else "model.probing_snippets is 0")
+    """Why the sparse-probing evaluator does not apply to `run`, or None; ConfigError when
+    `model.probing_tasks` names an unknown task or one whose data is not installed."""
+    if reason := applies(run):
+        return reason
+    if not run.config.model.get("probing_snippets", 0):
+        return "model.probing_snippets is 0"
+    try:
+        text_probing.task_names(run.config.model.get("probing_tasks", "auto"))
+    except DataError as e:
+        raise ConfigError(f"model.probing_tasks: {e}") from None
+    return None
 
 
-def snippet_probing(run, state, found: dict) -> dict:
-    """k-sparse probing of the language of `model.probing_snippets` source snippets per language
-    (`saejax.text_probing.snippet_report`), saved as workdir/probing/snippets.json (probing/POINT/ for a hook
-    point's SAE); "probing/dense_accuracy" and "probing/sparse_accuracy_k{1,2,5,20}"."""
+def text_probing_tasks(run, state, found: dict) -> dict:
+    """k-sparse probing on each task of `model.probing_tasks` with `model.probing_snippets` texts a class
+    (`saejax.text_probing.task_report`), saved as workdir/probing/TASK.json (probing/POINT/ for a hook
+    point's SAE); `text_probing.summary_metrics`: "probing/TASK/dense_accuracy",
+    "probing/TASK/sparse_accuracy_k{1,2,5,20}" and their means over the tasks as "probing/dense_accuracy", ..."""
     params = normalization.fold_norm(state.params, state.norm_scale)
     m = run.config.model
-    report = text_probing.snippet_report(run.text_model, m.layer, m.site, lambda rows: run.sae.encode(params, rows),
-                                         per_language=m.probing_snippets, context_length=m.context_length)
-    text_probing.save(report, run.workdir / "probing" / run.point)
-    return {"probing/dense_accuracy": report["dense_accuracy"],
-            **{f"probing/sparse_accuracy_k{k}": v for k, v in report["sparse_accuracy"].items()}}
+    reports, encode = [], functools.partial(run.sae.encode, params)
+    for task in text_probing.task_names(m.get("probing_tasks", "auto")):
+        reports.append(text_probing.task_report(run.text_model, m.layer, m.site, encode, task,
+                                                per_class=m.probing_snippets, context_length=m.context_length))
+        text_probing.save(reports[-1], run.workdir / "probing" / run.point)
+    return text_probing.summary_metrics(reports)
