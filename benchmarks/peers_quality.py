@@ -11,7 +11,11 @@ by ONE numpy metric on held-out rows.
    --synthetic_d dimensions, --synthetic_active firing per row on average, the most frequent firing
    --synthetic_freq_ratio times as often as the rarest; --synthetic_rows rows) and its true features
    are kept beside it (true_dictionary.npy), so every contender is also scored on dictionary
-   recovery. Otherwise, if it does not exist it is harvested
+   recovery. With --synth_bench it is built from SAELens' own generator with SynthSAEBench's settings
+   (`sae_lens.synthetic`: Zipf frequencies, a 4-way hierarchy 3 deep, low-rank correlations,
+   orthogonalised superposition, bias; 16384 features in 768 dimensions unless --synth_bench_features /
+   --synth_bench_d), and scored the same way, with SynthSAEBench's MCC as well. Otherwise, if it does
+   not exist it is harvested
    first (experiments/harvest.py --model=--model --layer=--layer --site=resid_post
    --max_tokens=--max_tokens, timed). All rows are permuted once (--split_seed); the first
    1 - --heldout of them are written to STORE_train (float32), the rest to STORE_heldout.
@@ -20,7 +24,8 @@ by ONE numpy metric on held-out rows.
    - saejax: experiments/train.py (SAELens-layout export in W/export, which acts on raw rows);
      s/step from the arrival times of its progress lines (--config.train.log_every=10).
    - saelens: `SAETrainer` with `TopKTrainingSAE` (relu: `StandardTrainingSAE`, jumprelu:
-     `JumpReLUTrainingSAE`, batchtopk: `BatchTopKTrainingSAE`), its own defaults; the weights of
+     `JumpReLUTrainingSAE`, batchtopk: `BatchTopKTrainingSAE`, matryoshka:
+     `MatryoshkaBatchTopKTrainingSAE` with --matryoshka_widths, as saejax's prefixes), its own defaults; the weights of
      `save_inference_model` (decoder norms folded in).
    - sparsify: `SparseCoder` and the update sequence of sparsify's `Trainer` with its Adam branch
      (b_dec = first batch's mean, unit-norm decoder before each forward, FVU loss (+ AuxK when
@@ -36,9 +41,11 @@ by ONE numpy metric on held-out rows.
    loss.target_l0).
 3. Metric (numpy, all held-out rows, in batches): FVU = Σ‖x − x̂‖² / Σ‖x − mean(x)‖²; L0 = mean
    number of nonzero latents per row; dead % = latents that never fire on the held-out rows;
-   dense % = latents firing on more than 10 % of them; with --synthetic, MMCS = the mean over
-   true features of the largest cosine with any decoder row (Sharkey et al. 2022, as
-   `saejax.metrics.mmcs`). Every contender's weights are written as
+   dense % = latents firing on more than 10 % of them; with --synthetic or --synth_bench, MMCS = the
+   mean over true features of the largest cosine with any decoder row (Sharkey et al. 2022, as
+   `saejax.metrics.mmcs`) and MCC = the mean |cos| of a one-to-one (Hungarian) matching of decoder rows
+   to true features over the matched pairs (SynthSAEBench's; checked against SAELens'
+   `mean_correlation_coefficient`). Every contender's weights are written as
    W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] (+ threshold [d_sae])
    acting on raw rows: pre = (x − b_dec) @ W_enc + b_enc (SAELens' apply_b_dec_to_input, sparsify's
    encode, saejax's encoders all subtract b_dec first). The metric is checked against SAELens'
@@ -63,7 +70,7 @@ from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = ("saejax", "saelens", "sparsify", "sparsify_signum")
-ARCHS = ("topk", "relu", "batchtopk", "jumprelu")
+ARCHS = ("topk", "relu", "batchtopk", "jumprelu", "matryoshka")
 TORCH_ARCHS = {"saelens": ARCHS, "sparsify": ("topk",), "sparsify_signum": ("topk",)}
 DENSE_FRACTION = 0.1
 SAEJAX_LOG_EVERY = 10
@@ -79,7 +86,15 @@ _SYN_D = flags.DEFINE_integer("synthetic_d", 200, "--synthetic: dimensions of a 
 _SYN_ACTIVE = flags.DEFINE_float("synthetic_active", 6.0, "--synthetic: mean number of active features per row.")
 _SYN_FREQ_RATIO = flags.DEFINE_float("synthetic_freq_ratio", 400.0, "--synthetic: firing rate of the most "
                                      "frequent feature over the rarest's.")
-_SYN_ROWS = flags.DEFINE_integer("synthetic_rows", 1_100_000, "--synthetic: rows in the store (before the split).")
+_SYN_ROWS = flags.DEFINE_integer("synthetic_rows", 1_100_000, "--synthetic, --synth_bench: rows in the store (before "
+                                 "the split).")
+_SYNTH_BENCH = flags.DEFINE_bool("synth_bench", False, "Build --store (if missing) from SAELens' SynthSAEBench model: "
+                                 "its generator and settings (sae_lens.synthetic), --synth_bench_features features in "
+                                 "--synth_bench_d dimensions; scored on dictionary recovery like --synthetic.")
+_SB_FEATURES = flags.DEFINE_integer("synth_bench_features", 16384, "--synth_bench: features (the benchmark: 16384).")
+_SB_D = flags.DEFINE_integer("synth_bench_d", 768, "--synth_bench: dimensions of a row (the benchmark: 768).")
+_MATRYOSHKA_WIDTHS = flags.DEFINE_list("matryoshka_widths", ["128", "512", "2048"], "matryoshka: the nested widths "
+                                       "below d_sae (SynthSAEBench's), for every contender.")
 _HELDOUT = flags.DEFINE_float("heldout", 0.1, "Share of the rows held out for the metric.")
 _SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "Seed of the one permutation that splits the rows.")
 _ARCH = flags.DEFINE_enum("arch", "topk", ARCHS, "SAE architecture (sparsify: topk only).")
@@ -163,6 +178,97 @@ def synthesize(store: Path) -> dict:
     return recipe
 
 
+def synth_bench_recipe() -> dict:
+    """What --synth_bench builds: SynthSAEBench-16k's generator settings (SAELens' docs, "SynthSAEBench";
+    the model decoderesearch/synth-sae-bench-16k-v2) at --synth_bench_features features in --synth_bench_d
+    dimensions (hierarchy roots scaled as features / 128), --synthetic_rows rows sampled with torch seed
+    --split_seed."""
+    return {"source": "sae_lens.synthetic (SynthSAEBench settings)", "num_features": _SB_FEATURES.value,
+            "hidden_dim": _SB_D.value, "zipf": {"exponent": 0.5, "max_prob": 0.4, "min_prob": 5e-4},
+            "hierarchy": {"total_root_nodes": max(1, _SB_FEATURES.value // 128), "branching_factor": 4, "max_depth": 3,
+                          "mutually_exclusive_portion": 1.0, "mutually_exclusive_min_depth": 0,
+                          "compensate_probabilities": True, "scale_children_by_parent": True},
+            "orthogonalization": {"num_steps": 100, "lr": 3e-4}, "correlation": {"rank": 25, "correlation_scale": 0.1},
+            "magnitudes": {"mean": [5.0, 4.0], "std_folded_normal": [0.5, 0.5]}, "bias": 0.5, "model_seed": 42,
+            "rows": _SYN_ROWS.value, "sample_seed": _SPLIT_SEED.value}
+
+
+def synth_bench(store: Path) -> dict:
+    """Write --synthetic_rows rows of SAELens' SyntheticModel built with `synth_bench_recipe` as the store
+    `store`, its feature vectors [n_features, d] as store/true_dictionary.npy; -> the recipe (with the
+    rows' true L0 and the seconds taken). The model is kept in STORE_model (SyntheticModel.save; building
+    it orthogonalises the features, ~30 min at 16384 in 768 dimensions on 2 cores) for a store of other
+    rows from the same model."""
+    import torch  # noqa: PLC0415
+    from sae_lens import synthetic as sl  # noqa: PLC0415
+
+    from saejax.data.store import write_store  # noqa: PLC0415
+
+    recipe, start = synth_bench_recipe(), time.perf_counter()
+    model_dir = Path(f"{store}_model")
+    model_recipe = {key: value for key, value in recipe.items() if key not in ("rows", "sample_seed")}
+    marker = model_dir / "peers_quality_model.json"
+    if marker.exists() and json.loads(marker.read_text()) == model_recipe:
+        model = sl.SyntheticModel.load_from_disk(str(model_dir))
+    else:
+        model = build_synth_model(recipe)
+        model.save(str(model_dir))
+        marker.write_text(json.dumps(model_recipe, indent=1) + "\n")
+    built = time.perf_counter() - start
+    print(f"   SyntheticModel ready in {built:.0f} s; sampling {recipe['rows']:,} rows", flush=True)
+    torch.manual_seed(recipe["sample_seed"])  # SAELens samples from torch's global generator
+    active = []
+
+    def blocks(block: int = 16384):
+        for first in range(0, recipe["rows"], block):
+            rows, features = model.sample_with_features(min(block, recipe["rows"] - first))
+            active.append(float((features > 0).sum(1).float().mean()) * rows.shape[0])
+            yield rows.numpy().astype(np.float32)
+
+    write_store(store, blocks(), dtype="float32", overwrite=True)
+    np.save(store / "true_dictionary.npy", model.feature_dict.feature_vectors.detach().numpy().astype(np.float32),
+            allow_pickle=False)
+    recipe = {**recipe, "true_l0": sum(active) / recipe["rows"], "build_s": round(built, 1),
+              "seconds": round(time.perf_counter() - start, 1)}
+    (store / "peers_quality_synth_bench.json").write_text(json.dumps(recipe, indent=1) + "\n")
+    return recipe
+
+
+def build_synth_model(recipe: dict):
+    """SAELens' SyntheticModel of a `synth_bench_recipe`."""
+    from sae_lens import synthetic as sl  # noqa: PLC0415
+
+    h, zipf = recipe["hierarchy"], recipe["zipf"]
+    return sl.SyntheticModel(sl.SyntheticModelConfig(
+        num_features=recipe["num_features"], hidden_dim=recipe["hidden_dim"],
+        firing_probability=sl.ZipfianFiringProbabilityConfig(**zipf), hierarchy=sl.HierarchyConfig(**h),
+        orthogonalization=sl.OrthogonalizationConfig(**recipe["orthogonalization"]),
+        correlation=sl.LowRankCorrelationConfig(**recipe["correlation"]),
+        mean_firing_magnitudes=sl.LinearMagnitudeConfig(start=5.0, end=4.0),
+        std_firing_magnitudes=sl.FoldedNormalMagnitudeConfig(mean=0.5, std=0.5), bias=recipe["bias"],
+        seed=recipe["model_seed"]))
+
+
+def mcc(w_dec: np.ndarray, true: np.ndarray) -> float:
+    """SynthSAEBench's MCC: the mean |cos| over the pairs of a one-to-one (Hungarian) matching of decoder
+    rows w_dec [m, d] to true features [n, d] (min(m, n) pairs, as SAELens' mean_correlation_coefficient)."""
+    from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
+
+    unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    abs_cos = np.abs(unit(w_dec.astype(np.float64)) @ unit(true.astype(np.float64)).T)
+    rows, cols = linear_sum_assignment(abs_cos, maximize=True)
+    return float(abs_cos[rows, cols].mean())
+
+
+def saelens_mcc(w_dec: np.ndarray, true: np.ndarray) -> float:
+    """SAELens' own sae_lens.synthetic.mean_correlation_coefficient of w_dec [m, d] against true [n, d]."""
+    import torch  # noqa: PLC0415
+    from sae_lens.synthetic import mean_correlation_coefficient  # noqa: PLC0415
+
+    return mean_correlation_coefficient(torch.from_numpy(np.asarray(w_dec, np.float32)),
+                                        torch.from_numpy(np.asarray(true, np.float32)))
+
+
 def mmcs(w_dec: np.ndarray, true: np.ndarray) -> float:
     """Mean over the true features [n, d] of their largest cosine with a decoder row of w_dec [m, d]."""
     unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
@@ -215,7 +321,7 @@ def stream_order(train_dir: Path, steps: int, batch: int, seed: int) -> np.ndarr
 
 def encode(weights: dict, arch: str, k: int, x: np.ndarray) -> np.ndarray:
     """Latents [n, d_sae] of raw rows x [n, d_in]: pre = (x − b_dec) @ W_enc + b_enc, then relu
-    (relu), relu of the k largest (topk), relu(pre)·(pre > threshold) (jumprelu, batchtopk)."""
+    (relu), relu of the k largest (topk), relu(pre)·(pre > threshold) (jumprelu, batchtopk, matryoshka)."""
     pre = (x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
     if arch == "topk":
         top = np.argpartition(-pre, k - 1, axis=1)[:, :k]
@@ -223,7 +329,7 @@ def encode(weights: dict, arch: str, k: int, x: np.ndarray) -> np.ndarray:
         np.put_along_axis(z, top, np.maximum(np.take_along_axis(pre, top, axis=1), 0.0), axis=1)
         return z
     z = np.maximum(pre, 0.0)
-    return z * (pre > weights["threshold"]) if arch in ("jumprelu", "batchtopk") else z
+    return z * (pre > weights["threshold"]) if arch in ("jumprelu", "batchtopk", "matryoshka") else z
 
 
 def decode(weights: dict, z: np.ndarray) -> np.ndarray:
@@ -234,7 +340,7 @@ def decode(weights: dict, z: np.ndarray) -> np.ndarray:
 def score(weights: dict, arch: str, k: int, x: np.ndarray, batch_rows: int = 8192,
           true_dictionary: np.ndarray | None = None) -> dict:
     """FVU, L0, dead % and dense % of an SAE (weights on raw rows) over every row of x [n, d_in];
-    and its MMCS against true_dictionary [n_features, d_in] when given."""
+    and its MMCS and MCC (`mcc`) against true_dictionary [n_features, d_in] when given."""
     n, d_sae = x.shape[0], weights["W_enc"].shape[1]
     total_var = float(np.sum((x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)) ** 2))
     sq_err, fires = 0.0, np.zeros(d_sae, np.int64)
@@ -247,6 +353,7 @@ def score(weights: dict, arch: str, k: int, x: np.ndarray, batch_rows: int = 819
               "dense_pct": 100.0 * float(np.mean(fires > DENSE_FRACTION * n))}
     if true_dictionary is not None:
         result["mmcs"] = mmcs(weights["W_dec"], true_dictionary)
+        result["mcc"] = mcc(weights["W_dec"], true_dictionary)
     return result
 
 
@@ -296,6 +403,13 @@ def saelens_sae(arch: str, d_in: int, d_sae: int, k: int):
         return TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
     if arch == "batchtopk":
         return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    if arch == "matryoshka":
+        from sae_lens.saes.matryoshka_batchtopk_sae import (  # noqa: PLC0415
+            MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig)
+
+        widths = [int(w) for w in _MATRYOSHKA_WIDTHS.value] + [d_sae]
+        return MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k,
+                                                                                  matryoshka_widths=widths))
     coefficient = {} if _SPARSITY.value is None else {
         "jumprelu": {"l0_coefficient": _SPARSITY.value}, "relu": {"l1_coefficient": _SPARSITY.value}}[arch]
     if arch == "jumprelu":
@@ -476,6 +590,8 @@ def saejax_flags(train_dir: Path, workdir: Path, steps: int) -> list[str]:
         flags_.append(f"{c}data.heldout_fraction=0")
     if _MODE.value == "forced":
         flags_ += [f"{c}optim.lr={_LR.value}", f"{c}optim.warmup_steps=0", f"{c}optim.decay=constant"]
+    if _ARCH.value == "matryoshka":
+        flags_.append(f"{c}sae.matryoshka_prefixes={','.join([*_MATRYOSHKA_WIDTHS.value, str(_D_SAE.value)])}")
     if _ARCH.value == "jumprelu" and _TARGET_L0.value is not None:
         flags_.append(f"{c}loss.target_l0={_TARGET_L0.value}")
     elif _SPARSITY.value is not None and _ARCH.value in ("relu", "jumprelu"):
@@ -517,8 +633,9 @@ def run_torch(name: str, train_dir: Path, work: Path, order: np.ndarray) -> dict
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     np.save(folder / "order.npy", order)
-    passed = [f"--{f}={flags.FLAGS[f].value}"
-              for f in ("arch", "d_sae", "k", "mode", "lr", "seed", "sparsity", "target_l0", "scale_rows")
+    passed = [flags.FLAGS[f].serialize()
+              for f in ("arch", "d_sae", "k", "mode", "lr", "seed", "sparsity", "target_l0", "scale_rows",
+                        "matryoshka_widths")
               if flags.FLAGS[f].value is not None]
     command = [sys.executable, str(Path(__file__).resolve()), f"--worker={name}", f"--worker_dir={folder}",
                f"--train_store={train_dir}", *passed]
@@ -550,11 +667,11 @@ def table(rows: list[dict], settings: dict) -> list[str]:
              f"steps={settings['steps']}, mode={settings['mode']}"
              + (f" lr={settings['lr']:g}" if settings["mode"] == "forced" else "")
              + (f" sparsity={settings['sparsity']:g}" if settings.get("sparsity") is not None else ""), "",
-             "| contender | held-out FVU | L0 | dead % | dense % |" + (" MMCS |" if synthetic else "")
-             + " s/step | wall s |", "|---|---|---|---|---|" + ("---|" if synthetic else "") + "---|---|"]
+             "| contender | held-out FVU | L0 | dead % | dense % |" + (" MMCS | MCC |" if synthetic else "")
+             + " s/step | wall s |", "|---|---|---|---|---|" + ("---|---|" if synthetic else "") + "---|---|"]
     for r in rows:
         lines.append(f"| {r['contender']} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['dead_pct']:.1f} "
-                     f"| {r['dense_pct']:.1f} " + (f"| {r['mmcs']:.4f} " if synthetic else "")
+                     f"| {r['dense_pct']:.1f} " + (f"| {r['mmcs']:.4f} | {r['mcc']:.4f} " if synthetic else "")
                      + f"| {num(r['step_s'], '.3f')} | {r['wall_s']:.1f} |")
     lines += ["", "Settings:"] + [f"- {r['contender']}: {r['summary']}" for r in rows]
     if all("load_1m" in r for r in rows):  # the machine is shared: timings are only comparable at similar load
@@ -603,7 +720,14 @@ def main(argv):
 
     store = Path(_STORE.value)
     true_dictionary = None
-    if _SYNTHETIC.value:
+    if _SYNTH_BENCH.value:
+        recipe_file = store / "peers_quality_synth_bench.json"
+        recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
+        if {key: recipe.get(key) for key in synth_bench_recipe()} != synth_bench_recipe():
+            recipe = synth_bench(store)
+        true_dictionary = np.load(store / "true_dictionary.npy", allow_pickle=False)
+        harvest_info = {"synth_bench": recipe}
+    elif _SYNTHETIC.value:
         recipe_file = store / "peers_quality_synthetic.json"
         if not (recipe_file.exists() and json.loads(recipe_file.read_text()) == synthetic_recipe()):
             synthesize(store)
@@ -624,6 +748,8 @@ def main(argv):
                   else run_torch(name, train_dir, work, order))
         load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         metric = score(result["weights"], _ARCH.value, _K.value, heldout, _EVAL_ROWS.value, true_dictionary)
+        if true_dictionary is not None:
+            metric["mcc_saelens"] = saelens_mcc(result["weights"]["W_dec"], true_dictionary)
         if name in ("saejax", "saelens"):
             checks[name] = saelens_check(result["export"], result["weights"], _ARCH.value, _K.value, heldout[:4096],
                                          result["settings"].get("row_scale", 1.0) if name == "saelens" else 1.0)
@@ -631,7 +757,8 @@ def main(argv):
                      "load_1m": load, "summary": summary_line(name, result["settings"]),
                      "settings": result["settings"]})
         print(f"   {name}: FVU {metric['fvu']:.4f}, L0 {metric['l0']:.1f}, dead {metric['dead_pct']:.1f} %"
-              + (f", MMCS {metric['mmcs']:.4f}" if "mmcs" in metric else "") + f", wall {result['wall_s']:.0f} s",
+              + (f", MMCS {metric['mmcs']:.4f}, MCC {metric['mcc']:.4f}" if "mmcs" in metric else "")
+              + f", wall {result['wall_s']:.0f} s",
               flush=True)
     settings = {"store": str(store), "train_rows": json.loads((train_dir / "manifest.json").read_text())["total_rows"],
                 "heldout_rows": int(heldout.shape[0]), "d_in": int(heldout.shape[1]), "arch": _ARCH.value,

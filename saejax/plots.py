@@ -253,3 +253,26 @@ def plot_absorption(per_letter: dict[str, dict], path: str | Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_sparse_probing(report: dict, path: str | Path) -> Path:
+    """A sparse-probing report (`saejax.text_probing.task_report`): each class's k-sparse probe accuracy
+    against k (log scale), the mean over classes in bold, the dense probe's mean as a dashed line."""
+    ks = [int(k) for k in report["sparse_accuracy"]]
+    fig = Figure(figsize=(5.6, 3.4))
+    _caption(fig, f"Sparse probing, {report['description']}: balanced accuracy on the held-out half of a probe on "
+                  "the k latents whose mean differs most between the class and the rest, against a probe on the "
+                  "model's activations (dashed)")
+    ax = fig.add_subplot(1, 1, 1)
+    for name, found in report["classes"].items():
+        ax.plot(ks, list(found["sparse"].values()), marker=".", linewidth=0.8, alpha=0.6, label=name)
+    ax.plot(ks, list(report["sparse_accuracy"].values()), color="black", linewidth=2.0, marker="o", label="mean")
+    ax.axhline(report["dense_accuracy"], color="black", linestyle="--", linewidth=1.0, label="dense probe")
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k latents")
+    ax.set_ylabel("balanced accuracy")
+    ax.set_ylim(0.4, 1.0)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)

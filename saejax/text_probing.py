@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from saejax import harvest, labelled_texts, probes
+from saejax import harvest, labelled_texts, plots, probes
 from saejax.errors import DataError
 from saejax.models.loading import padded_batch
 
@@ -111,9 +111,11 @@ def load_reports(folder: str | Path) -> list[dict]:
 
 
 def save(report: dict, folder: str | Path) -> Path:
-    """`report` as folder/TASK.json; returns its path."""
+    """`report` as folder/TASK.json, with its plot TASK.png (`plots.plot_sparse_probing`); returns the
+    JSON's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{report['task']}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
+    plots.plot_sparse_probing(report, folder / f"{report['task']}.png")
     return path

@@ -183,6 +183,7 @@ def test_a_run_names_the_absorption_and_probing_evaluators_and_gets_their_report
     assert 0 <= summary["probing/code/dense_accuracy"] <= 1 and "probing/code/sparse_accuracy_k1" in summary
     probed = json.loads((tmp_path / "run" / "probing" / "code.json").read_text())
     assert probed["texts"] == 20 * len(probed["class_names"]) and "python" in probed["class_names"]
+    assert (tmp_path / "run" / "probing" / "code.png").is_file()
     index = (tmp_path / "run" / "dashboards" / "index.html").read_text()
     assert "Feature absorption (first letter)" in index and f"{report['scored']} letters" in index
     assert "<h2>Sparse probing</h2><h3>language of a source snippet</h3>" in index and "python" in index

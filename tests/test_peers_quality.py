@@ -127,3 +127,53 @@ def test_mmcs_is_one_for_the_true_dictionary_in_any_order_and_scale():
     learned = np.concatenate([3.0 * true[::-1], np.random.default_rng(1).standard_normal((4, 8))])
     assert pq.mmcs(learned, true) == pytest.approx(1.0)
     assert pq.mmcs(-learned[:5], true) < 0.5  # signed, as saejax.metrics.mmcs
+
+
+def test_mcc_is_saelens_mean_correlation_coefficient():
+    """`mcc` (numpy + scipy) against SAELens' own function, with fewer and with more decoder rows than
+    true features; 1 for the true features in any order, sign and scale."""
+    pytest.importorskip("sae_lens")
+    from benchmarks import peers_quality as pq
+
+    rng = np.random.default_rng(0)
+    true = rng.standard_normal((40, 16))
+    for m in (24, 60):
+        learned = rng.standard_normal((m, 16)).astype(np.float32)
+        assert pq.mcc(learned, true) == pytest.approx(pq.saelens_mcc(learned, true), abs=1e-6)
+    assert pq.mcc(-2.0 * true[::-1], true) == pytest.approx(1.0)
+
+
+def test_synth_bench_store_is_saelens_generator_and_both_frameworks_train_matryoshka_on_it(tmp_path):
+    """--synth_bench builds the rows with SAELens' SyntheticModel at a toy size and keeps its feature
+    vectors; saejax and SAELens train a Matryoshka SAE with the same nested widths and get an MCC."""
+    pytest.importorskip("sae_lens")
+    store, out = tmp_path / "synth", tmp_path / "results"
+
+    def run(rows=2000, contenders="saejax,saelens"):
+        return subprocess.run(
+            [sys.executable, "-m", "benchmarks.peers_quality", "--synth_bench", f"--store={store}",
+             "--synth_bench_features=256", "--synth_bench_d=32", f"--synthetic_rows={rows}", "--arch=matryoshka",
+             "--matryoshka_widths=16,32", "--d_sae=64", "--k=4", "--batch=64", "--steps=3",
+             f"--contenders={contenders}", f"--out_dir={out}", "--out=sb", f"--work_dir={tmp_path / 'runs'}"],
+            cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600)
+
+    result = run()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    true = np.load(store / "true_dictionary.npy", allow_pickle=False)
+    assert true.shape == (256, 32) and np.allclose(np.linalg.norm(true, axis=1), 1, atol=1e-4)
+    report = json.loads((out / "sb.json").read_text())
+    recipe = report["harvest"]["synth_bench"]
+    assert recipe["num_features"] == 256 and recipe["hierarchy"]["total_root_nodes"] == 2 and recipe["true_l0"] > 0
+    assert [r["contender"] for r in report["rows"]] == ["saejax", "saelens"]
+    for row in report["rows"]:
+        assert 0 < row["mcc"] <= 1 and row["mcc"] == pytest.approx(row["mcc_saelens"], abs=1e-5)
+    saejax_sae = report["rows"][0]["settings"]["sae"]
+    assert saejax_sae["matryoshka_prefixes"] == "16,32,64"
+    assert report["rows"][1]["settings"]["sae"]["matryoshka_widths"] == [16, 32, 64]
+    assert "| MMCS | MCC |" in (out / "sb.md").read_text()
+    model = Path(f"{store}_model") / "peers_quality_model.json"
+    built = model.stat().st_mtime_ns
+    assert run(rows=1500, contenders="").returncode == 0  # other rows of the same model: the model is reused
+    assert model.stat().st_mtime_ns == built
+    assert json.loads((out / "sb.json").read_text())["harvest"]["synth_bench"]["rows"] == 1500
+    assert np.array_equal(np.load(store / "true_dictionary.npy", allow_pickle=False), true)
