@@ -249,13 +249,18 @@ def build_synth_model(recipe: dict):
         seed=recipe["model_seed"]))
 
 
+def unit_rows(a: np.ndarray) -> np.ndarray:
+    """The rows of a [n, d] scaled to unit norm, float64 (all-zero rows stay zero)."""
+    a = np.asarray(a, np.float64)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+
 def mcc(w_dec: np.ndarray, true: np.ndarray) -> float:
     """SynthSAEBench's MCC: the mean |cos| over the pairs of a one-to-one (Hungarian) matching of decoder
     rows w_dec [m, d] to true features [n, d] (min(m, n) pairs, as SAELens' mean_correlation_coefficient)."""
     from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
 
-    unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
-    abs_cos = np.abs(unit(w_dec.astype(np.float64)) @ unit(true.astype(np.float64)).T)
+    abs_cos = np.abs(unit_rows(w_dec) @ unit_rows(true).T)
     rows, cols = linear_sum_assignment(abs_cos, maximize=True)
     return float(abs_cos[rows, cols].mean())
 
@@ -271,8 +276,7 @@ def saelens_mcc(w_dec: np.ndarray, true: np.ndarray) -> float:
 
 def mmcs(w_dec: np.ndarray, true: np.ndarray) -> float:
     """Mean over the true features [n, d] of their largest cosine with a decoder row of w_dec [m, d]."""
-    unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
-    return float(np.mean(np.max(unit(true.astype(np.float64)) @ unit(w_dec.astype(np.float64)).T, axis=1)))
+    return float(np.mean(np.max(unit_rows(true) @ unit_rows(w_dec).T, axis=1)))
 
 
 def split_store(store: Path, heldout: float, seed: int) -> tuple[Path, np.ndarray]:

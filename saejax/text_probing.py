@@ -44,8 +44,9 @@ def sparse_probing(x: np.ndarray, z: np.ndarray, labels: np.ndarray, names: Sequ
                    ks: Sequence[int] = (1, 2, 5, 20), fit_share: float = 0.5) -> dict:
     """For each class, a balanced one-against-the-rest probe on the pooled activations x [n, d] ("dense")
     and k-sparse probes on the pooled latents z [n, F] (the first `fit_share` of the rows fit, the rest
-    score; accuracy is `probes.balanced_accuracy`, 0.5 at chance): {"classes": {name: {"dense": accuracy, "sparse": {k: accuracy}, "sparse_f1": {k: F1}, "latents":
-    the largest k's latents, best first}}, "dense_accuracy", "sparse_accuracy": {k: mean over the classes}}."""
+    score; accuracy is `probes.balanced_accuracy`, 0.5 at chance): {"classes": {name: {"dense": accuracy,
+    "sparse": {k: accuracy}, "sparse_f1": {k: F1}, "latents": the largest k's latents, best first}},
+    "dense_accuracy", "sparse_accuracy": {k: mean over the classes}}."""
     cut = int(fit_share * len(labels))
     classes = {}
     for index, name in enumerate(names):

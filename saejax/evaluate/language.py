@@ -1,8 +1,8 @@
 """Evaluators of an SAE trained on a text model's activations (`model.name` set): the splice
 evaluation (the model's loss with the SAE's reconstruction in place of the activations; a
 transcoder's in place of model.target_site's) and feature dashboards, both on the run's held-out
-texts, feature absorption on the first-letter task (`saejax.first_letter`) and sparse probing of the
-language of source snippets (`saejax.text_probing`)."""
+texts, feature absorption on the first-letter task (`saejax.first_letter`) and sparse probing on
+labelled texts (`saejax.text_probing`)."""
 
 import functools
 import itertools
