@@ -96,12 +96,31 @@ def tiny_bert(folder: Path, seed: int = 0, words: list[str] = WORDS) -> Path:
     return folder
 
 
-def tiny_gemma(folder: Path) -> Path:
+def _spaced_words_tokenizer(specials: list[str], template: str, words: list[str]):
+    """A tokenizer whose `words` read as Gemma's do, one token each with the space before it ('▁cat'),
+    and whose other text falls to single characters; `specials` first, then the `template`."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    pieces = [*specials, *(f"▁{w}" for w in words), "▁", *CHARS, *(f"##{c}" for c in CHARS)]
+    vocab = {token: i for i, token in enumerate(pieces)}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", "▁")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("▁?[a-z0-9]+|[^a-z0-9▁]|▁"), behavior="isolated")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, vocab[t]) for t in specials if t in template])
+    tokenizer.add_special_tokens([t for t in specials if t != "<unk>"])
+    return tokenizer, len(vocab)
+
+
+def tiny_gemma(folder: Path, words: list[str] = ()) -> Path:
     """A Hugging Face Gemma-3 folder (4 layers of width 32, random weights) with a tokenizer that
-    prepends BOS (id 2; pad 0, eos 1)."""
-    tokenizer, vocab = _tokenizer(["<pad>", "<eos>", "<bos>", "<unk>"], "<bos> $A", [])
+    prepends BOS (id 2; pad 0, eos 1): single characters and a few words, or with `words` those as
+    Gemma spells words ('▁cat', so that the first-letter task finds them)."""
+    specials, template = ["<pad>", "<eos>", "<bos>", "<unk>"], "<bos> $A"
+    tokenizer, vocab = (_spaced_words_tokenizer(specials, template, list(words)) if words
+                        else _tokenizer(specials, template, []))
     config = {**BASE, **CURRENT_ROPE, "layer_types": [SLIDING, FULL] * 2}
-    assert vocab <= config["vocab_size"]
+    config["vocab_size"] = max(config["vocab_size"], vocab)
     _hf_folder(folder, config, _random_weights(config))
     tokenizer.save(str(folder / "tokenizer.json"))
     return folder
