@@ -141,7 +141,8 @@ FIELDS = (
 
     # optim: the optimizer and its learning-rate schedule
     Field("optim.name", "adam", "any optax optimizer taking learning_rate"),
-    Field("optim.lr", Unset(float), "learning rate; None: the architecture's default (saejax.defaults.learning_rate)"),
+    Field("optim.lr", Unset(float), "learning rate; None: the architecture's default for sae.d_sae and "
+          "train.batch_size (saejax.defaults.learning_rate)"),
     Field("optim.b1", 0.9, "Adam's first-moment decay"),
     Field("optim.b2", 0.999, "Adam's second-moment decay"),
     # short and independent of train.steps, so that a run resumed with more steps follows the same

@@ -127,7 +127,7 @@ def make_optimizer(
 
 def optimizer_from_config(optim_config, train_config, sae: SAE) -> optax.GradientTransformation:
     """The optimizer the `optim` section of a run's config describes."""
-    lr = defaults.learning_rate(sae.arch, sae.d_sae, optim_config.lr)
+    lr = defaults.learning_rate(sae.arch, sae.d_sae, train_config.batch_size, optim_config.lr)
     schedule = lr_schedule(lr, train_config.steps, optim_config.warmup_steps,
                            defaults.lr_decay(sae.arch, optim_config.get("decay")),
                            defaults.decay_steps(train_config.steps, optim_config.get("decay_steps", 0)))

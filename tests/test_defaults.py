@@ -66,13 +66,17 @@ def test_dead_window_in_tokens_becomes_whole_batches():
 
 def test_learning_rate_and_clipping_follow_the_architecture():
     topk = config_for("topk")
-    topk.sae.d_sae = 4096
+    topk.sae.d_sae, topk.train.batch_size = 4096, 4096
     assert defaults.resolve(topk)[0].optim.lr == pytest.approx(1.3e-3 * 2)  # 1/sqrt(d_sae): 4096 = 2^14 / 4
     topk.sae.d_sae = 1024
     assert defaults.resolve(topk)[0].optim.lr == pytest.approx(1.3e-3 * 4)
+    topk.train.batch_size = 1024  # sqrt(batch / 4096) below batches of 4096
+    assert defaults.resolve(topk)[0].optim.lr == pytest.approx(1.3e-3 * 2)
+    topk.train.batch_size = 16384  # and no more above
+    assert defaults.resolve(topk)[0].optim.lr == pytest.approx(1.3e-3 * 4)
     jumprelu = config_for("jumprelu")
-    jumprelu.sae.d_sae = 4096
-    assert defaults.resolve(jumprelu)[0].optim.lr == pytest.approx(1.3e-3 * 2)
+    jumprelu.sae.d_sae, jumprelu.train.batch_size = 4096, 256
+    assert defaults.resolve(jumprelu)[0].optim.lr == pytest.approx(1.3e-3 * 2 / 4)
     assert defaults.resolve(jumprelu)[0].optim.threshold_lr_scale == defaults.THRESHOLD_LR_SCALE
     assert [defaults.resolve(config_for(arch))[0].optim.decoder_lr_scale for arch in ("topk", "relu")] == [2.0, 1.0]
     topk.optim.decoder_lr_scale = 1.0
