@@ -153,12 +153,9 @@ def test_the_first_letter_task_reads_each_word_at_its_token_and_scores_letters(t
 @pytest.mark.slow
 def test_a_run_names_the_absorption_and_probing_evaluators_and_gets_their_reports(tmp_path):
     pytest.importorskip("tokenizers")
-    from test_stream import CONTEXT, LAYER, TEXTS, tiny_bert
+    from test_stream import CONTEXT, LAYER, LETTER_WORDS, TEXTS, tiny_bert
 
-    tails = ["at", "og", "ip", "un", "ex", "ol", "ir", "um", "ak", "ee", "ow", "id", "ay", "ub", "en", "if", "az",
-             "oy", "uz", "ep"]
-    words = [f"{letter}{tail}" for letter in first_letter.LETTERS for tail in tails]
-    model_dir, corpus = tiny_bert(tmp_path / "bert", words=words), tmp_path / "corpus.txt"
+    model_dir, corpus = tiny_bert(tmp_path / "bert", words=LETTER_WORDS), tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(TEXTS))
     root = Path(__file__).resolve().parents[1]
     flags = [f"--config.model.name={model_dir}", f"--config.model.layer={LAYER}", f"--config.model.text_glob={corpus}",

@@ -38,15 +38,11 @@ def test_language_model_notebook_trains_judges_and_steers(tmp_path, monkeypatch)
     """notebooks/language_model.ipynb on a tiny random Gemma-3 (its parameters cell followed by one that
     points the config at it and shrinks every size): splice, absorption, probing, steering, dashboards."""
     pytest.importorskip("tokenizers")
-    from saejax import first_letter
-    from test_stream import TEXTS, tiny_gemma
+    from test_stream import LETTER_WORDS, TEXTS, tiny_gemma
 
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's workdir (tempfile.mkdtemp)
-    tails = ["at", "og", "ip", "un", "ex", "ol", "ir", "um", "ak", "ee", "ow", "id", "ay", "ub", "en", "if", "az",
-             "oy", "uz", "ep"]
-    model_dir = tiny_gemma(tmp_path / "gemma", words=[f"{letter}{tail}" for letter in first_letter.LETTERS
-                                                      for tail in tails])
+    model_dir = tiny_gemma(tmp_path / "gemma", words=LETTER_WORDS)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(TEXTS))
     notebook = nbformat.read(LANGUAGE_NOTEBOOK, as_version=4)

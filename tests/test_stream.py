@@ -33,6 +33,10 @@ from test_models_gemma3_config import BASE, CURRENT_ROPE, _hf_folder, _random_we
 ROOT = Path(__file__).resolve().parents[1]
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,"
 WORDS = ["cat", "dog", "sparse", "code", "jax", "tpu", "the", "sat", "on", "mat", "a", "of", "feature", "model"]
+# 20 words for each letter (520), so that the first-letter task can probe every letter
+LETTER_WORDS = [f"{letter}{tail}" for letter in "abcdefghijklmnopqrstuvwxyz"
+                for tail in ("at", "og", "ip", "un", "ex", "ol", "ir", "um", "ak", "ee", "ow", "id", "ay", "ub", "en",
+                             "if", "az", "oy", "uz", "ep")]
 
 
 def _text(i: int) -> str:
@@ -114,7 +118,7 @@ def _spaced_words_tokenizer(specials: list[str], template: str, words: list[str]
 
 def tiny_gemma(folder: Path, words: list[str] = ()) -> Path:
     """A Hugging Face Gemma-3 folder (4 layers of width 32, random weights) with a tokenizer that
-    prepends BOS (id 2; pad 0, eos 1): single characters and a few words, or with `words` those as
+    prepends BOS (id 2; pad 0, eos 1): single characters only, or with `words` also those, spelled as
     Gemma spells words ('▁cat', so that the first-letter task finds them)."""
     specials, template = ["<pad>", "<eos>", "<bos>", "<unk>"], "<bos> $A"
     tokenizer, vocab = (_spaced_words_tokenizer(specials, template, list(words)) if words
