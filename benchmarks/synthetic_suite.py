@@ -1,5 +1,7 @@
-r"""The synthetic ground-truth suite: every architecture trained on toy superposition data with a known
-dictionary, independent and hierarchical features, in one table.
+r"""The synthetic ground-truth suite: every architecture whose decoder is a dictionary,
+trained on toy superposition data with known features, independent and hierarchical, in one table (the
+deep ``mlp`` SAE has no decoder rows to match against the features, and the ``*_skip`` transcoders map
+one site to another, so neither is scored here).
 
     python -m benchmarks.synthetic_suite [--steps=1000] [--archs=relu,topk,...] [--out=...]
 

@@ -133,7 +133,7 @@ FIELDS = (
           "(Anthropic's)"),
     Field("loss.auxk", Unset(float), "AuxK coefficient; None: 1/32 for topk/batchtopk/matryoshka, else 0"),
     Field("loss.auxk_k", 0, "dead latents AuxK may use; 0: d_in // 2 (OpenAI's choice)"),
-    # 100k, chosen by measurement (saejax.defaults.DEAD_TOKENS)
+    # 25k, chosen by measurement (saejax.defaults.DEAD_TOKENS)
     Field("loss.dead_tokens", defaults.DEAD_TOKENS, "a latent that fired on none of this many training rows counts as "
           "dead (AuxK, resampling, dead fraction)"),
     Field("loss.dead_steps", Unset(int), "the same window in steps; None: dead_tokens / train.batch_size"),

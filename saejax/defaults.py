@@ -33,11 +33,13 @@ SPARSITY_PENALTIES = ("l1", "tanh", "kl", "l0", "target_l0")
 # The dead window (config `loss.dead_tokens`): a latent that fired on none of this many training rows
 # counts as dead, for AuxK, resampling and the training dead fraction. Gao et al. 2024 and sparsify use
 # 10M tokens; on superposition data with a 400x spread of feature frequencies (TopK k 10, d_sae 800,
-# 3000 steps of 1024) the dictionary recovery (MMCS) was 0.807 / 0.830 / 0.877 / 0.944 with windows
-# of 10M / 1M / 300k / 100k rows (sparsify 0.812, SAELens 0.674), while on MiniLM activations
-# (200 steps of 4096) 100k left FVU and dead share unchanged (BUILD_NOTES.md). A run whose data is
-# mostly rare features (dictionaries of millions of latents) may want the longer window back.
-DEAD_TOKENS = 100_000
+# 3000 steps of 1024) the dictionary recovery (MMCS) was 0.807 / 0.830 / 0.877 / 0.944 / 0.985 with
+# windows of 10M / 1M / 300k / 100k / 25k rows (sparsify 0.812, SAELens 0.674). 25k against 100k, TopK at
+# its defaults: Gemma-3 layer 6 (2000 steps of 1024) held-out FVU 0.0317 / 0.0325 with 3.4 / 11.5 % of
+# latents dead; SynthSAEBench (3000 steps of 1024) FVU 0.2247 / 0.2265, dead 1.2 / 2.3 %, MCC 0.692 /
+# 0.677; MiniLM (200 steps of 4096) FVU 0.1047 / 0.105, dead 0.4 / 1.5 % (BUILD_NOTES.md). Not measured
+# past d_sae 4096: a dictionary of a million latents, most of them rare, may want a longer window.
+DEAD_TOKENS = 25_000
 
 # Adam's learning rate. TopK family: 1.3e-3 / sqrt(d_sae / 2^14) at batches of 4096 rows, i.e. the
 # 1/sqrt(d_sae) scaling of Gao et al. 2024 (sparsify's Adam rule, 2e-4 / sqrt(d_sae / 2^14)) at 6.5x its
@@ -87,13 +89,18 @@ def decoder_lr_scale(arch: str, chosen: float | None = None) -> float:
 # batch's mean L0) of sae.k, starting there (thresholds from the data, `saejax.initializers`).
 JUMPRELU_BANDWIDTH = 0.05
 TARGET_L0_COEFF = 1.0
-# JumpReLU's thresholds take Adam steps this many times the learning rate: Adam moves every parameter
-# by ~lr a step, and one step of the encoder moves a pre-activation by up to ~lr · ||x||_1 (~0.3 at
-# lr 1e-3, d_in 384), so thresholds stepped at lr alone trail far behind the pre-activations (aiming
-# at L0 32 on MiniLM activations with a 38th of the default target penalty, L0 was 194 after 200 steps
-# at 1x and 48.8 at 30x; at the default penalty and lr 3e-3, 10x left FVU 0.108 with 4.0 % of latents
-# dead, 30x 0.110 with 10.4 %; BUILD_NOTES.md).
-THRESHOLD_LR_SCALE = 10.0
+# JumpReLU's thresholds take Adam steps of the same size as every other parameter (a scale of 1). A larger
+# scale lets them keep up with the pre-activations that the encoder moves early in training: MiniLM layer 3,
+# 200 steps of 4096, FVU 0.1055 at L0 32.5 with 10x, 0.1132 with 3x, and 0.1293 with 1x, still at L0 66.7
+# against its target of 32. Over longer runs, though, a larger scale pushes the weak latents' thresholds above
+# every pre-activation they have (Gemma-3: the dead latents' thresholds sat a median 0.71 above their largest
+# pre-activation), where only the pre-activation loss reaches them, too weakly to bring them back (a sudden
+# die-off near step 750, and none came back by step 2000). With 10x / 3x / 1x: Gemma-3 layer 6
+# (2000 steps of 1024) left 69 / 34 / 1.6 % of latents dead at held-out FVU 0.0433 / 0.0381 / 0.0359;
+# SynthSAEBench (3000 steps of 1024, L0 25) with 10x / 1x: 13.3 / 1.2 % dead, FVU 0.310 / 0.250, MCC 0.366 /
+# 0.552; MiniLM (2000 steps of 4096) at 1x FVU 0.0788 with 0.3 % dead (BUILD_NOTES.md). A run of a few hundred
+# steps that must reach its L0 may set optim.threshold_lr_scale=10.
+THRESHOLD_LR_SCALE = 1.0
 
 
 def threshold_lr_scale(chosen: float | None = None) -> float:
