@@ -34,7 +34,8 @@ def get_config():
     c.sae.normalize_activations = True
     c.loss.l1 = 0.0
     c.loss.auxk = 1 / 32
-    c.optim.lr = 5e-4
+    # optim.lr: the library's (1.3e-3 here). On 1M tokens, 2,000 steps, it gave held-out FVU 0.0317 with 3.4 % of
+    # latents dead against 0.0349 with 0.5 % at the 5e-4 this config used to pin (BUILD_NOTES.md).
     c.train.batch_size = 1024
     c.train.steps = 4000
     c.train.log_every = 100
