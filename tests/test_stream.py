@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("tokenizers")
 
 import saejax  # noqa: E402
-from saejax import harvest  # noqa: E402
+from saejax import first_letter, harvest  # noqa: E402
 from saejax.config import base_config  # noqa: E402
 from saejax.data import Source, make_source  # noqa: E402
 from saejax.data.store import MANIFEST  # noqa: E402
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,"
 WORDS = ["cat", "dog", "sparse", "code", "jax", "tpu", "the", "sat", "on", "mat", "a", "of", "feature", "model"]
 # 20 words for each letter (520), so that the first-letter task can probe every letter
-LETTER_WORDS = [f"{letter}{tail}" for letter in "abcdefghijklmnopqrstuvwxyz"
+LETTER_WORDS = [f"{letter}{tail}" for letter in first_letter.LETTERS
                 for tail in ("at", "og", "ip", "un", "ex", "ol", "ir", "um", "ak", "ee", "ow", "id", "ay", "ub", "en",
                              "if", "az", "oy", "uz", "ep")]
 
